@@ -1,0 +1,304 @@
+"""The catalog: every write and read of the SQL database goes through :class:`Catalog`.
+
+Any SQLAlchemy URL works (SQLite file by default, ``postgresql+psycopg://`` at scale). The schema
+is brought up to date with Alembic on open. All statements are parameterised; batches of rows
+are written in one transaction each, so a failure mid-batch leaves no partial rows.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from indexer import schema as t
+from vistag.errors import CatalogError, InputError, NotFound
+from vistag.models import ModelIdentity
+
+CHUNK = 500
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def parse_db_url(url: str) -> sa.URL:
+    """Parse a SQLAlchemy database URL; raise :class:`InputError` when it is not one."""
+    try:
+        parsed = make_url(url)
+    except Exception as err:
+        raise InputError(f"not a database URL: {url!r} ({err})") from err
+    return parsed
+
+
+def _engine(url: str) -> Engine:
+    parsed = parse_db_url(url)
+    try:
+        engine = sa.create_engine(parsed, future=True, pool_pre_ping=True)
+    except ModuleNotFoundError as err:
+        raise CatalogError(f"no driver for {parsed.drivername}: {err} (pip install 'vistag[postgres]')") from err
+    if parsed.get_backend_name() == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+    return engine
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Catalog:
+    """Typed operations on the catalog database."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = _engine(url)
+        try:
+            self._migrate()
+        except sa.exc.OperationalError as err:
+            raise CatalogError(f"cannot open catalog {self.display_url(url)}: {err.orig}") from err
+
+    def _migrate(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @staticmethod
+    def display_url(url: str) -> str:
+        """The URL with any password masked, for messages and status output."""
+        return parse_db_url(url).render_as_string(hide_password=True)
+
+    # models ---------------------------------------------------------------------------------
+    def model_id(self, identity: ModelIdentity) -> int:
+        """The id of ``identity``'s row, inserting it on first use."""
+        with self.engine.begin() as conn:
+            found = conn.execute(sa.select(t.models.c.id).where(t.models.c.key == identity.key)).scalar()
+            if found is not None:
+                return int(found)
+            row = {
+                "key": identity.key, "model": identity.model, "pretrained": identity.pretrained,
+                "embed_dim": identity.embed_dim, "preprocess": json.dumps(identity.preprocess),
+                "fingerprint": identity.fingerprint, "created": time.time(),
+            }  # fmt: skip
+            return int(conn.execute(t.models.insert().values(**row)).inserted_primary_key[0])
+
+    def model(self, model_id: int) -> ModelIdentity:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t.models).where(t.models.c.id == model_id)).mappings().first()
+        if row is None:
+            raise NotFound(f"no model with id {model_id}")
+        return ModelIdentity(
+            row["model"], row["pretrained"], row["embed_dim"], json.loads(row["preprocess"]), row["fingerprint"]
+        )
+
+    # runs -----------------------------------------------------------------------------------
+    def start_run(self, kind: str, model_id: int | None, params: dict[str, Any] | None = None) -> int:
+        row = {"kind": kind, "status": "running", "model_id": model_id, "started": time.time(),
+               "params": json.dumps(params or {}, default=str)}  # fmt: skip
+        row |= dict.fromkeys(("listed", "new", "changed", "unchanged", "deleted", "embedded", "reused", "failed"), 0)
+        with self.engine.begin() as conn:
+            return int(conn.execute(t.runs.insert().values(**row)).inserted_primary_key[0])
+
+    def finish_run(self, run_id: int, status: str, counts: dict[str, int], message: str | None = None) -> None:
+        values = {k: v for k, v in counts.items() if k in t.runs.c}
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.runs.update()
+                .where(t.runs.c.id == run_id)
+                .values(status=status, finished=time.time(), message=message, **values)
+            )
+
+    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Runs, newest first."""
+        query = sa.select(t.runs).order_by(t.runs.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    # images ---------------------------------------------------------------------------------
+    def image_states(self) -> dict[str, dict[str, Any]]:
+        """uri -> {id, sha256, size, mtime, status} for every image row (for planning)."""
+        cols = [t.images.c.uri, t.images.c.id, t.images.c.sha256, t.images.c.size, t.images.c.mtime,
+                t.images.c.status]  # fmt: skip
+        with self.engine.connect() as conn:
+            return {r["uri"]: dict(r) for r in conn.execute(sa.select(*cols)).mappings()}
+
+    def upsert_images(self, rows: Sequence[dict[str, Any]], run_id: int) -> None:
+        """Insert or update image rows by uri (one transaction per chunk of rows)."""
+        now = time.time()
+        for chunk in _chunks(rows):
+            with self.engine.begin() as conn:
+                uris = [r["uri"] for r in chunk]
+                existing = dict(
+                    conn.execute(sa.select(t.images.c.uri, t.images.c.id).where(t.images.c.uri.in_(uris))).all()
+                )
+                fresh = [r | {"first_run": run_id, "last_run": run_id, "updated": now}
+                         for r in chunk if r["uri"] not in existing]  # fmt: skip
+                if fresh:
+                    conn.execute(t.images.insert(), fresh)
+                for r in chunk:
+                    if r["uri"] in existing:
+                        values = {k: v for k, v in r.items() if k != "uri"} | {"last_run": run_id, "updated": now}
+                        conn.execute(t.images.update().where(t.images.c.id == existing[r["uri"]]).values(**values))
+
+    def set_status(self, uris: Iterable[str], status: str, run_id: int) -> int:
+        uris = list(uris)
+        now = time.time()
+        with self.engine.begin() as conn:
+            for chunk in _chunks(uris):
+                conn.execute(
+                    t.images.update().where(t.images.c.uri.in_(chunk)).values(status=status, last_run=run_id, updated=now)
+                )
+        return len(uris)
+
+    def sizes_by_sha(self, shas: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """sha256 -> (width, height) from any already-decoded image with that content."""
+        out: dict[str, tuple[int, int]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(shas)):
+                query = sa.select(t.images.c.sha256, t.images.c.width, t.images.c.height).where(
+                    t.images.c.sha256.in_(chunk), t.images.c.width > 0
+                )
+                out.update({sha: (w, h) for sha, w, h in conn.execute(query)})
+        return out
+
+    def images(self, ids: Sequence[int] | None = None, status: str | None = "indexed") -> list[dict[str, Any]]:
+        """Image rows by id (in the given order) or all of them, optionally of one status."""
+        query = sa.select(t.images)
+        if status:
+            query = query.where(t.images.c.status == status)
+        with self.engine.connect() as conn:
+            if ids is None:
+                return [dict(r) for r in conn.execute(query.order_by(t.images.c.id)).mappings()]
+            found: dict[int, dict[str, Any]] = {}
+            for chunk in _chunks([int(i) for i in ids]):
+                found.update({r["id"]: dict(r) for r in conn.execute(query.where(t.images.c.id.in_(chunk))).mappings()})
+        return [found[int(i)] for i in ids if int(i) in found]
+
+    def image(self, id_or_uri: int | str) -> dict[str, Any]:
+        column = t.images.c.id if isinstance(id_or_uri, int) else t.images.c.uri
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t.images).where(column == id_or_uri)).mappings().first()
+        if row is None:
+            raise NotFound(f"no image {id_or_uri!r} in the catalog")
+        return dict(row)
+
+    def counts(self) -> dict[str, int]:
+        query = sa.select(t.images.c.status, sa.func.count()).group_by(t.images.c.status)
+        with self.engine.connect() as conn:
+            by_status = dict(conn.execute(query).all())
+        return {s: int(by_status.get(s, 0)) for s in ("indexed", "failed", "deleted")}
+
+    # embeddings and failures -----------------------------------------------------------------
+    def known_hashes(self, model_id: int) -> list[str]:
+        query = sa.select(t.embeddings.c.sha256).where(t.embeddings.c.model_id == model_id)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    def add_embeddings(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Record where each (sha256, model) embedding lives; content already recorded is skipped."""
+        added = 0
+        for chunk in _chunks(rows):
+            with self.engine.begin() as conn:
+                model_ids = {r["model_id"] for r in chunk}
+                have = set(
+                    conn.execute(
+                        sa.select(t.embeddings.c.sha256, t.embeddings.c.model_id).where(
+                            t.embeddings.c.sha256.in_([r["sha256"] for r in chunk]),
+                            t.embeddings.c.model_id.in_(model_ids),
+                        )
+                    ).all()
+                )
+                fresh = {(r["sha256"], r["model_id"]): r for r in chunk if (r["sha256"], r["model_id"]) not in have}
+                if fresh:
+                    conn.execute(t.embeddings.insert(), list(fresh.values()))
+                added += len(fresh)
+        return added
+
+    def vector_locations(self, model_id: int) -> list[tuple[int, str, str, int]]:
+        """(image id, shard_dir, shard, row) of every indexed image with an embedding of this model."""
+        e, i = t.embeddings, t.images
+        query = (
+            sa.select(i.c.id, e.c.shard_dir, e.c.shard, e.c.row)
+            .join(e, e.c.sha256 == i.c.sha256)
+            .where(e.c.model_id == model_id, i.c.status == "indexed")
+            .order_by(i.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(query).all()]
+
+    def add_failures(self, rows: Sequence[dict[str, str]], run_id: int) -> None:
+        now = time.time()
+        for chunk in _chunks(rows):
+            with self.engine.begin() as conn:
+                conn.execute(t.failures.insert(), [dict(r) | {"run_id": run_id, "created": now} for r in chunk])
+
+    def failures(self, limit: int | None = None) -> list[dict[str, Any]]:
+        query = sa.select(t.failures).order_by(t.failures.c.id.desc())
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query.limit(limit)).mappings()]
+
+    # index versions --------------------------------------------------------------------------
+    def add_index_version(self, model_id: int, path: str, index_type: str, count: int, run_id: int | None) -> int:
+        row = {"model_id": model_id, "path": path, "index_type": index_type, "metric": "ip", "count": count,
+               "run_id": run_id, "created": time.time()}  # fmt: skip
+        with self.engine.begin() as conn:
+            return int(conn.execute(t.index_versions.insert().values(**row)).inserted_primary_key[0])
+
+    # labels and tags -------------------------------------------------------------------------
+    def label_ids(self, names: Sequence[str]) -> list[int]:
+        with self.engine.begin() as conn:
+            have = dict(conn.execute(sa.select(t.labels.c.name, t.labels.c.id).where(t.labels.c.name.in_(names))).all())
+            missing = [{"name": n} for n in dict.fromkeys(names) if n not in have]
+            if missing:
+                conn.execute(t.labels.insert(), missing)
+                have = dict(
+                    conn.execute(sa.select(t.labels.c.name, t.labels.c.id).where(t.labels.c.name.in_(names))).all()
+                )
+        return [int(have[n]) for n in names]
+
+    def add_tags(self, rows: Sequence[dict[str, Any]]) -> None:
+        for chunk in _chunks(rows, 5000):
+            with self.engine.begin() as conn:
+                conn.execute(t.tags.insert(), list(chunk))
+
+    def tags(self, run_id: int | None = None, image_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """Tag rows (image_id, label, score, rank, method, run_id) of one run (default: the latest)."""
+        if run_id is None:
+            run_id = self.latest_tag_run()
+            if run_id is None:
+                return []
+        query = (
+            sa.select(t.tags.c.image_id, t.labels.c.name.label("label"), t.tags.c.score, t.tags.c.rank,
+                      t.tags.c.method, t.tags.c.run_id)  # fmt: skip
+            .join(t.labels, t.labels.c.id == t.tags.c.label_id)
+            .where(t.tags.c.run_id == run_id)
+            .order_by(t.tags.c.image_id, t.tags.c.rank)
+        )
+        if image_ids is not None:
+            query = query.where(t.tags.c.image_id.in_([int(i) for i in image_ids]))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def latest_tag_run(self) -> int | None:
+        query = sa.select(sa.func.max(t.runs.c.id)).where(t.runs.c.kind == "tag", t.runs.c.status == "ok")
+        with self.engine.connect() as conn:
+            found = conn.execute(query).scalar()
+        return int(found) if found is not None else None

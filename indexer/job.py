@@ -1,0 +1,177 @@
+"""One index run: list, plan, embed the work through the Beam job, apply shards, build, publish."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from indexer import index as versions
+from indexer.catalog import Catalog
+from indexer.home import Home
+from indexer.lock import WriterLock
+from indexer.plan import IndexPlan, make_plan
+from pipeline import shards
+from pipeline.decode import DEFAULT_MAX_PIXELS
+from pipeline.inputs import FileEntry, expand_inputs
+from pipeline.job import KNOWN_HASHES_FILE, PipelineConfig, run_config
+from vistag.errors import EmptyCorpus
+from vistag.models import ModelIdentity, load_model, parse_model_spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Options of one index run."""
+
+    inputs: tuple[str, ...]
+    model: str | None = None
+    pretrained: str | None = None
+    device: str | None = None
+    batch_size: int = 32
+    shard_size: int = 4096
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    index_type: str | None = None
+    dry_run: bool = False
+    progress: bool = False
+    beam_args: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    """What a run did. ``plan`` is always set; the rest is empty for a dry run."""
+
+    plan: IndexPlan
+    run_id: int | None = None
+    embedded: int = 0
+    reused: int = 0
+    failed: int = 0
+    deleted: int = 0
+    index_version: str | None = None
+    index_count: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "plan"}
+        return out | {"plan": self.plan.counts()}
+
+
+def run_index(home: Home, config: IndexConfig) -> IndexResult:
+    """Run one index job in ``home`` under the writer lock."""
+    home.ensure()
+    with WriterLock(home.lock_path):
+        catalog = Catalog(home.db_url)
+        try:
+            return _run_locked(home, catalog, config)
+        finally:
+            catalog.close()
+
+
+def _run_locked(home: Home, catalog: Catalog, config: IndexConfig) -> IndexResult:
+    identity = load_model(parse_model_spec(config.model, config.pretrained), "cpu").identity
+    model_id = catalog.model_id(identity)
+    listing = expand_inputs(config.inputs)
+    plan = make_plan(listing, catalog.image_states(), set(catalog.known_hashes(model_id)))
+    if config.dry_run:
+        return IndexResult(plan)
+    if not listing.entries and not catalog.image_states():
+        raise EmptyCorpus(f"no image files found in {', '.join(config.inputs)}")
+    run_id = catalog.start_run("index", model_id, {"inputs": config.inputs, "model": identity.model})
+    try:
+        result = _execute(home, catalog, config, identity, model_id, plan, run_id)
+    except BaseException as err:
+        catalog.finish_run(run_id, "failed", plan.counts(), message=f"{type(err).__name__}: {err}")
+        raise
+    counts = plan.counts() | {"embedded": result.embedded, "reused": result.reused, "failed": result.failed}
+    catalog.finish_run(run_id, "ok", counts)
+    return result
+
+
+def _execute(
+    home: Home, catalog: Catalog, config: IndexConfig, identity: ModelIdentity, model_id: int,
+    plan: IndexPlan, run_id: int,
+) -> IndexResult:  # fmt: skip
+    embedded = reused = failed = 0
+    if plan.work:
+        folder = home.shard_dir(identity.key, run_id)
+        _embed(catalog, config, identity, model_id, plan.work, folder)
+        embedded, reused, failed = apply_shards(home, catalog, str(folder), model_id, run_id, plan.work)
+    if plan.missing:
+        catalog.add_failures([{"uri": u, "stage": "list", "reason": r} for u, r in plan.missing], run_id)
+        catalog.upsert_images([{"uri": u, "status": "failed"} for u, _ in plan.missing], run_id)
+        failed += len(plan.missing)
+    deleted = catalog.set_status(plan.deleted, "deleted", run_id)
+    version = _maybe_rebuild(home, catalog, identity, model_id, config.index_type, run_id, plan)
+    return IndexResult(
+        plan, run_id, embedded, reused, failed, deleted,
+        version.name if version else None, int(version.manifest["count"]) if version else None,
+    )  # fmt: skip
+
+
+def _embed(
+    catalog: Catalog, config: IndexConfig, identity: ModelIdentity, model_id: int,
+    work: Sequence[FileEntry], folder: Any,
+) -> None:  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    known_file = folder / KNOWN_HASHES_FILE
+    known_file.write_text("\n".join(catalog.known_hashes(model_id)))
+    pipeline_config = PipelineConfig(
+        entries=tuple(work), output=str(folder), model=identity.to_dict(), batch_size=config.batch_size,
+        shard_size=config.shard_size, max_pixels=config.max_pixels, device=config.device,
+        known_hashes_file=str(known_file), progress=config.progress, beam_args=config.beam_args,
+    )  # fmt: skip
+    run_config(pipeline_config)
+
+
+def apply_shards(
+    home: Home, catalog: Catalog, folder: str, model_id: int, run_id: int, work: Sequence[FileEntry]
+) -> tuple[int, int, int]:
+    """Record every shard of ``folder`` in the catalog; returns (embedded, reused, failed) counts."""
+    by_uri = {e.uri: e for e in work}
+    embedded = reused = failed = 0
+    rel = home.relative(folder)
+    for name in shards.list_shards(folder):
+        shard = shards.read_shard(folder, name)
+        fresh = [m for m in shard.meta if m["row"] >= 0]
+        known = [m for m in shard.meta if m["row"] < 0]
+        sizes = catalog.sizes_by_sha([m["sha256"] for m in known])
+        for m in known:
+            m["width"], m["height"] = sizes.get(m["sha256"], (0, 0))
+        catalog.add_embeddings(
+            [{"sha256": m["sha256"], "model_id": model_id, "shard_dir": rel, "shard": name, "row": m["row"],
+              "run_id": run_id} for m in fresh]  # fmt: skip
+        )
+        rows = [{k: m[k] for k in ("uri", "sha256", "size", "mtime", "width", "height")} | {"status": "indexed"}
+                for m in shard.meta]  # fmt: skip
+        catalog.upsert_images(rows, run_id)
+        catalog.add_failures(shard.failures, run_id)
+        catalog.upsert_images([_failed_row(f["uri"], by_uri) for f in shard.failures], run_id)
+        embedded, reused, failed = embedded + len(fresh), reused + len(known), failed + len(shard.failures)
+    return embedded, reused, failed
+
+
+def _failed_row(uri: str, by_uri: dict[str, FileEntry]) -> dict[str, Any]:
+    entry = by_uri.get(uri)
+    row: dict[str, Any] = {"uri": uri, "status": "failed", "sha256": None}
+    if entry is not None:
+        row |= {"size": entry.size, "mtime": entry.mtime}
+    return row
+
+
+def _maybe_rebuild(
+    home: Home, catalog: Catalog, identity: ModelIdentity, model_id: int, index_type: str | None,
+    run_id: int, plan: IndexPlan,
+) -> versions.IndexVersion | None:  # fmt: skip
+    current = versions.current_version_path(home)
+    same_model = current is not None and current.parent.name == identity.key
+    if same_model and plan.is_noop and not index_type:
+        return None
+    locations = catalog.vector_locations(model_id)
+    ids, xb = versions.gather_vectors(home, locations, identity.embed_dim)
+    chosen = versions.choose_index_type(len(ids), index_type)
+    index = versions.build_index(xb, ids, chosen)
+    version = versions.write_version(home, identity, index, chosen, run_id)
+    catalog.add_index_version(model_id, home.relative(version.path), chosen, int(index.ntotal), run_id)
+    versions.publish(home, version)
+    return version

@@ -1,0 +1,83 @@
+"""Plan, then execute: compare a listing with the catalog and freeze what a run must do.
+
+Files whose size and mtime match the catalog are unchanged; others are new or changed and go to
+the pipeline, which hashes them (content already embedded for this model is reused, not
+embedded again). Catalog images below a listed folder that are no longer there are deleted.
+Unchanged images without an embedding for the run's model (a model switch) are work too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.inputs import FileEntry, Listing
+
+LIVE = ("indexed", "failed")
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """What one index run will do; printable and testable before anything is built."""
+
+    new: tuple[FileEntry, ...]
+    changed: tuple[FileEntry, ...]
+    reembed: tuple[FileEntry, ...]
+    unchanged: tuple[str, ...]
+    deleted: tuple[str, ...]
+    missing: tuple[tuple[str, str], ...]
+
+    @property
+    def work(self) -> tuple[FileEntry, ...]:
+        """Files the pipeline must read (new, changed, and those lacking this model's embedding)."""
+        return self.new + self.changed + self.reembed
+
+    @property
+    def is_noop(self) -> bool:
+        return not (self.work or self.deleted or self.missing)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "listed": len(self.new) + len(self.changed) + len(self.reembed) + len(self.unchanged),
+            "new": len(self.new), "changed": len(self.changed), "reembed": len(self.reembed),
+            "unchanged": len(self.unchanged), "deleted": len(self.deleted), "missing": len(self.missing),
+        }  # fmt: skip
+
+    def describe(self) -> str:
+        c = self.counts()
+        lines = [f"plan: {c['listed']} listed, {c['new']} new, {c['changed']} changed, "
+                 f"{c['reembed']} to re-embed for this model, {c['unchanged']} unchanged, "
+                 f"{c['deleted']} deleted, {c['missing']} unreadable in manifests"]  # fmt: skip
+        lines += [f"  new      {e.uri}" for e in self.new]
+        lines += [f"  changed  {e.uri}" for e in self.changed]
+        lines += [f"  re-embed {e.uri}" for e in self.reembed]
+        lines += [f"  deleted  {u}" for u in self.deleted]
+        return "\n".join(lines)
+
+
+def make_plan(listing: Listing, states: Mapping[str, Mapping[str, Any]], known: Collection[str]) -> IndexPlan:
+    """Compare ``listing`` with catalog ``states`` (uri -> id, sha256, size, mtime, status).
+
+    ``known`` holds the sha256 of content already embedded with the run's model.
+    """
+    new, changed, reembed, unchanged = [], [], [], []
+    for entry in listing.entries:
+        state = states.get(entry.uri)
+        if state is None or state["status"] not in LIVE:
+            new.append(entry)
+        elif state["size"] != entry.size or abs((state["mtime"] or 0.0) - entry.mtime) > 1e-6:
+            changed.append(entry)
+        elif state["status"] == "indexed" and state["sha256"] not in known:
+            reembed.append(entry)
+        else:
+            unchanged.append(entry.uri)
+    listed = {e.uri for e in listing.entries}
+    roots = tuple(r.rstrip(os.sep) + os.sep if "://" not in r else r for r in listing.roots)
+    deleted = sorted(
+        uri
+        for uri, state in states.items()
+        if state["status"] in LIVE and uri not in listed and uri.startswith(roots)
+    )
+    return IndexPlan(tuple(new), tuple(changed), tuple(reembed), tuple(unchanged), tuple(deleted), listing.missing)

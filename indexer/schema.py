@@ -1,0 +1,137 @@
+"""Catalog tables (SQLAlchemy 2 Core). Changes go through Alembic migrations in ``migrations/``.
+
+FAISS id = ``images.id`` (int64): the index is built with ``add_with_ids(vectors, image_ids)``,
+so a search hit's id is the catalog row, and nothing else maps between the two.
+Times are seconds since the epoch (float), portable across SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+models = Table(
+    "models",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("key", String(32), nullable=False, unique=True),
+    Column("model", Text, nullable=False),
+    Column("pretrained", Text),
+    Column("embed_dim", Integer, nullable=False),
+    Column("preprocess", Text, nullable=False),
+    Column("fingerprint", String(64), nullable=False, default=""),
+    Column("created", Float, nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("model_id", Id, ForeignKey("models.id")),
+    Column("started", Float, nullable=False),
+    Column("finished", Float),
+    Column("listed", Integer, nullable=False, default=0),
+    Column("new", Integer, nullable=False, default=0),
+    Column("changed", Integer, nullable=False, default=0),
+    Column("unchanged", Integer, nullable=False, default=0),
+    Column("deleted", Integer, nullable=False, default=0),
+    Column("embedded", Integer, nullable=False, default=0),
+    Column("reused", Integer, nullable=False, default=0),
+    Column("failed", Integer, nullable=False, default=0),
+    Column("params", Text, nullable=False, default="{}"),
+    Column("message", Text),
+)
+
+images = Table(
+    "images",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("uri", Text, nullable=False, unique=True),
+    Column("sha256", String(64)),
+    Column("size", BigInteger),
+    Column("mtime", Float),
+    Column("width", Integer),
+    Column("height", Integer),
+    Column("status", String(16), nullable=False),
+    Column("first_run", Id, ForeignKey("runs.id")),
+    Column("last_run", Id, ForeignKey("runs.id")),
+    Column("updated", Float, nullable=False),
+    Index("ix_images_sha256", "sha256"),
+    Index("ix_images_status", "status"),
+)
+
+embeddings = Table(
+    "embeddings",
+    metadata,
+    Column("sha256", String(64), nullable=False),
+    Column("model_id", Id, ForeignKey("models.id"), nullable=False),
+    Column("shard_dir", Text, nullable=False),
+    Column("shard", String(128), nullable=False),
+    Column("row", Integer, nullable=False),
+    Column("run_id", Id, ForeignKey("runs.id")),
+    PrimaryKeyConstraint("sha256", "model_id", name="pk_embeddings"),
+)
+
+failures = Table(
+    "failures",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("uri", Text, nullable=False),
+    Column("stage", String(32), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("run_id", Id, ForeignKey("runs.id")),
+    Column("created", Float, nullable=False),
+    Index("ix_failures_uri", "uri"),
+)
+
+index_versions = Table(
+    "index_versions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("model_id", Id, ForeignKey("models.id"), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("index_type", String(128), nullable=False),
+    Column("metric", String(16), nullable=False),
+    Column("count", BigInteger, nullable=False),
+    Column("run_id", Id, ForeignKey("runs.id")),
+    Column("created", Float, nullable=False),
+)
+
+labels = Table(
+    "labels",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", Text, nullable=False, unique=True),
+)
+
+tags = Table(
+    "tags",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("image_id", Id, ForeignKey("images.id"), nullable=False),
+    Column("label_id", Id, ForeignKey("labels.id"), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("rank", Integer, nullable=False),
+    Column("method", String(16), nullable=False),
+    Column("run_id", Id, ForeignKey("runs.id"), nullable=False),
+    Index("ix_tags_run_image", "run_id", "image_id"),
+    Index("ix_tags_image", "image_id"),
+)

@@ -1,0 +1,1 @@
+"""vistag's read side: text encoding, search, tagging, propagation, export."""

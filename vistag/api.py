@@ -1,0 +1,119 @@
+"""The public Python API: one :class:`Archive` per home, the same operations as the CLI.
+
+>>> from vistag import Archive
+>>> archive = Archive("~/photos-index")
+>>> archive.index(["~/Pictures"])                      # doctest: +SKIP
+>>> [hit.uri for hit in archive.search("a red bicycle", k=5)]   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from indexer import index as versions
+from indexer.catalog import Catalog
+from indexer.home import Home
+from indexer.job import IndexConfig, IndexResult, run_index
+from query.export import export_rows, render
+from query.search import Hit, Searcher
+from query.tagging import TagResult, parse_labels, tag_zero_shot
+from query.text import DEFAULT_TEMPLATES
+from vistag.errors import IndexNotFound
+
+
+class Archive:
+    """An indexed image archive living in a home directory (and optionally an external database)."""
+
+    def __init__(self, home: str | os.PathLike[str] | None = None, db: str | None = None, device: str | None = None):
+        self.home = Home.resolve(home, db)
+        self.device = device
+        self._catalog: Catalog | None = None
+        self._searcher: Searcher | None = None
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self.home.ensure()
+            self._catalog = Catalog(self.home.db_url)
+        return self._catalog
+
+    @property
+    def searcher(self) -> Searcher:
+        if self._searcher is None:
+            self._searcher = Searcher(self.home, self.catalog, self.device)
+        return self._searcher
+
+    def close(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+        self._catalog = self._searcher = None
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def index(self, paths: Sequence[str | os.PathLike[str]], **options: Any) -> IndexResult:
+        """Embed every image under ``paths`` and publish a new index version.
+
+        ``options`` are the fields of :class:`indexer.job.IndexConfig` (model, pretrained,
+        batch_size, index_type, dry_run, progress, beam_args, ...).
+        """
+        options.setdefault("device", self.device)
+        config = IndexConfig(inputs=tuple(str(p) for p in paths), **options)
+        return run_index(self.home, config)
+
+    def plan(self, paths: Sequence[str | os.PathLike[str]], **options: Any) -> IndexResult:
+        """What :meth:`index` would do, without doing it."""
+        return self.index(paths, dry_run=True, **options)
+
+    def search(self, text: str, k: int = 10) -> list[Hit]:
+        """Text-to-image search: the ``k`` best images, best first."""
+        return self.searcher.search(text, k)
+
+    def similar(self, image: int | str | os.PathLike[str], k: int = 10) -> list[Hit]:
+        """Image-to-image search from an indexed image id or uri, or any image file."""
+        return self.searcher.similar(image, k)
+
+    def tag(self, labels: str | Sequence[str], top: int = 3, templates: Sequence[str] = DEFAULT_TEMPLATES) -> TagResult:
+        """Zero-shot tag every indexed image with ``labels`` (list, comma-separated string or file)."""
+        return tag_zero_shot(self.home, self.catalog, self.searcher, parse_labels(labels), top, templates)
+
+    def export(self, fmt: str = "json") -> str:
+        """Tags (of the latest tag run) and metadata for every image, as JSON or CSV text."""
+        return render(export_rows(self.catalog), fmt)
+
+    def export_rows(self) -> list[dict[str, Any]]:
+        return export_rows(self.catalog)
+
+    def status(self) -> dict[str, Any]:
+        """Counts, model identity, and the published index version and type."""
+        counts = self.catalog.counts()
+        out: dict[str, Any] = {
+            "home": str(self.home.root),
+            "database": Catalog.display_url(self.home.db_url),
+            "indexed": counts["indexed"],
+            "failed": counts["failed"],
+            "deleted": counts["deleted"],
+            "model": None,
+            "index": None,
+        }
+        try:
+            version = versions.current_version(self.home)
+        except IndexNotFound:
+            return out
+        out["model"] = {k: version.manifest["model"][k] for k in ("model", "pretrained", "embed_dim", "key")}
+        out["index"] = {"version": version.name, "type": version.manifest["index_type"],
+                        "count": version.manifest["count"], "created": version.manifest["created"]}  # fmt: skip
+        return out
+
+    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Index and tag runs, newest first."""
+        return self.catalog.runs(limit)
+
+    def failures(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Recorded failures (uri, stage, reason, run_id), newest first."""
+        return self.catalog.failures(limit)

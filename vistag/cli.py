@@ -1,0 +1,235 @@
+"""The ``vistag`` command: parses arguments, calls :class:`vistag.api.Archive`, formats results.
+
+Library errors arrive as typed exceptions and leave as one line on stderr with a non-zero code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from vistag.errors import InputError, VistagError
+
+COMMANDS = ("index", "search", "similar", "tag", "export", "status", "runs", "failures")
+
+
+def _common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
+    p.add_argument("--home", help="home directory of the archive (default: $VISTAG_HOME or ~/.vistag)")
+    p.add_argument("--db", metavar="URL", help="SQLAlchemy database URL (default: SQLite file in the home)")
+    p.add_argument("--device", help="torch device: cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vistag", description="Index, search and tag an image archive.")
+    ap.add_argument("--version", action="version", version=_version())
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("index", help="embed images into the catalog and publish a new index version",
+                       description="Embed every image under PATHs (folders, globs, image files, manifest "
+                       "files of URIs) and publish a new index version. Unknown --options are passed "
+                       "to Apache Beam (e.g. --runner, --direct_num_workers).")  # fmt: skip
+    p.add_argument("paths", nargs="+", metavar="PATH", help="folder, glob, image file or manifest (.txt/.lst)")
+    p.add_argument("--model", help="OpenCLIP model: ViT-B-32 (default), hf-hub:org/name, local-dir:/path")
+    p.add_argument("--pretrained", help="pretrained tag (default for ViT-B-32: laion2b_s34b_b79k), checkpoint path, or 'random'")
+    p.add_argument("--batch-size", type=int, default=32, help="images per model forward (default 32)")
+    p.add_argument("--shard-size", type=int, default=4096, help="images per embedding shard (default 4096)")
+    p.add_argument("--index-type", help="FAISS index_factory string overriding the automatic choice (e.g. Flat, HNSW32,Flat)")
+    p.add_argument("--max-pixels", type=int, help="largest image accepted, in pixels (default 128000000)")
+    p.add_argument("--runner", help="Beam runner (default: in-process FnApiRunner; DataflowRunner, FlinkRunner...)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (new, changed, deleted...) and stop")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _common(p)
+
+    p = sub.add_parser("search", help="text-to-image search", description="Find the images best matching TEXT.")
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    _common(p)
+
+    p = sub.add_parser("similar", help="image-to-image search",
+                       description="Find images similar to an indexed image (id or path) or any image file.")  # fmt: skip
+    p.add_argument("image", metavar="PATH_OR_ID")
+    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    _common(p)
+
+    p = sub.add_parser("tag", help="zero-shot tag every indexed image",
+                       description="Score every indexed image against LABELS; store all scores under a new "
+                       "tag run and print each image's best labels.")  # fmt: skip
+    p.add_argument("--labels", required=True, metavar="FILE_OR_LIST", help="file with one label per line, or 'cat,dog,car'")
+    p.add_argument("--top", type=int, default=3, help="labels printed per image (default 3)")
+    _common(p)
+
+    p = sub.add_parser("export", help="tags and metadata of every image", description="Export every image "
+                       "with its metadata and the tags of the latest tag run.")  # fmt: skip
+    p.add_argument("--format", choices=("json", "csv"), default="json", help="output format (default json)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    _common(p, json_flag=False)
+
+    p = sub.add_parser("status", help="counts, model and index version", description="Show counts, model identity, index version and type.")
+    _common(p)
+    p = sub.add_parser("runs", help="index and tag runs, newest first", description="List runs, newest first.")
+    p.add_argument("-n", "--limit", type=int, default=20, help="how many runs (default 20)")
+    _common(p)
+    p = sub.add_parser("failures", help="images that could not be indexed, with stage and reason",
+                       description="List recorded failures, newest first.")  # fmt: skip
+    p.add_argument("-n", "--limit", type=int, default=50, help="how many failures (default 50)")
+    _common(p)
+    return ap
+
+
+def _version() -> str:
+    from vistag import __version__
+
+    return f"vistag {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "index":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    # Beam and its optional clients log warnings at import that are noise to a CLI user.
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    from vistag.api import Archive
+
+    try:
+        with Archive(args.home, args.db, args.device) as archive:
+            return HANDLERS[args.command](archive, args, extra)
+    except VistagError as err:
+        print(f"vistag: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("vistag: interrupted", file=sys.stderr)
+        return 130
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=1, default=str))
+
+
+def cmd_index(archive: Any, args: argparse.Namespace, extra: list[str]) -> int:
+    beam_args = list(extra) + ([f"--runner={args.runner}"] if args.runner else [])
+    bad = [a for a in extra if not a.startswith("--")]
+    if bad:
+        raise InputError(f"unexpected argument {bad[0]!r} (Beam options must look like --name=value)")
+    options: dict[str, Any] = {"model": args.model, "pretrained": args.pretrained, "batch_size": args.batch_size,
+               "shard_size": args.shard_size, "index_type": args.index_type, "dry_run": args.dry_run,
+               "progress": not args.no_progress and not args.json and sys.stderr.isatty(),
+               "beam_args": tuple(beam_args)}  # fmt: skip
+    if args.max_pixels:
+        options["max_pixels"] = args.max_pixels
+    start = time.perf_counter()
+    result = archive.index(args.paths, **options)
+    if args.json:
+        _print_json(result.to_dict() | {"seconds": round(time.perf_counter() - start, 3)})
+    elif args.dry_run:
+        print(result.plan.describe())
+    else:
+        c = result.plan.counts()
+        print(f"{c['listed']} listed: {result.embedded} embedded, {result.reused} reused by content, "
+              f"{c['unchanged']} unchanged, {result.failed} failed, {result.deleted} deleted "
+              f"({time.perf_counter() - start:.1f}s)")  # fmt: skip
+        if result.index_version:
+            print(f"published index {result.index_version} with {result.index_count} vectors")
+        if result.failed:
+            print("see `vistag failures` for the reasons")
+    return 0
+
+
+def _print_hits(hits: list[Any], as_json: bool) -> None:
+    if as_json:
+        _print_json([h.to_dict() for h in hits])
+        return
+    for hit in hits:
+        print(f"{hit.score:8.4f}  {hit.id:>8}  {hit.uri}")
+
+
+def cmd_search(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
+    _print_hits(archive.search(args.text, args.k), args.json)
+    return 0
+
+
+def cmd_similar(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
+    _print_hits(archive.similar(args.image, args.k), args.json)
+    return 0
+
+
+def cmd_tag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
+    result = archive.tag(args.labels, top=args.top)
+    if args.json:
+        _print_json(result.top)
+        return 0
+    by_uri: dict[str, list[str]] = {}
+    for row in result.top:
+        by_uri.setdefault(row["uri"], []).append(f"{row['label']} ({row['score']:.3f})")
+    for uri, labels in by_uri.items():
+        print(f"{uri}: {', '.join(labels)}")
+    print(f"tag run {result.run_id}: {result.images} images x {len(result.labels)} labels stored", file=sys.stderr)
+    return 0
+
+
+def cmd_export(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
+    text = archive.export(args.format)
+    if args.output:
+        tmp = f"{args.output}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, args.output)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def cmd_status(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
+    status = archive.status()
+    if args.json:
+        _print_json(status)
+        return 0
+    print(f"home:     {status['home']}\ndatabase: {status['database']}")
+    print(f"images:   {status['indexed']} indexed, {status['failed']} failed, {status['deleted']} deleted")
+    if status["model"]:
+        m, i = status["model"], status["index"]
+        print(f"model:    {m['model']} ({m['pretrained'] or 'weights in model folder'}), {m['embed_dim']}-d, key {m['key']}")
+        print(f"index:    {i['version']} ({i['type']}, {i['count']} vectors)")
+    else:
+        print("index:    none published yet (run `vistag index PATH`)")
+    return 0
+
+
+def cmd_runs(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
+    runs = archive.runs(args.limit)
+    if args.json:
+        _print_json(runs)
+        return 0
+    for r in runs:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"]))
+        print(f"{r['id']:>5}  {r['kind']:<5}  {r['status']:<8}  {when}  embedded {r['embedded']}, "
+              f"failed {r['failed']}, deleted {r['deleted']}")  # fmt: skip
+    return 0
+
+
+def cmd_failures(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
+    rows = archive.failures(args.limit)
+    if args.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        print(f"{r['stage']:<10}  {r['uri']}: {r['reason']}")
+    return 0
+
+
+HANDLERS = {
+    "index": cmd_index, "search": cmd_search, "similar": cmd_similar, "tag": cmd_tag, "export": cmd_export,
+    "status": cmd_status, "runs": cmd_runs, "failures": cmd_failures,
+}  # fmt: skip
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Typed exceptions of the library. The CLI turns each into a one-line message and an exit code."""
+
+from __future__ import annotations
+
+
+class VistagError(Exception):
+    """Base class of every error vistag raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(VistagError):
+    """An input path, glob, manifest or argument is unusable."""
+
+    exit_code = 2
+
+
+class ModelLoadError(VistagError):
+    """An OpenCLIP model spec cannot be parsed or its weights cannot be had."""
+
+    exit_code = 3
+
+
+class ModelMismatch(VistagError):
+    """Two pieces of state were made by different models and must not be mixed."""
+
+    exit_code = 3
+
+
+class IndexNotFound(VistagError):
+    """No index version has been published in this home yet."""
+
+    exit_code = 4
+
+
+class EmptyCorpus(VistagError):
+    """There is nothing to index, search or tag."""
+
+    exit_code = 4
+
+
+class CatalogError(VistagError):
+    """The catalog database is unreachable, locked by another writer, or inconsistent."""
+
+    exit_code = 5
+
+
+class LockHeld(CatalogError):
+    """Another process is writing to this home."""
+
+
+class ShardFormatError(VistagError):
+    """An embedding shard on disk is missing, truncated or of an unknown format version."""
+
+    exit_code = 5
+
+
+class NotFound(VistagError):
+    """An image id or uri asked for is not in the catalog."""
+
+    exit_code = 4
