@@ -1,0 +1,93 @@
+"""Catalog operations on SQLite (file and in-memory), migrations, and parameterised SQL."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from indexer import schema
+from indexer.catalog import Catalog, parse_db_url
+from vistag.errors import CatalogError, InputError, NotFound
+from vistag.models import ModelIdentity
+
+IDENTITY = ModelIdentity("ViT-X", "tag", 8, {"size": 32}, "")
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    cat = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
+    yield cat
+    cat.close()
+
+
+def _img(uri, sha="a" * 64, **kw):
+    return {"uri": uri, "sha256": sha, "size": 1, "mtime": 2.0, "width": 3, "height": 4, "status": "indexed"} | kw
+
+
+def test_migrations_match_the_schema(catalog):
+    with catalog.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), schema.metadata)
+    assert diff == []
+    Catalog(catalog.url).close()  # re-opening an up-to-date catalog is a no-op
+
+
+def test_models_runs_and_images(catalog):
+    mid = catalog.model_id(IDENTITY)
+    assert catalog.model_id(IDENTITY) == mid and catalog.model(mid) == IDENTITY
+    run = catalog.start_run("index", mid, {"inputs": ["/x"]})
+    catalog.upsert_images([_img("/x/1.jpg"), _img("/x/2.jpg", "b" * 64)], run)
+    catalog.upsert_images([_img("/x/1.jpg", size=99)], run)  # update, not duplicate
+    rows = catalog.images()
+    assert [r["uri"] for r in rows] == ["/x/1.jpg", "/x/2.jpg"] and rows[0]["size"] == 99
+    assert catalog.counts() == {"indexed": 2, "failed": 0, "deleted": 0}
+    assert catalog.set_status(["/x/2.jpg"], "deleted", run) == 1
+    assert catalog.counts()["deleted"] == 1
+    catalog.finish_run(run, "ok", {"embedded": 2, "failed": 0})
+    (latest,) = catalog.runs()
+    assert latest["status"] == "ok" and latest["embedded"] == 2 and latest["finished"] >= latest["started"]
+    assert catalog.image("/x/1.jpg")["id"] == rows[0]["id"]
+    with pytest.raises(NotFound):
+        catalog.image(12345)
+
+
+def test_embeddings_are_keyed_by_content_and_model(catalog):
+    mid = catalog.model_id(IDENTITY)
+    other = catalog.model_id(ModelIdentity("ViT-Y", "tag", 8, {}, ""))
+    run = catalog.start_run("index", mid)
+    row = {"sha256": "a" * 64, "model_id": mid, "shard_dir": "s", "shard": "n", "row": 0, "run_id": run}
+    assert catalog.add_embeddings([row, row | {"row": 5}]) == 1  # same content: stored once
+    assert catalog.add_embeddings([row | {"model_id": other}]) == 1
+    catalog.upsert_images([_img("/x/1.jpg"), _img("/x/dup.jpg")], run)
+    assert [loc[0] for loc in catalog.vector_locations(mid)] == [1, 2]  # both images share the vector
+    assert catalog.known_hashes(mid) == ["a" * 64]
+
+
+def test_injection_strings_are_data(catalog):
+    evil = "x'); DROP TABLE images; --"
+    mid = catalog.model_id(IDENTITY)
+    run = catalog.start_run("tag", mid)
+    catalog.upsert_images([_img(f"/x/{evil}.jpg")], run)
+    (label_id,) = catalog.label_ids([evil])
+    catalog.add_tags([{"image_id": 1, "label_id": label_id, "score": 0.5, "rank": 0, "method": "zeroshot",
+                       "run_id": run}])  # fmt: skip
+    catalog.finish_run(run, "ok", {})
+    assert catalog.tags()[0]["label"] == evil
+    assert catalog.images()[0]["uri"] == f"/x/{evil}.jpg"
+
+
+def test_failed_batch_leaves_no_partial_rows(catalog):
+    run = catalog.start_run("index", None)
+    good, bad = _img("/x/ok.jpg"), _img("/x/bad.jpg", status=None)  # NOT NULL violation
+    with pytest.raises(sa.exc.IntegrityError):
+        catalog.upsert_images([good, bad], run)
+    assert catalog.images(status=None) == []
+
+
+def test_database_url_errors():
+    with pytest.raises(InputError, match="not a database URL"):
+        parse_db_url("::nonsense::")
+    with pytest.raises(CatalogError):
+        Catalog("sqlite:////nonexistent-dir/x/y.db")
+    assert "***" in Catalog.display_url("postgresql+psycopg://u:secret@h/db")
