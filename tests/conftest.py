@@ -109,7 +109,7 @@ def corpus(tmp_path: Path) -> Corpus:
 
 @pytest.fixture(scope="session")
 def indexed_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> tuple[Path, Corpus]:
-    """A home indexed once with the tiny model (shared by read-only tests; copy before writing)."""
+    """A home indexed once with the tiny model, shared: tests must not change its corpus files."""
     root = tmp_path_factory.mktemp("indexed")
     corpus = write_corpus(root / "corpus")
     home = root / "home"
