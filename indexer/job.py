@@ -15,7 +15,7 @@ from indexer.plan import IndexPlan, make_plan
 from pipeline import shards
 from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.inputs import FileEntry, expand_inputs
-from pipeline.job import KNOWN_HASHES_FILE, PipelineConfig, run_config
+from pipeline.job import KNOWN_HASHES_FILE, PipelineConfig, run_config, write_worklist
 from vistag.errors import EmptyCorpus
 from vistag.models import ModelIdentity, load_model, parse_model_spec
 
@@ -117,7 +117,7 @@ def _embed(
     known_file = folder / KNOWN_HASHES_FILE
     known_file.write_text("\n".join(catalog.known_hashes(model_id)))
     pipeline_config = PipelineConfig(
-        entries=tuple(work), output=str(folder), model=identity.to_dict(), batch_size=config.batch_size,
+        worklist=write_worklist(str(folder), work), total=len(work), output=str(folder), model=identity.to_dict(), batch_size=config.batch_size,
         shard_size=config.shard_size, max_pixels=config.max_pixels, device=config.device,
         known_hashes_file=str(known_file), progress=config.progress, beam_args=config.beam_args,
     )  # fmt: skip

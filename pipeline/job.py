@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,13 +29,19 @@ from vistag.models import ModelIdentity, build_transform
 log = logging.getLogger(__name__)
 DEFAULT_RUNNER = "FnApiRunner"
 KNOWN_HASHES_FILE = "known-sha256.txt"
+WORKLIST_FILE = "worklist.jsonl"
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Everything the job needs, built once and passed whole."""
+    """Everything the job needs, built once and passed whole.
 
-    entries: tuple[FileEntry, ...]
+    ``worklist`` is a JSON-lines file of files to embed (see :func:`write_worklist`), read by
+    the job itself so that a million-file run does not ship its list inside the job graph.
+    """
+
+    worklist: str
+    total: int
     output: str
     model: dict[str, Any]
     batch_size: int = 32
@@ -62,6 +69,24 @@ class ImageKey:
             "uri": self.uri, "sha256": self.sha256, "size": self.size, "mtime": self.mtime,
             "width": self.width, "height": self.height, "row": row,
         }  # fmt: skip
+
+
+def write_worklist(folder: str, entries: Sequence[FileEntry]) -> str:
+    """Write ``entries`` as ``folder/worklist.jsonl`` (one JSON object per line); returns its path."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if not FileSystems.exists(folder):
+        FileSystems.mkdirs(folder)
+    path = FileSystems.join(folder, WORKLIST_FILE)
+    lines = "".join(json.dumps([e.uri, e.size, e.mtime]) + "\n" for e in entries)
+    with FileSystems.create(path) as fh:
+        fh.write(lines.encode())
+    return path
+
+
+def parse_worklist_line(line: str) -> FileEntry:
+    uri, size, mtime = json.loads(line)
+    return FileEntry(uri, int(size), float(mtime))
 
 
 def _failure(uri: str, stage: str, reason: str) -> dict[str, str]:
@@ -140,7 +165,7 @@ class WriteShardsFn(beam.DoFn):
         self._model = config.model
         self._shard_size = config.shard_size
         self._progress = config.progress
-        self._total = len(config.entries)
+        self._total = config.total
         self._written = beam.metrics.Metrics.counter("vistag", "images_written")
         self._bar = None
 
@@ -157,6 +182,8 @@ class WriteShardsFn(beam.DoFn):
 
     def process(self, element: tuple[str, Any]) -> Iterable[None]:
         kind, payload = element
+        if self._bar is not None:
+            self._bar.update(1)
         if kind == "embedded":
             key, vector = payload
             self._meta.append(key.row(len(self._vectors)))
@@ -184,8 +211,6 @@ class WriteShardsFn(beam.DoFn):
         matrix = np.stack(self._vectors) if self._vectors else np.zeros((0, dim), np.float32)
         shards.write_shard(self._output, self._meta, matrix, self._failures, self._model)
         self._written.inc(count)
-        if self._bar is not None:
-            self._bar.update(count)
         self.start_bundle()
 
 
@@ -196,7 +221,11 @@ def build(p: beam.Pipeline, config: PipelineConfig) -> None:
             ModelIdentity.from_dict(config.model), batch_size=config.batch_size, device=config.device
         )
     )
-    work = p | "WorkList" >> beam.Create(list(config.entries), reshuffle=False)
+    work = (
+        p
+        | "ReadWorkList" >> beam.io.ReadFromText(config.worklist)
+        | "ParseWorkList" >> beam.Map(parse_worklist_line)
+    )
     decoded = work | "ReadDecode" >> beam.ParDo(ReadDecodeFn(config)).with_outputs(
         ReadDecodeFn.FAILED, ReadDecodeFn.KNOWN, main="decoded"
     )
@@ -247,8 +276,10 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
 
     args, beam_args = _parser().parse_known_args(argv)
     identity = load_model(parse_model_spec(args.model, args.pretrained), "cpu").identity
+    entries = expand_inputs(args.inputs).entries
     config = PipelineConfig(
-        entries=expand_inputs(args.inputs).entries,
+        worklist=write_worklist(args.output, entries),
+        total=len(entries),
         output=args.output,
         model=identity.to_dict(),
         batch_size=args.batch_size,
