@@ -232,17 +232,32 @@ class Catalog:
                 added += len(fresh)
         return added
 
-    def vector_locations(self, model_id: int) -> list[tuple[int, str, str, int]]:
-        """(image id, shard_dir, shard, row) of every indexed image with an embedding of this model."""
+    def vector_locations(
+        self, model_id: int, ids: Sequence[int] | None = None, live_only: bool = True
+    ) -> list[tuple[int, str, str, int]]:
+        """(image id, shard_dir, shard, row) of images with an embedding of this model, by id.
+
+        All indexed images by default; ``ids`` restricts to those images, and ``live_only=False``
+        includes images deleted since (their vectors stay in the shards).
+        """
         e, i = t.embeddings, t.images
-        query = (
-            sa.select(i.c.id, e.c.shard_dir, e.c.shard, e.c.row)
-            .join(e, e.c.sha256 == i.c.sha256)
-            .where(e.c.model_id == model_id, i.c.status == "indexed")
-            .order_by(i.c.id)
-        )
+        query = sa.select(i.c.id, e.c.shard_dir, e.c.shard, e.c.row).join(e, e.c.sha256 == i.c.sha256)
+        query = query.where(e.c.model_id == model_id).order_by(i.c.id)
+        if live_only:
+            query = query.where(i.c.status == "indexed")
         with self.engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(query).all()]
+            if ids is None:
+                return [tuple(r) for r in conn.execute(query).all()]
+            out: list[tuple[int, str, str, int]] = []
+            for chunk in _chunks([int(x) for x in ids]):
+                out += [tuple(r) for r in conn.execute(query.where(i.c.id.in_(chunk))).all()]
+        return sorted(out)
+
+    def images_touched(self, run_id: int) -> list[int]:
+        """Ids of indexed images that run ``run_id`` added or re-read (new, changed, moved)."""
+        query = sa.select(t.images.c.id).where(t.images.c.last_run == run_id, t.images.c.status == "indexed")
+        with self.engine.connect() as conn:
+            return sorted(int(x) for x in conn.execute(query).scalars())
 
     def add_failures(self, rows: Sequence[dict[str, str]], run_id: int) -> None:
         now = time.time()
@@ -280,14 +295,14 @@ class Catalog:
                 conn.execute(t.tags.insert(), list(chunk))
 
     def tags(self, run_id: int | None = None, image_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        """Tag rows (image_id, label, score, rank, method, run_id) of one run (default: the latest)."""
+        """Tag rows (image_id, label, score, confidence, rank, method, run_id) of one run (default: latest)."""
         if run_id is None:
             run_id = self.latest_tag_run()
             if run_id is None:
                 return []
         query = (
-            sa.select(t.tags.c.image_id, t.labels.c.name.label("label"), t.tags.c.score, t.tags.c.rank,
-                      t.tags.c.method, t.tags.c.run_id)  # fmt: skip
+            sa.select(t.tags.c.image_id, t.labels.c.name.label("label"), t.tags.c.score, t.tags.c.confidence,
+                      t.tags.c.rank, t.tags.c.method, t.tags.c.run_id)  # fmt: skip
             .join(t.labels, t.labels.c.id == t.tags.c.label_id)
             .where(t.tags.c.run_id == run_id)
             .order_by(t.tags.c.image_id, t.tags.c.rank)
@@ -296,6 +311,11 @@ class Catalog:
             query = query.where(t.tags.c.image_id.in_([int(i) for i in image_ids]))
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
+
+    def delete_tags(self, run_id: int, image_ids: Sequence[int]) -> None:
+        with self.engine.begin() as conn:
+            for chunk in _chunks([int(i) for i in image_ids]):
+                conn.execute(t.tags.delete().where(t.tags.c.run_id == run_id, t.tags.c.image_id.in_(chunk)))
 
     def latest_tag_run(self) -> int | None:
         query = sa.select(sa.func.max(t.runs.c.id)).where(t.runs.c.kind == "tag", t.runs.c.status == "ok")

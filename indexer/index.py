@@ -27,7 +27,7 @@ from vistag.errors import IndexNotFound, InputError, ModelMismatch
 from vistag.models import ModelIdentity
 
 FORMAT_VERSION = 1
-EXACT_MAX = 200_000
+EXACT_MAX = 100_000
 
 
 def choose_index_type(count: int, override: str | None = None) -> str:

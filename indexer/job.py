@@ -51,6 +51,7 @@ class IndexResult:
     deleted: int = 0
     index_version: str | None = None
     index_count: int | None = None
+    tag_runs: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "plan"}

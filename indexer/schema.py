@@ -129,6 +129,7 @@ tags = Table(
     Column("image_id", Id, ForeignKey("images.id"), nullable=False),
     Column("label_id", Id, ForeignKey("labels.id"), nullable=False),
     Column("score", Float, nullable=False),
+    Column("confidence", Float),
     Column("rank", Integer, nullable=False),
     Column("method", String(16), nullable=False),
     Column("run_id", Id, ForeignKey("runs.id"), nullable=False),

@@ -15,11 +15,11 @@ FORMATS = ("json", "csv")
 
 
 def export_rows(catalog: Catalog, tag_run: int | None = None) -> list[dict[str, Any]]:
-    """One dict per non-deleted image, with ``tags``: [{label, score, rank, method}] best first."""
+    """One dict per non-deleted image, with ``tags``: [{label, score, confidence, rank, method}] best first."""
     by_image: dict[int, list[dict[str, Any]]] = {}
     for tag in catalog.tags(tag_run):
         by_image.setdefault(tag["image_id"], []).append(
-            {"label": tag["label"], "score": tag["score"], "rank": tag["rank"], "method": tag["method"]}
+            {k: tag[k] for k in ("label", "score", "confidence", "rank", "method")}
         )
     rows = []
     for image in catalog.images(status=None):

@@ -1,13 +1,17 @@
-"""Zero-shot tagging of the whole corpus: label embeddings against every image embedding.
+"""Tagging the whole corpus: zero-shot (cosine to label prompts) or ZLaP propagation.
 
-Scores are cosine similarities between an image and a label's prompt ensemble. Every (image,
-label) pair asked for is stored under the tag run's id with its rank among the labels.
+Every (image, label) pair asked for is stored under the tag run's id with its raw ``score``,
+its calibrated ``confidence`` (see :mod:`query.calibration`) and its ``rank`` among the labels
+(by raw score: the method's own prediction order). What a later run needs to tag new images
+without redoing the corpus is kept in ``HOME/tagruns/run-<id>/`` (labels, label embeddings,
+calibration, and for ZLaP the sparse-inductive table), see :mod:`query.inductive`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +19,15 @@ import numpy as np
 
 from indexer import index as versions
 from indexer.catalog import Catalog
+from indexer.graph import GRAPH_K, knn_graph
 from indexer.home import Home
+from query.calibration import Calibration, fit_calibration
 from query.search import Searcher
 from query.text import DEFAULT_TEMPLATES, TextEncoder
 from vistag.errors import EmptyCorpus, InputError
 
 MAX_LABEL_CHARS = 200
-CHUNK = 65_536
+METHODS = ("zeroshot", "zlap")
 
 
 def parse_labels(spec: str | Sequence[str]) -> list[str]:
@@ -48,8 +54,33 @@ def parse_labels(spec: str | Sequence[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
+class TagConfig:
+    """One tag run: labels, method, what to print, and ZLaP's parameters (reference defaults)."""
+
+    labels: tuple[str, ...]
+    method: str = "zeroshot"
+    top: int = 3
+    min_confidence: float = 0.0
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    k: int = 5
+    gamma: float = 5.0
+    alpha: float = 0.3
+
+    def check(self) -> TagConfig:
+        if self.method not in METHODS:
+            raise InputError(f"unknown tagging method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.top < 1:
+            raise InputError("--top must be at least 1")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise InputError("--min-confidence must be between 0 and 1")
+        if self.k < 2 or self.k >= GRAPH_K:
+            raise InputError(f"ZLaP k must be from 2 to {GRAPH_K - 1}")
+        return self
+
+
+@dataclass(frozen=True)
 class TagResult:
-    """A finished tag run: its id, labels, and per image the top labels (best first)."""
+    """A finished tag run: its id, labels, method, image count, and per image the shown labels."""
 
     run_id: int
     labels: tuple[str, ...]
@@ -58,59 +89,96 @@ class TagResult:
     top: list[dict[str, Any]]
 
 
-def corpus_vectors(home: Home, catalog: Catalog, version: versions.IndexVersion) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Chunks of (ids (n,) int64, vectors (n, D) float32) of every indexed image of the version's model."""
+@dataclass(frozen=True)
+class Scored:
+    """Scores of images for labels: ``ids`` (N,), ``scores`` and ``confidence`` (N, C) float64."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    confidence: np.ndarray
+
+
+def corpus_matrix(home: Home, catalog: Catalog, version: versions.IndexVersion) -> tuple[np.ndarray, np.ndarray]:
+    """ids (N,) int64 sorted and vectors (N, D) float32 of every indexed image of the version's model."""
     identity = version.identity
-    model_id = catalog.model_id(identity)
-    locations = catalog.vector_locations(model_id)
-    for start in range(0, len(locations), CHUNK):
-        yield versions.gather_vectors(home, locations[start : start + CHUNK], identity.embed_dim)
+    return versions.gather_vectors(home, catalog.vector_locations(catalog.model_id(identity)), identity.embed_dim)
 
 
-def tag_zero_shot(
-    home: Home, catalog: Catalog, searcher: Searcher, labels: Sequence[str], top: int = 3,
-    templates: Sequence[str] = DEFAULT_TEMPLATES,
-) -> TagResult:  # fmt: skip
-    """Score every indexed image against every label; store all scores, return the top ``top``."""
-    if top < 1:
-        raise InputError("--top must be at least 1")
+def run_dir(home: Home, run_id: int) -> Path:
+    return home.root / "tagruns" / f"run-{run_id:06d}"
+
+
+def tag_corpus(home: Home, catalog: Catalog, searcher: Searcher, config: TagConfig) -> TagResult:
+    """Score every indexed image against every label with ``config.method``; store all scores."""
+    config.check()
     version = searcher.version()
-    text = TextEncoder(searcher.model()).encode_labels(labels, templates)
-    label_ids = catalog.label_ids(list(labels))
-    run_id = catalog.start_run("tag", catalog.model_id(version.identity), {"labels": list(labels), "method": "zeroshot"})
-    shown: list[dict[str, Any]] = []
-    count = 0
+    text = TextEncoder(searcher.model()).encode_labels(config.labels, config.templates)
+    ids, xb = corpus_matrix(home, catalog, version)
+    if not len(ids):
+        raise EmptyCorpus("no indexed images to tag: run `vistag index PATH` first")
+    model_id = catalog.model_id(version.identity)
+    params = asdict(config) | {"labels": list(config.labels), "model_key": version.identity.key}
+    run_id = catalog.start_run("tag", model_id, params)
     try:
-        for ids, xb in corpus_vectors(home, catalog, version):
-            scores = xb @ text.T
-            order = np.argsort(-scores, axis=1, kind="stable")
-            catalog.add_tags(_tag_rows(ids, scores, order, label_ids, run_id))
-            uris = {r["id"]: r["uri"] for r in catalog.images(ids.tolist())}
-            shown += _top_rows(ids, scores, order, labels, uris, top)
-            count += len(ids)
+        folder = run_dir(home, run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "text.npy", text)
+        scored = _score(version, ids, xb, text, config, folder)
+        store_tags(catalog, scored, config.labels, config.method, run_id)
+        (folder / "run.json").write_text(json.dumps(params | {"run_id": run_id}, indent=1))
     except BaseException as err:
         catalog.finish_run(run_id, "failed", {}, message=f"{type(err).__name__}: {err}")
         raise
-    if not count:
-        catalog.finish_run(run_id, "failed", {}, message="no indexed images")
-        raise EmptyCorpus("no indexed images to tag: run `vistag index PATH` first")
-    catalog.finish_run(run_id, "ok", {"listed": count})
-    return TagResult(run_id, tuple(labels), "zeroshot", count, shown)
+    catalog.finish_run(run_id, "ok", {"listed": len(ids)})
+    shown = top_rows(catalog, scored, config.labels, config.method, config.top, config.min_confidence)
+    return TagResult(run_id, tuple(config.labels), config.method, len(ids), shown)
 
 
-def _tag_rows(ids: np.ndarray, scores: np.ndarray, order: np.ndarray, label_ids: list[int], run_id: int) -> list[dict]:
-    rows = []
-    for r, image_id in enumerate(ids.tolist()):
-        for rank, c in enumerate(order[r].tolist()):
-            rows.append({"image_id": image_id, "label_id": label_ids[c], "score": float(scores[r, c]),
-                         "rank": rank, "method": "zeroshot", "run_id": run_id})  # fmt: skip
-    return rows
+def _score(version, ids, xb, text, config: TagConfig, folder: Path) -> Scored:  # noqa: ANN001
+    if config.method == "zeroshot":
+        scores = (xb @ text.T).astype(np.float64)
+        calibration = fit_calibration(scores)
+        _save_calibration(folder / "calibration.npz", calibration)
+        return Scored(ids, scores, calibration.apply(scores))
+    from query.inductive import fit_zlap
+
+    return fit_zlap(knn_graph(version, ids, xb), xb, text, config, folder)
 
 
-def _top_rows(ids, scores, order, labels, uris, top) -> list[dict[str, Any]]:  # noqa: ANN001
+def _save_calibration(path: Path, calibration: Calibration) -> None:
+    np.savez(path, **calibration.to_arrays())
+
+
+def store_tags(catalog: Catalog, scored: Scored, labels: Sequence[str], method: str, run_id: int) -> None:
+    """Insert one tag row per (image, label), ranked by raw score within each image."""
+    label_ids = np.asarray(catalog.label_ids(list(labels)), dtype=np.int64)
+    order = np.argsort(-scored.scores, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(order.shape[1])[None, :].repeat(len(order), 0), axis=1)
+    chunk = max(1, 50_000 // len(labels))
+    for start in range(0, len(scored.ids), chunk):
+        rows = [
+            {"image_id": int(scored.ids[r]), "label_id": int(label_ids[c]), "score": float(scored.scores[r, c]),
+             "confidence": float(scored.confidence[r, c]), "rank": int(ranks[r, c]), "method": method,
+             "run_id": run_id}  # fmt: skip
+            for r in range(start, min(start + chunk, len(scored.ids)))
+            for c in range(len(labels))
+        ]
+        catalog.add_tags(rows)
+
+
+def top_rows(
+    catalog: Catalog, scored: Scored, labels: Sequence[str], method: str, top: int, min_confidence: float
+) -> list[dict[str, Any]]:
+    """Per image its best ``top`` labels (by raw score) with confidence >= ``min_confidence``."""
+    uris = {r["id"]: r["uri"] for r in catalog.images(scored.ids.tolist(), status=None)}
+    order = np.argsort(-scored.scores, axis=1, kind="stable")[:, :top]
     out = []
-    for r, image_id in enumerate(ids.tolist()):
-        for rank, c in enumerate(order[r, :top].tolist()):
+    for r, image_id in enumerate(scored.ids.tolist()):
+        for rank, c in enumerate(order[r].tolist()):
+            if scored.confidence[r, c] < min_confidence:
+                continue
             out.append({"id": image_id, "uri": uris.get(image_id), "label": labels[c],
-                        "score": round(float(scores[r, c]), 6), "rank": rank, "method": "zeroshot"})  # fmt: skip
+                        "score": float(scored.scores[r, c]), "confidence": round(float(scored.confidence[r, c]), 6),
+                        "rank": rank, "method": method})  # fmt: skip
     return out

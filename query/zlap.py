@@ -584,6 +584,38 @@ class ZLaPInductive:
             self._precompute_sparse()
         return self
 
+    @classmethod
+    def from_table(
+        cls,
+        unlabeled_feats: np.ndarray,
+        text_feats: np.ndarray,
+        pseudo_labels: np.ndarray,
+        pseudo_scores: np.ndarray,
+        *,
+        k: int = 5,
+        gamma: float = 5.0,
+        alpha: float = 0.3,
+        k_text: int | None = None,
+        sim_range: tuple[float, float] | None = None,
+    ) -> ZLaPInductive:
+        """Rebuild a model for sparse scoring from a stored table (no graph, no solve).
+
+        ``pseudo_labels`` int64 and ``pseudo_scores`` float64, both (C+N_U,), as left by
+        :meth:`fit` in ``pseudo_labels_``/``pseudo_scores_``. Only ``scores(..., sparse=True)``
+        works on the result; the exact form needs the graph, i.e. :meth:`fit`.
+        """
+        u = _check_feats("unlabeled_feats", unlabeled_feats)
+        t = _check_feats("text_feats", text_feats, dim=u.shape[1])
+        n_nodes = t.shape[0] + u.shape[0]
+        if np.shape(pseudo_labels) != (n_nodes,) or np.shape(pseudo_scores) != (n_nodes,):
+            raise ZLaPError(f"pseudo_labels and pseudo_scores must have shape ({n_nodes},)")
+        model = cls(k, gamma, alpha, scale_sim=sim_range is not None, k_text=k_text, precompute_sparse=False)
+        model.graph_ = ZLaPGraph(None, t.shape[0], sim_range)  # type: ignore[arg-type]
+        model.unlabeled_, model.text_ = np.ascontiguousarray(u), np.ascontiguousarray(t)
+        model.pseudo_labels_ = np.asarray(pseudo_labels, dtype=np.int64)
+        model.pseudo_scores_ = np.asarray(pseudo_scores, dtype=np.float64)
+        return model
+
     def _precompute_sparse(self) -> None:
         """Section 6: streamed per-row argmax of G = L^-1[:, :C]; memory O((N_U+C) * chunk)."""
         lap, n_cls = self.graph_.L, self.graph_.n_classes
@@ -654,6 +686,8 @@ class ZLaPInductive:
     def _exact_scores(self, nodes: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """Block solves ``L Z = Y``; returns Z[:C].T, (Q, C) float64."""
         lap, n_cls = self.graph_.L, self.graph_.n_classes
+        if lap is None:
+            raise ZLaPError("exact scoring needs the graph: this model was rebuilt from a table, use sparse=True")
         n_q, width = nodes.shape
         out = np.empty((n_q, n_cls))
 

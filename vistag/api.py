@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from indexer import index as versions
@@ -17,8 +18,9 @@ from indexer.catalog import Catalog
 from indexer.home import Home
 from indexer.job import IndexConfig, IndexResult, run_index
 from query.export import export_rows, render
+from query.inductive import tag_new_images
 from query.search import Hit, Searcher
-from query.tagging import TagResult, parse_labels, tag_zero_shot
+from query.tagging import TagConfig, TagResult, parse_labels, tag_corpus
 from query.text import DEFAULT_TEMPLATES
 from vistag.errors import IndexNotFound
 
@@ -64,7 +66,11 @@ class Archive:
         """
         options.setdefault("device", self.device)
         config = IndexConfig(inputs=tuple(str(p) for p in paths), **options)
-        return run_index(self.home, config)
+        result = run_index(self.home, config)
+        if result.run_id is not None and (result.embedded or result.reused):
+            touched = self.catalog.images_touched(result.run_id)
+            result = replace(result, tag_runs=tuple(tag_new_images(self.home, self.catalog, self.searcher, touched)))
+        return result
 
     def plan(self, paths: Sequence[str | os.PathLike[str]], **options: Any) -> IndexResult:
         """What :meth:`index` would do, without doing it."""
@@ -78,9 +84,18 @@ class Archive:
         """Image-to-image search from an indexed image id or uri, or any image file."""
         return self.searcher.similar(image, k)
 
-    def tag(self, labels: str | Sequence[str], top: int = 3, templates: Sequence[str] = DEFAULT_TEMPLATES) -> TagResult:
-        """Zero-shot tag every indexed image with ``labels`` (list, comma-separated string or file)."""
-        return tag_zero_shot(self.home, self.catalog, self.searcher, parse_labels(labels), top, templates)
+    def tag(
+        self, labels: str | Sequence[str], top: int = 3, *, method: str = "zeroshot", min_confidence: float = 0.0,
+        templates: Sequence[str] = DEFAULT_TEMPLATES, **zlap: Any,
+    ) -> TagResult:  # fmt: skip
+        """Tag every indexed image with ``labels`` (list, comma-separated string or label file).
+
+        ``method``: ``"zeroshot"`` or ``"zlap"`` (label propagation over the kNN graph; ``zlap``
+        keywords ``k``, ``gamma``, ``alpha``). All scores are stored; the result lists each
+        image's ``top`` labels whose calibrated confidence is at least ``min_confidence``.
+        """
+        config = TagConfig(tuple(parse_labels(labels)), method, top, min_confidence, tuple(templates), **zlap)
+        return tag_corpus(self.home, self.catalog, self.searcher, config)
 
     def export(self, fmt: str = "json") -> str:
         """Tags (of the latest tag run) and metadata for every image, as JSON or CSV text."""

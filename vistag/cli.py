@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "tag run and print each image's best labels.")  # fmt: skip
     p.add_argument("--labels", required=True, metavar="FILE_OR_LIST", help="file with one label per line, or 'cat,dog,car'")
     p.add_argument("--top", type=int, default=3, help="labels printed per image (default 3)")
+    p.add_argument("--method", choices=("zeroshot", "zlap"), default="zeroshot",
+                   help="zeroshot (cosine to label prompts) or zlap (label propagation over the kNN graph)")
+    p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                   help="print only labels whose calibrated confidence is at least P (0..1; all are stored)")
     _common(p)
 
     p = sub.add_parser("export", help="tags and metadata of every image", description="Export every image "
@@ -139,6 +143,8 @@ def cmd_index(archive: Any, args: argparse.Namespace, extra: list[str]) -> int:
               f"({time.perf_counter() - start:.1f}s)")  # fmt: skip
         if result.index_version:
             print(f"published index {result.index_version} with {result.index_count} vectors")
+        if result.tag_runs:
+            print(f"tagged new images for earlier tag runs {', '.join(map(str, result.tag_runs))}")
         if result.failed:
             print("see `vistag failures` for the reasons")
     return 0
@@ -163,13 +169,13 @@ def cmd_similar(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
 
 
 def cmd_tag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
-    result = archive.tag(args.labels, top=args.top)
+    result = archive.tag(args.labels, top=args.top, method=args.method, min_confidence=args.min_confidence)
     if args.json:
         _print_json(result.top)
         return 0
     by_uri: dict[str, list[str]] = {}
     for row in result.top:
-        by_uri.setdefault(row["uri"], []).append(f"{row['label']} ({row['score']:.3f})")
+        by_uri.setdefault(row["uri"], []).append(f"{row['label']} ({row['confidence']:.2f})")
     for uri, labels in by_uri.items():
         print(f"{uri}: {', '.join(labels)}")
     print(f"tag run {result.run_id}: {result.images} images x {len(result.labels)} labels stored", file=sys.stderr)

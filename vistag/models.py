@@ -219,7 +219,6 @@ def pick_device(device: str | None = None) -> str:
 def load_model(spec: ModelSpec, device: str | None = None) -> LoadedModel:
     """Build the model, transform and tokenizer for ``spec``; fail within seconds when offline."""
     import open_clip
-    import torch
 
     device = pick_device(device)
     offline = offline_requested() or (_needs_download(spec) and not _hub_reachable())

@@ -1,0 +1,23 @@
+"""Tags get a calibrated confidence in [0, 1] beside the raw score.
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("tags") as batch:
+        batch.add_column(sa.Column("confidence", sa.Float, nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("tags") as batch:
+        batch.drop_column("confidence")

@@ -1,0 +1,115 @@
+"""ZLaP inside the product, and keeping a tagged archive tagged as it grows.
+
+A ZLaP tag run fits :class:`query.zlap.ZLaPInductive` on the whole corpus (the graph comes from
+the index version's stored kNN graph), takes the transductive scores for the corpus, and stores
+the sparse-inductive table (one class id and one value per node) in the run's folder. Images
+that later ``index`` runs add are then tagged for every label set already applied, without
+re-solving: zero-shot runs by cosine to the stored label embeddings, ZLaP runs by the O(k)
+sparse-inductive vote of their neighbours in the run's corpus (method ``zlap-inductive``).
+Inductive scores have another scale than transductive ones (about 0.1 against 1e-3), so they
+get their own calibration, fitted at tag time on the corpus' own leave-self-out inductive scores.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer import index as versions
+from indexer.catalog import Catalog
+from indexer.graph import KnnGraph
+from indexer.home import Home
+from query.calibration import Calibration, fit_calibration
+from query.search import Searcher
+from query.tagging import Scored, TagConfig, run_dir, store_tags
+from query.zlap import ZLaPInductive, propagate_labels
+
+INDUCTIVE = "zlap-inductive"
+
+
+def leave_self_out(graph: KnnGraph, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(D, I) of width k per row without the row itself (padded with -1 / 0 on tiny corpora)."""
+    n = len(graph.ids)
+    D, I = np.zeros((n, k), np.float32), np.full((n, k), -1, np.int64)
+    for r in range(n):
+        keep = graph.I[r] != r
+        d, i = graph.D[r][keep][:k], graph.I[r][keep][:k]
+        D[r, : len(d)], I[r, : len(i)] = d, i
+    return D, I
+
+
+def fit_zlap(graph: KnnGraph, xb: np.ndarray, text: np.ndarray, config: TagConfig, folder: Path) -> Scored:
+    """Transductive ZLaP scores of the corpus; stores the inductive table and both calibrations."""
+    k = min(config.k, len(graph.ids))
+    model = ZLaPInductive(config.k, config.gamma, config.alpha).fit(xb, text, knn=graph.first(k))
+    scores = propagate_labels(model.graph_.L, text.shape[0])
+    calibration = fit_calibration(scores, log=True)
+    inductive = model.scores(xb, sparse=True, knn=leave_self_out(graph, k))
+    np.savez(folder / "table.npz", ids=graph.ids, pseudo_labels=model.pseudo_labels_, pseudo_scores=model.pseudo_scores_)
+    np.savez(folder / "calibration.npz", **calibration.to_arrays())
+    np.savez(folder / "calibration-inductive.npz", **fit_calibration(inductive, log=True).to_arrays())
+    return Scored(graph.ids, scores, calibration.apply(scores))
+
+
+def _vectors(home: Home, catalog: Catalog, version: versions.IndexVersion, ids: Sequence[int]) -> np.ndarray:
+    model_id = catalog.model_id(version.identity)
+    locations = catalog.vector_locations(model_id, ids=ids, live_only=False)
+    found, xb = versions.gather_vectors(home, locations, version.identity.embed_dim)
+    order = {int(i): p for p, i in enumerate(found.tolist())}
+    return xb[[order[int(i)] for i in ids]]
+
+
+def applied_runs(catalog: Catalog, model_key: str) -> list[dict[str, Any]]:
+    """The newest successful tag run of each distinct (method, labels) made with this model."""
+    seen, out = set(), []
+    for run in catalog.runs(limit=500):
+        params = json.loads(run["params"] or "{}")
+        if run["kind"] != "tag" or run["status"] != "ok" or params.get("model_key") != model_key:
+            continue
+        key = (params.get("method"), tuple(params.get("labels", ())))
+        if key not in seen:
+            seen.add(key)
+            out.append(run | {"config": params})
+    return out
+
+
+def tag_new_images(home: Home, catalog: Catalog, searcher: Searcher, image_ids: Sequence[int]) -> list[int]:
+    """Tag ``image_ids`` (new or changed images) for every label set already applied; returns run ids."""
+    if not image_ids:
+        return []
+    version = searcher.version()
+    done = []
+    for run in applied_runs(catalog, version.identity.key):
+        folder = run_dir(home, run["id"])
+        if not (folder / "text.npy").exists():
+            continue
+        ids = np.asarray(sorted(int(i) for i in image_ids), dtype=np.int64)
+        xq = _vectors(home, catalog, version, ids.tolist())
+        scored = _score_new(home, catalog, version, folder, run["config"], ids, xq)
+        catalog.delete_tags(run["id"], ids.tolist())
+        labels = run["config"]["labels"]
+        method = INDUCTIVE if run["config"]["method"] == "zlap" else run["config"]["method"]
+        store_tags(catalog, scored, labels, method, run["id"])
+        done.append(run["id"])
+    return done
+
+
+def _score_new(home, catalog, version, folder: Path, config: dict, ids: np.ndarray, xq: np.ndarray) -> Scored:  # noqa: ANN001
+    text = np.load(folder / "text.npy")
+    if config["method"] == "zeroshot":
+        scores = (xq @ text.T).astype(np.float64)
+        calibration = Calibration.from_arrays(dict(np.load(folder / "calibration.npz")))
+        return Scored(ids, scores, calibration.apply(scores))
+    table = np.load(folder / "table.npz")
+    unlabeled = _vectors(home, catalog, version, table["ids"].tolist())
+    model = ZLaPInductive.from_table(
+        unlabeled, text, table["pseudo_labels"], table["pseudo_scores"],
+        k=config["k"], gamma=config["gamma"], alpha=config["alpha"],
+    )  # fmt: skip
+    scores = model.scores(xq, sparse=True)
+    calibration = Calibration.from_arrays(dict(np.load(folder / "calibration-inductive.npz")))
+    return Scored(ids, scores, calibration.apply(scores))
