@@ -253,6 +253,14 @@ class Catalog:
                 out += [tuple(r) for r in conn.execute(query.where(i.c.id.in_(chunk))).all()]
         return sorted(out)
 
+    def live_state(self, model_id: int) -> str:
+        """A token that changes whenever the set of indexed images or their content changes."""
+        i = t.images
+        query = sa.select(sa.func.count(), sa.func.max(i.c.id), sa.func.max(i.c.updated)).where(i.c.status == "indexed")
+        with self.engine.connect() as conn:
+            count, max_id, updated = conn.execute(query).one()
+        return f"{model_id}:{count}:{max_id}:{updated!r}"
+
     def images_touched(self, run_id: int) -> list[int]:
         """Ids of indexed images that run ``run_id`` added or re-read (new, changed, moved)."""
         query = sa.select(t.images.c.id).where(t.images.c.last_run == run_id, t.images.c.status == "indexed")

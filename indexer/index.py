@@ -96,8 +96,14 @@ class IndexVersion:
         return faiss.read_index(str(self.path / "index.faiss"), flags)
 
 
-def write_version(home: Home, identity: ModelIdentity, index: Any, index_type: str, run_id: int | None) -> IndexVersion:
-    """Write ``index`` as the next version folder of ``identity``'s model (not yet published)."""
+def write_version(
+    home: Home, identity: ModelIdentity, index: Any, index_type: str, run_id: int | None, catalog_state: str = ""
+) -> IndexVersion:
+    """Write ``index`` as the next version folder of ``identity``'s model (not yet published).
+
+    ``catalog_state`` identifies the catalog content the index was built from (see
+    :meth:`indexer.catalog.Catalog.live_state`), so a later run can tell whether it is current.
+    """
     import faiss
 
     model_root = home.index_root / identity.key
@@ -111,6 +117,7 @@ def write_version(home: Home, identity: ModelIdentity, index: Any, index_type: s
         "format_version": FORMAT_VERSION, "model": identity.to_dict(), "metric": "inner_product",
         "count": int(index.ntotal), "dim": identity.embed_dim, "index_type": index_type,
         "id_map": "faiss id = catalog images.id", "run_id": run_id, "created": time.time(),
+        "catalog_state": catalog_state,
     }  # fmt: skip
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     _fsync_dir(tmp)

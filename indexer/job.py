@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -16,7 +17,8 @@ from pipeline import shards
 from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.inputs import FileEntry, expand_inputs
 from pipeline.job import KNOWN_HASHES_FILE, PipelineConfig, run_config, write_worklist
-from vistag.errors import EmptyCorpus
+from vistag.errors import EmptyCorpus, IndexNotFound
+from vistag.faults import crash_point
 from vistag.models import ModelIdentity, load_model, parse_model_spec
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,8 @@ def run_index(home: Home, config: IndexConfig) -> IndexResult:
 def _run_locked(home: Home, catalog: Catalog, config: IndexConfig) -> IndexResult:
     identity = load_model(parse_model_spec(config.model, config.pretrained), "cpu").identity
     model_id = catalog.model_id(identity)
+    if not config.dry_run:
+        recover(home, catalog)
     listing = expand_inputs(config.inputs)
     plan = make_plan(listing, catalog.image_states(), set(catalog.known_hashes(model_id)))
     if config.dry_run:
@@ -79,6 +83,7 @@ def _run_locked(home: Home, catalog: Catalog, config: IndexConfig) -> IndexResul
     if not listing.entries and not catalog.image_states():
         raise EmptyCorpus(f"no image files found in {', '.join(config.inputs)}")
     run_id = catalog.start_run("index", model_id, {"inputs": config.inputs, "model": identity.model})
+    crash_point("planned")
     try:
         result = _execute(home, catalog, config, identity, model_id, plan, run_id)
     except BaseException as err:
@@ -103,7 +108,8 @@ def _execute(
         catalog.upsert_images([{"uri": u, "status": "failed"} for u, _ in plan.missing], run_id)
         failed += len(plan.missing)
     deleted = catalog.set_status(plan.deleted, "deleted", run_id)
-    version = _maybe_rebuild(home, catalog, identity, model_id, config.index_type, run_id, plan)
+    crash_point("deleted")
+    version = _maybe_rebuild(home, catalog, identity, model_id, config.index_type, run_id)
     return IndexResult(
         plan, run_id, embedded, reused, failed, deleted,
         version.name if version else None, int(version.manifest["count"]) if version else None,
@@ -148,6 +154,7 @@ def apply_shards(
         catalog.upsert_images(rows, run_id)
         catalog.add_failures(shard.failures, run_id)
         catalog.upsert_images([_failed_row(f["uri"], by_uri) for f in shard.failures], run_id)
+        crash_point("shard-applied")
         embedded, reused, failed = embedded + len(fresh), reused + len(known), failed + len(shard.failures)
     return embedded, reused, failed
 
@@ -161,18 +168,41 @@ def _failed_row(uri: str, by_uri: dict[str, FileEntry]) -> dict[str, Any]:
 
 
 def _maybe_rebuild(
-    home: Home, catalog: Catalog, identity: ModelIdentity, model_id: int, index_type: str | None,
-    run_id: int, plan: IndexPlan,
-) -> versions.IndexVersion | None:  # fmt: skip
-    current = versions.current_version_path(home)
-    same_model = current is not None and current.parent.name == identity.key
-    if same_model and plan.is_noop and not index_type:
+    home: Home, catalog: Catalog, identity: ModelIdentity, model_id: int, index_type: str | None, run_id: int
+) -> versions.IndexVersion | None:
+    """Build and publish a new version unless the published one already holds exactly the catalog."""
+    state = catalog.live_state(model_id)
+    try:
+        current = versions.current_version(home)
+    except IndexNotFound:
+        current = None
+    if current is not None and current.manifest.get("catalog_state") == state and not index_type:
         return None
     locations = catalog.vector_locations(model_id)
     ids, xb = versions.gather_vectors(home, locations, identity.embed_dim)
     chosen = versions.choose_index_type(len(ids), index_type)
     index = versions.build_index(xb, ids, chosen)
-    version = versions.write_version(home, identity, index, chosen, run_id)
+    version = versions.write_version(home, identity, index, chosen, run_id, catalog_state=state)
     catalog.add_index_version(model_id, home.relative(version.path), chosen, int(index.ntotal), run_id)
+    crash_point("version-written")
     versions.publish(home, version)
+    crash_point("published")
     return version
+
+
+def recover(home: Home, catalog: Catalog) -> list[int]:
+    """Finish what dead runs left: apply their completed shards, close them, drop temporary files.
+
+    Called under the writer lock, so any run still marked ``running`` belongs to a dead process.
+    Its complete shards are applied (idempotently), so their images are not embedded again.
+    """
+    dead = [r for r in catalog.runs(limit=1000) if r["status"] == "running"]
+    for run in dead:
+        if run["kind"] == "index" and run["model_id"] is not None:
+            folder = home.shard_dir(catalog.model(run["model_id"]).key, run["id"])
+            if folder.exists():
+                apply_shards(home, catalog, str(folder), run["model_id"], run["id"], ())
+        catalog.finish_run(run["id"], "interrupted", {}, message="the process ended before the run finished")
+    for tmp in list(home.index_root.glob("*/.tmp-*")) + list(home.index_root.glob("CURRENT.tmp-*")):
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    return [r["id"] for r in dead]

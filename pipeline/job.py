@@ -24,6 +24,7 @@ from pipeline import shards
 from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from pipeline.handler import OpenClipImageHandler
 from pipeline.inputs import FileEntry, expand_inputs
+from vistag.faults import crash_point
 from vistag.models import ModelIdentity, build_transform
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,7 @@ class WriteShardsFn(beam.DoFn):
         dim = int(self._model["embed_dim"])
         matrix = np.stack(self._vectors) if self._vectors else np.zeros((0, dim), np.float32)
         shards.write_shard(self._output, self._meta, matrix, self._failures, self._model)
+        crash_point("shard-written")
         self._written.inc(count)
         self.start_bundle()
 
