@@ -126,6 +126,13 @@ class Catalog:
                 .values(status=status, finished=time.time(), message=message, **values)
             )
 
+    def update_run_params(self, run_id: int, params: dict[str, Any]) -> None:
+        """Merge ``params`` into a run's recorded parameters."""
+        with self.engine.begin() as conn:
+            old = conn.execute(sa.select(t.runs.c.params).where(t.runs.c.id == run_id)).scalar() or "{}"
+            merged = json.loads(old) | params
+            conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(params=json.dumps(merged, default=str)))
+
     def runs(self, limit: int = 50) -> list[dict[str, Any]]:
         """Runs, newest first."""
         query = sa.select(t.runs).order_by(t.runs.c.id.desc()).limit(limit)

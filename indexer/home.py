@@ -48,16 +48,25 @@ class Home:
     def lock_path(self) -> Path:
         return self.root / "lock"
 
-    def shard_dir(self, model_key: str, run_id: int) -> Path:
-        return self.root / "shards" / model_key / f"run-{run_id:06d}"
+    def shard_dir(self, model_key: str, run_id: int, shards_root: str | None = None) -> str:
+        """Shard folder of one run: under HOME/shards, or under ``shards_root`` (any Beam
+        filesystem URI, e.g. ``gs://bucket/vistag-shards`` for workers of a remote runner)."""
+        if shards_root and "://" in shards_root:
+            return f"{shards_root.rstrip('/')}/{model_key}/run-{run_id:06d}"
+        root = Path(shards_root).expanduser().resolve() if shards_root else self.root / "shards"
+        return str(root / model_key / f"run-{run_id:06d}")
 
-    def relative(self, path: Path) -> str:
-        """Paths stored in the catalog are relative to the home, so a home can be moved."""
+    def relative(self, path: str | Path) -> str:
+        """Paths stored in the catalog are relative to the home, so a home can be moved; URIs
+        and paths outside the home are stored as they are."""
+        if "://" in str(path):
+            return str(path)
         try:
             return str(Path(path).resolve().relative_to(self.root))
         except ValueError:
             return str(path)
 
-    def absolute(self, stored: str) -> Path:
-        path = Path(stored)
-        return path if path.is_absolute() else self.root / path
+    def absolute(self, stored: str) -> str:
+        if "://" in stored or Path(stored).is_absolute():
+            return stored
+        return str(self.root / stored)

@@ -66,7 +66,7 @@ def gather_vectors(home: Home, locations: Sequence[tuple[int, str, str, int]], d
     for pos, (_, shard_dir, shard, row) in enumerate(locations):
         by_shard[(shard_dir, shard)].append((pos, row))
     for (shard_dir, shard), items in by_shard.items():
-        matrix = shards.read_embeddings(str(home.absolute(shard_dir)), shard)
+        matrix = shards.read_embeddings(home.absolute(shard_dir), shard)
         positions = np.array([p for p, _ in items], dtype=np.int64)
         rows = np.array([r for _, r in items], dtype=np.int64)
         order = np.argsort(rows)

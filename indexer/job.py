@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ class IndexConfig:
     shard_size: int = 4096
     max_pixels: int = DEFAULT_MAX_PIXELS
     index_type: str | None = None
+    shards_root: str | None = None
     dry_run: bool = False
     progress: bool = False
     beam_args: tuple[str, ...] = field(default_factory=tuple)
@@ -100,9 +102,10 @@ def _execute(
 ) -> IndexResult:  # fmt: skip
     embedded = reused = failed = 0
     if plan.work:
-        folder = home.shard_dir(identity.key, run_id)
+        folder = home.shard_dir(identity.key, run_id, config.shards_root)
+        catalog.update_run_params(run_id, {"shards": folder})
         _embed(catalog, config, identity, model_id, plan.work, folder)
-        embedded, reused, failed = apply_shards(home, catalog, str(folder), model_id, run_id, plan.work)
+        embedded, reused, failed = apply_shards(home, catalog, folder, model_id, run_id, plan.work)
     if plan.missing:
         catalog.add_failures([{"uri": u, "stage": "list", "reason": r} for u, r in plan.missing], run_id)
         catalog.upsert_images([{"uri": u, "status": "failed"} for u, _ in plan.missing], run_id)
@@ -118,13 +121,13 @@ def _execute(
 
 def _embed(
     catalog: Catalog, config: IndexConfig, identity: ModelIdentity, model_id: int,
-    work: Sequence[FileEntry], folder: Any,
+    work: Sequence[FileEntry], folder: str,
 ) -> None:  # fmt: skip
-    folder.mkdir(parents=True, exist_ok=True)
-    known_file = folder / KNOWN_HASHES_FILE
-    known_file.write_text("\n".join(catalog.known_hashes(model_id)))
+    worklist = write_worklist(folder, work)
+    known_file = shards.join(folder, KNOWN_HASHES_FILE)
+    shards.write_text(known_file, "\n".join(catalog.known_hashes(model_id)))
     pipeline_config = PipelineConfig(
-        worklist=write_worklist(str(folder), work), total=len(work), output=str(folder), model=identity.to_dict(), batch_size=config.batch_size,
+        worklist=worklist, total=len(work), output=str(folder), model=identity.to_dict(), batch_size=config.batch_size,
         shard_size=config.shard_size, max_pixels=config.max_pixels, device=config.device,
         known_hashes_file=str(known_file), progress=config.progress, beam_args=config.beam_args,
     )  # fmt: skip
@@ -199,9 +202,9 @@ def recover(home: Home, catalog: Catalog) -> list[int]:
     dead = [r for r in catalog.runs(limit=1000) if r["status"] == "running"]
     for run in dead:
         if run["kind"] == "index" and run["model_id"] is not None:
-            folder = home.shard_dir(catalog.model(run["model_id"]).key, run["id"])
-            if folder.exists():
-                apply_shards(home, catalog, str(folder), run["model_id"], run["id"], ())
+            folder = json.loads(run["params"]).get("shards")
+            if folder and shards.exists(folder):
+                apply_shards(home, catalog, folder, run["model_id"], run["id"], ())
         catalog.finish_run(run["id"], "interrupted", {}, message="the process ended before the run finished")
     for tmp in list(home.index_root.glob("*/.tmp-*")) + list(home.index_root.glob("CURRENT.tmp-*")):
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)

@@ -56,7 +56,7 @@ class Shard:
     manifest: dict[str, Any]
 
 
-def _join(folder: str, name: str) -> str:
+def join(folder: str, name: str) -> str:
     from apache_beam.io.filesystems import FileSystems
 
     return FileSystems.join(folder, name)
@@ -102,9 +102,9 @@ def write_shard(
         FileSystems.mkdirs(folder)
     buf = io.BytesIO()
     np.save(buf, embeddings)
-    _write_atomic(_join(folder, f"{name}.npy"), buf.getvalue())
-    _write_atomic(_join(folder, f"{name}.parquet"), _parquet_bytes(meta, META_SCHEMA))
-    _write_atomic(_join(folder, f"{name}.failures.parquet"), _parquet_bytes(failures, FAILURE_SCHEMA))
+    _write_atomic(join(folder, f"{name}.npy"), buf.getvalue())
+    _write_atomic(join(folder, f"{name}.parquet"), _parquet_bytes(meta, META_SCHEMA))
+    _write_atomic(join(folder, f"{name}.failures.parquet"), _parquet_bytes(failures, FAILURE_SCHEMA))
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": name,
@@ -114,8 +114,19 @@ def write_shard(
         "failures": len(failures),
         "created": time.time(),
     }
-    _write_atomic(_join(folder, f"{name}.json"), json.dumps(manifest, indent=1).encode())
+    _write_atomic(join(folder, f"{name}.json"), json.dumps(manifest, indent=1).encode())
     return name
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a small text file atomically on any Beam filesystem."""
+    _write_atomic(path, text.encode())
+
+
+def exists(path: str) -> bool:
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.exists(path)
 
 
 def list_shards(folder: str) -> list[str]:
@@ -124,14 +135,14 @@ def list_shards(folder: str) -> list[str]:
 
     if not FileSystems.exists(folder):
         return []
-    pattern = _join(folder, "*.json")
+    pattern = join(folder, "*.json")
     paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
     return sorted(os.path.basename(p)[: -len(".json")] for p in paths if ".tmp-" not in p)
 
 
 def read_manifest(folder: str, name: str) -> dict[str, Any]:
     try:
-        manifest = json.loads(_read(_join(folder, f"{name}.json")))
+        manifest = json.loads(_read(join(folder, f"{name}.json")))
     except Exception as err:
         raise ShardFormatError(f"shard {name} in {folder}: unreadable manifest ({err})") from err
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -141,7 +152,7 @@ def read_manifest(folder: str, name: str) -> dict[str, Any]:
 
 def read_embeddings(folder: str, name: str, mmap: bool = True) -> np.ndarray:
     """The (E, D) float32 embeddings of a shard; memory-mapped when the folder is local."""
-    path = _join(folder, f"{name}.npy")
+    path = join(folder, f"{name}.npy")
     if mmap and "://" not in path and os.path.exists(path):
         return np.load(path, mmap_mode="r")
     return np.load(io.BytesIO(_read(path)))
@@ -151,8 +162,8 @@ def read_shard(folder: str, name: str) -> Shard:
     """Read a whole shard and check that its parts agree."""
     manifest = read_manifest(folder, name)
     try:
-        meta = pq.read_table(io.BytesIO(_read(_join(folder, f"{name}.parquet")))).to_pylist()
-        failures = pq.read_table(io.BytesIO(_read(_join(folder, f"{name}.failures.parquet")))).to_pylist()
+        meta = pq.read_table(io.BytesIO(_read(join(folder, f"{name}.parquet")))).to_pylist()
+        failures = pq.read_table(io.BytesIO(_read(join(folder, f"{name}.failures.parquet")))).to_pylist()
         embeddings = read_embeddings(folder, name)
     except Exception as err:
         raise ShardFormatError(f"shard {name} in {folder}: {err}") from err

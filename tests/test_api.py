@@ -86,3 +86,21 @@ def test_empty_corpus(tmp_path, tiny_model):
     (tmp_path / "empty").mkdir()
     with pytest.raises(EmptyCorpus):
         Archive(tmp_path / "home").index([tmp_path / "empty"], model=tiny_model)
+
+
+def test_shards_outside_the_home(corpus, tiny_model, tmp_path, cli):
+    """--shards puts the embedding shards elsewhere (a shared location for remote workers)."""
+    shared = tmp_path / "shared-shards"
+    res = cli("index", corpus.root, "--home", tmp_path / "home", "--model", tiny_model, "--shards", shared, "--json")
+    assert res.code == 0, res.err
+    assert list(shared.rglob("*.npy")) and not (tmp_path / "home" / "shards").exists()
+    hits = cli("similar", corpus.good[0], "-k", 1, "--home", tmp_path / "home", "--json").json()
+    assert hits[0]["uri"] == str(corpus.good[0])
+
+
+def test_beam_options_from_a_file(corpus, tiny_model, tmp_path, cli):
+    options = tmp_path / "local.args"
+    options.write_text("--runner=FnApiRunner\n--direct_num_workers=1\n")
+    res = cli("index", corpus.root, "--home", tmp_path / "home", "--model", tiny_model, f"@{options}", "--json")
+    assert res.code == 0, res.err
+    assert res.json()["embedded"] == len(corpus.good)

@@ -29,7 +29,10 @@ def _common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="vistag", description="Index, search and tag an image archive.")
+    ap = argparse.ArgumentParser(
+        prog="vistag", description="Index, search and tag an image archive. An argument @FILE is replaced by "
+        "the lines of FILE (e.g. Beam runner options kept in infra/beam/).", fromfile_prefix_chars="@",
+    )  # fmt: skip
     ap.add_argument("--version", action="version", version=_version())
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -44,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=4096, help="images per embedding shard (default 4096)")
     p.add_argument("--index-type", help="FAISS index_factory string overriding the automatic choice (e.g. Flat, HNSW32,Flat)")
     p.add_argument("--max-pixels", type=int, help="largest image accepted, in pixels (default 128000000)")
+    p.add_argument("--shards", metavar="URI", help="where embedding shards go (default HOME/shards); a shared "
+                   "filesystem or bucket such as gs://bucket/shards when a remote runner's workers write them")
     p.add_argument("--runner", help="Beam runner (default: in-process FnApiRunner; DataflowRunner, FlinkRunner...)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (new, changed, deleted...) and stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -125,7 +130,7 @@ def cmd_index(archive: Any, args: argparse.Namespace, extra: list[str]) -> int:
     if bad:
         raise InputError(f"unexpected argument {bad[0]!r} (Beam options must look like --name=value)")
     options: dict[str, Any] = {"model": args.model, "pretrained": args.pretrained, "batch_size": args.batch_size,
-               "shard_size": args.shard_size, "index_type": args.index_type, "dry_run": args.dry_run,
+               "shard_size": args.shard_size, "index_type": args.index_type, "shards_root": args.shards, "dry_run": args.dry_run,
                "progress": not args.no_progress and not args.json and sys.stderr.isatty(),
                "beam_args": tuple(beam_args)}  # fmt: skip
     if args.max_pixels:
