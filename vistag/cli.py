@@ -124,15 +124,20 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=1, default=str))
 
 
-def cmd_index(archive: Any, args: argparse.Namespace, extra: list[str]) -> int:
-    beam_args = list(extra) + ([f"--runner={args.runner}"] if args.runner else [])
+def beam_args(args: argparse.Namespace, extra: Sequence[str]) -> tuple[str, ...]:
+    """The Beam pipeline options of an ``index`` command line: unknown --options plus --runner."""
     bad = [a for a in extra if not a.startswith("--")]
     if bad:
         raise InputError(f"unexpected argument {bad[0]!r} (Beam options must look like --name=value)")
+    return tuple(extra) + ((f"--runner={args.runner}",) if args.runner else ())
+
+
+def cmd_index(archive: Any, args: argparse.Namespace, extra: list[str]) -> int:
     options: dict[str, Any] = {"model": args.model, "pretrained": args.pretrained, "batch_size": args.batch_size,
-               "shard_size": args.shard_size, "index_type": args.index_type, "shards_root": args.shards, "dry_run": args.dry_run,
+               "shard_size": args.shard_size, "index_type": args.index_type, "shards_root": args.shards,
+               "dry_run": args.dry_run,
                "progress": not args.no_progress and not args.json and sys.stderr.isatty(),
-               "beam_args": tuple(beam_args)}  # fmt: skip
+               "beam_args": beam_args(args, extra)}  # fmt: skip
     if args.max_pixels:
         options["max_pixels"] = args.max_pixels
     start = time.perf_counter()
