@@ -7,12 +7,14 @@ are written in one transaction each, so a failure mid-batch leaves no partial ro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
@@ -50,6 +52,10 @@ def _engine(url: str) -> Engine:
             cur.close()
 
     return engine
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
@@ -291,6 +297,26 @@ class Catalog:
                "run_id": run_id, "created": time.time()}  # fmt: skip
         with self.engine.begin() as conn:
             return int(conn.execute(t.index_versions.insert().values(**row)).inserted_primary_key[0])
+
+    # text embeddings -------------------------------------------------------------------------
+    def text_vectors(self, model_id: int, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Cached (D,) float32 embeddings of ``texts`` made with this model (those that are cached)."""
+        keys = {_sha(x): x for x in texts}
+        out: dict[str, np.ndarray] = {}
+        te = t.text_embeddings
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(keys)):
+                query = sa.select(te.c.text_sha256, te.c.vector).where(te.c.model_id == model_id, te.c.text_sha256.in_(chunk))
+                out.update({keys[k]: np.frombuffer(v, dtype=np.float32) for k, v in conn.execute(query)})
+        return out
+
+    def add_text_vectors(self, model_id: int, vectors: dict[str, np.ndarray]) -> None:
+        have = self.text_vectors(model_id, list(vectors))
+        rows = [{"model_id": model_id, "text_sha256": _sha(x), "text": x,
+                 "vector": np.asarray(v, dtype=np.float32).tobytes()} for x, v in vectors.items() if x not in have]  # fmt: skip
+        for chunk in _chunks(rows):
+            with self.engine.begin() as conn:
+                conn.execute(t.text_embeddings.insert(), list(chunk))
 
     # labels and tags -------------------------------------------------------------------------
     def label_ids(self, names: Sequence[str]) -> list[int]:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -135,4 +136,14 @@ tags = Table(
     Column("run_id", Id, ForeignKey("runs.id"), nullable=False),
     Index("ix_tags_run_image", "run_id", "image_id"),
     Index("ix_tags_image", "image_id"),
+)
+
+text_embeddings = Table(
+    "text_embeddings",
+    metadata,
+    Column("model_id", Id, ForeignKey("models.id"), nullable=False),
+    Column("text_sha256", String(64), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("vector", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("model_id", "text_sha256", name="pk_text_embeddings"),
 )

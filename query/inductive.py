@@ -25,7 +25,9 @@ from indexer.graph import KnnGraph
 from indexer.home import Home
 from query.calibration import Calibration, fit_calibration
 from query.search import Searcher
-from query.tagging import Scored, TagConfig, run_dir, store_tags
+from query.tagging import Scored, TagConfig, TextSet, run_dir, store_tags, zero_shot_scores
+from query.text import max_per_label
+from query.vocab import Label, apply_structure
 from query.zlap import ZLaPInductive, propagate_labels
 
 INDUCTIVE = "zlap-inductive"
@@ -42,13 +44,25 @@ def leave_self_out(graph: KnnGraph, k: int) -> tuple[np.ndarray, np.ndarray]:
     return D, I
 
 
-def fit_zlap(graph: KnnGraph, xb: np.ndarray, text: np.ndarray, config: TagConfig, folder: Path) -> Scored:
-    """Transductive ZLaP scores of the corpus; stores the inductive table and both calibrations."""
+def _structured(raw: np.ndarray, text: TextSet, labels: Sequence[Label]) -> np.ndarray:
+    """Propagated (N, C+M) scores of labels then negatives -> (N, C) label scores after structure."""
+    n_labels = len(labels)
+    negative = max_per_label(raw[:, n_labels:], text[2], n_labels) if raw.shape[1] > n_labels else None
+    return apply_structure(raw[:, :n_labels], labels, negative)
+
+
+def fit_zlap(graph: KnnGraph, xb: np.ndarray, text: TextSet, config: TagConfig, folder: Path) -> Scored:
+    """Transductive ZLaP scores of the corpus; stores the inductive table and both calibrations.
+
+    Negative prompts are class nodes of their own in the graph; their propagated scores then
+    penalise their label as in :func:`query.vocab.apply_structure`.
+    """
     k = min(config.k, len(graph.ids))
-    model = ZLaPInductive(config.k, config.gamma, config.alpha).fit(xb, text, knn=graph.first(k))
-    scores = propagate_labels(model.graph_.L, text.shape[0])
+    nodes = np.concatenate([text[0], text[1]]) if len(text[1]) else text[0]
+    model = ZLaPInductive(config.k, config.gamma, config.alpha).fit(xb, nodes, knn=graph.first(k))
+    scores = _structured(propagate_labels(model.graph_.L, nodes.shape[0]), text, config.labels)
     calibration = fit_calibration(scores, log=True)
-    inductive = model.scores(xb, sparse=True, knn=leave_self_out(graph, k))
+    inductive = _structured(model.scores(xb, sparse=True, knn=leave_self_out(graph, k)), text, config.labels)
     np.savez(folder / "table.npz", ids=graph.ids, pseudo_labels=model.pseudo_labels_, pseudo_scores=model.pseudo_scores_)
     np.savez(folder / "calibration.npz", **calibration.to_arrays())
     np.savez(folder / "calibration-inductive.npz", **fit_calibration(inductive, log=True).to_arrays())
@@ -85,7 +99,7 @@ def tag_new_images(home: Home, catalog: Catalog, searcher: Searcher, image_ids: 
     done = []
     for run in applied_runs(catalog, version.identity.key):
         folder = run_dir(home, run["id"])
-        if not (folder / "text.npy").exists():
+        if not (folder / "text.npz").exists():
             continue
         ids = np.asarray(sorted(int(i) for i in image_ids), dtype=np.int64)
         xq = _vectors(home, catalog, version, ids.tolist())
@@ -99,17 +113,21 @@ def tag_new_images(home: Home, catalog: Catalog, searcher: Searcher, image_ids: 
 
 
 def _score_new(home, catalog, version, folder: Path, config: dict, ids: np.ndarray, xq: np.ndarray) -> Scored:  # noqa: ANN001
-    text = np.load(folder / "text.npy")
+    stored = np.load(folder / "text.npz")
+    text: TextSet = (stored["labels"], stored["negatives"], stored["owners"])
+    labels = [Label(**{**x, "synonyms": tuple(x["synonyms"]), "negatives": tuple(x["negatives"])})
+              for x in config["vocabulary"]]  # fmt: skip
     if config["method"] == "zeroshot":
-        scores = (xq @ text.T).astype(np.float64)
+        scores = zero_shot_scores(xq, text, labels)
         calibration = Calibration.from_arrays(dict(np.load(folder / "calibration.npz")))
         return Scored(ids, scores, calibration.apply(scores))
     table = np.load(folder / "table.npz")
     unlabeled = _vectors(home, catalog, version, table["ids"].tolist())
+    nodes = np.concatenate([text[0], text[1]]) if len(text[1]) else text[0]
     model = ZLaPInductive.from_table(
-        unlabeled, text, table["pseudo_labels"], table["pseudo_scores"],
+        unlabeled, nodes, table["pseudo_labels"], table["pseudo_scores"],
         k=config["k"], gamma=config["gamma"], alpha=config["alpha"],
     )  # fmt: skip
-    scores = model.scores(xq, sparse=True)
+    scores = _structured(model.scores(xq, sparse=True), text, labels)
     calibration = Calibration.from_arrays(dict(np.load(folder / "calibration-inductive.npz")))
     return Scored(ids, scores, calibration.apply(scores))

@@ -23,41 +23,20 @@ from indexer.graph import GRAPH_K, knn_graph
 from indexer.home import Home
 from query.calibration import Calibration, fit_calibration
 from query.search import Searcher
-from query.text import DEFAULT_TEMPLATES, TextEncoder
+from query.text import DEFAULT_TEMPLATES, TextEncoder, max_per_label
+from query.vocab import Label, apply_structure
 from vistag.errors import EmptyCorpus, InputError
 
-MAX_LABEL_CHARS = 200
 METHODS = ("zeroshot", "zlap")
-
-
-def parse_labels(spec: str | Sequence[str]) -> list[str]:
-    """Labels from a file (one per line, # comments) or a comma-separated list, or a list."""
-    if isinstance(spec, str):
-        path = Path(spec).expanduser()
-        if path.is_file():
-            try:
-                raw = path.read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError) as err:
-                raise InputError(f"cannot read label file {path}: {err}") from err
-            raw = [line for line in raw if not line.lstrip().startswith("#")]
-        else:
-            raw = spec.split(",")
-    else:
-        raw = list(spec)
-    labels = list(dict.fromkeys(label.strip() for label in raw if label.strip()))
-    if not labels:
-        raise InputError("no labels given: pass a file with one label per line or a comma-separated list")
-    for label in labels:
-        if len(label) > MAX_LABEL_CHARS:
-            raise InputError(f"label longer than {MAX_LABEL_CHARS} characters: {label[:40]!r}...")
-    return labels
+# label embeddings (C, D), negative prompt embeddings (M, D), owning label of each negative (M,)
+TextSet = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
 class TagConfig:
     """One tag run: labels, method, what to print, and ZLaP's parameters (reference defaults)."""
 
-    labels: tuple[str, ...]
+    labels: tuple[Label, ...]
     method: str = "zeroshot"
     top: int = 3
     min_confidence: float = 0.0
@@ -65,6 +44,10 @@ class TagConfig:
     k: int = 5
     gamma: float = 5.0
     alpha: float = 0.3
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(label.name for label in self.labels)
 
     def check(self) -> TagConfig:
         if self.method not in METHODS:
@@ -112,31 +95,41 @@ def tag_corpus(home: Home, catalog: Catalog, searcher: Searcher, config: TagConf
     """Score every indexed image against every label with ``config.method``; store all scores."""
     config.check()
     version = searcher.version()
-    text = TextEncoder(searcher.model()).encode_labels(config.labels, config.templates)
+    encoder = TextEncoder(searcher.model(), catalog=catalog)
+    text = encoder.encode_labels(config.labels, config.templates)
+    negatives, owners = encoder.encode_negatives(config.labels)
     ids, xb = corpus_matrix(home, catalog, version)
     if not len(ids):
         raise EmptyCorpus("no indexed images to tag: run `vistag index PATH` first")
     model_id = catalog.model_id(version.identity)
-    params = asdict(config) | {"labels": list(config.labels), "model_key": version.identity.key}
+    params = asdict(config) | {"labels": list(config.names), "vocabulary": [asdict(x) for x in config.labels],
+                               "model_key": version.identity.key}  # fmt: skip
     run_id = catalog.start_run("tag", model_id, params)
     try:
         folder = run_dir(home, run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / "text.npy", text)
-        scored = _score(version, ids, xb, text, config, folder)
-        store_tags(catalog, scored, config.labels, config.method, run_id)
+        np.savez(folder / "text.npz", labels=text, negatives=negatives, owners=owners)
+        scored = _score(version, ids, xb, (text, negatives, owners), config, folder)
+        store_tags(catalog, scored, config.names, config.method, run_id)
         (folder / "run.json").write_text(json.dumps(params | {"run_id": run_id}, indent=1))
     except BaseException as err:
         catalog.finish_run(run_id, "failed", {}, message=f"{type(err).__name__}: {err}")
         raise
     catalog.finish_run(run_id, "ok", {"listed": len(ids)})
-    shown = top_rows(catalog, scored, config.labels, config.method, config.top, config.min_confidence)
-    return TagResult(run_id, tuple(config.labels), config.method, len(ids), shown)
+    shown = top_rows(catalog, scored, config.names, config.method, config.top, config.min_confidence)
+    return TagResult(run_id, config.names, config.method, len(ids), shown)
 
 
-def _score(version, ids, xb, text, config: TagConfig, folder: Path) -> Scored:  # noqa: ANN001
+def zero_shot_scores(xb: np.ndarray, text: TextSet, labels: Sequence[Label]) -> np.ndarray:
+    """(N, C) float64 cosine scores of (N, D) images, after negatives and parents."""
+    labels_t, negatives, owners = text
+    negative = max_per_label(xb @ negatives.T, owners, len(labels)) if len(negatives) else None
+    return apply_structure(xb @ labels_t.T, labels, negative)
+
+
+def _score(version, ids, xb, text: TextSet, config: TagConfig, folder: Path) -> Scored:  # noqa: ANN001
     if config.method == "zeroshot":
-        scores = (xb @ text.T).astype(np.float64)
+        scores = zero_shot_scores(xb, text, config.labels)
         calibration = fit_calibration(scores)
         _save_calibration(folder / "calibration.npz", calibration)
         return Scored(ids, scores, calibration.apply(scores))

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from query.calibration import fit_calibration
-from query.tagging import parse_labels, run_dir
+from query.tagging import run_dir
+from query.vocab import parse_vocabulary
 from query.zlap import zlap_transductive
 from vistag import Archive
 from vistag.errors import InputError
@@ -28,7 +29,7 @@ def test_zlap_run_matches_the_reference_solver_and_tags_new_images(corpus, tiny_
         archive.index([corpus.root], model=tiny_model)
         result = archive.tag(LABELS, top=2, method="zlap")
         ids, xb = _corpus_matrix(archive)
-        text = np.load(run_dir(archive.home, result.run_id) / "text.npy")
+        text = np.load(run_dir(archive.home, result.run_id) / "text.npz")["labels"]
         expected = zlap_transductive(xb, text)  # exact kNN, reference defaults, its own graph
         stored = archive.catalog.tags(result.run_id)
         assert len(stored) == len(ids) * len(LABELS) and {t["method"] for t in stored} == {"zlap"}
@@ -92,12 +93,12 @@ def test_calibration_is_per_label_and_monotone():
 def test_label_parsing(tmp_path):
     f = tmp_path / "labels.txt"
     f.write_text("# animals\ncat\n\ndog\ncat\n  bird  \n")
-    assert parse_labels(str(f)) == ["cat", "dog", "bird"]
-    assert parse_labels("a, b ,a") == ["a", "b"]
+    assert [x.name for x in parse_vocabulary(str(f))] == ["cat", "dog", "bird"]
+    assert [x.name for x in parse_vocabulary("a, b ,a")] == ["a", "b"]
     with pytest.raises(InputError, match="no labels"):
-        parse_labels(" , ")
+        parse_vocabulary(" , ")
     with pytest.raises(InputError, match="longer than"):
-        parse_labels(["x" * 300])
+        parse_vocabulary(["x" * 300])
 
 
 def test_bad_tag_options(indexed_home):
@@ -107,3 +108,32 @@ def test_bad_tag_options(indexed_home):
             archive.tag(["a"], method="magic")
         with pytest.raises(InputError, match="min-confidence"):
             archive.tag(["a"], min_confidence=2)
+
+
+def test_vocabulary_with_negatives_and_parents_through_both_methods(corpus, tiny_model, tmp_path):
+    vocab = tmp_path / "vocab.yaml"
+    vocab.write_text("labels:\n  - name: circle\n    parent: shape\n    negatives: [a drawing of a square]\n"
+                     "  - name: square\n    parent: shape\n    synonyms: [box]\n  - shape\n")  # fmt: skip
+    with Archive(tmp_path / "home") as archive:
+        archive.index([corpus.root], model=tiny_model)
+        for method in ("zeroshot", "zlap"):
+            result = archive.tag(str(vocab), method=method, top=3, templates="imagenet")
+            rows = archive.catalog.tags(result.run_id)
+            by = {}
+            for t in rows:
+                by.setdefault(t["image_id"], {})[t["label"]] = t["score"]
+            assert len(by) == len(corpus.good)
+            assert all(s["shape"] >= max(s["circle"], s["square"]) - 1e-12 for s in by.values())
+        shutil.copy(corpus.good[0], corpus.root / "again.png")
+        from PIL import Image
+
+        Image.effect_noise((40, 40), 60).convert("RGB").save(corpus.root / "noise-new.png")
+        indexed = archive.index([corpus.root], model=tiny_model)
+        assert len(indexed.tag_runs) == 2
+        new_ids = archive.catalog.images_touched(indexed.run_id)
+        for run_id in indexed.tag_runs:
+            rows = archive.catalog.tags(run_id, image_ids=new_ids)
+            assert len(rows) == 2 * 3
+            scores = {(t["image_id"], t["label"]): t["score"] for t in rows}
+            for i in new_ids:
+                assert scores[(i, "shape")] >= max(scores[(i, "circle")], scores[(i, "square")]) - 1e-12

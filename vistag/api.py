@@ -20,8 +20,9 @@ from indexer.job import IndexConfig, IndexResult, run_index
 from query.export import export_rows, render
 from query.inductive import tag_new_images
 from query.search import Hit, Searcher
-from query.tagging import TagConfig, TagResult, parse_labels, tag_corpus
+from query.tagging import TagConfig, TagResult, tag_corpus
 from query.text import DEFAULT_TEMPLATES
+from query.vocab import Label, named_templates, parse_vocabulary
 from vistag.errors import IndexNotFound
 
 
@@ -85,16 +86,19 @@ class Archive:
         return self.searcher.similar(image, k)
 
     def tag(
-        self, labels: str | Sequence[str], top: int = 3, *, method: str = "zeroshot", min_confidence: float = 0.0,
-        templates: Sequence[str] = DEFAULT_TEMPLATES, **zlap: Any,
+        self, labels: str | Sequence[str | Label], top: int = 3, *, method: str = "zeroshot",
+        min_confidence: float = 0.0, templates: str | Sequence[str] = DEFAULT_TEMPLATES, **zlap: Any,
     ) -> TagResult:  # fmt: skip
-        """Tag every indexed image with ``labels`` (list, comma-separated string or label file).
+        """Tag every indexed image with ``labels`` (a list, a comma-separated string, a label file
+        or a YAML/JSON vocabulary; see :mod:`query.vocab`). ``templates``: a list of prompt
+        templates, or ``"short"``, ``"imagenet"``, ``"none"`` or a template file.
 
         ``method``: ``"zeroshot"`` or ``"zlap"`` (label propagation over the kNN graph; ``zlap``
         keywords ``k``, ``gamma``, ``alpha``). All scores are stored; the result lists each
         image's ``top`` labels whose calibrated confidence is at least ``min_confidence``.
         """
-        config = TagConfig(tuple(parse_labels(labels)), method, top, min_confidence, tuple(templates), **zlap)
+        templates = named_templates(templates) if isinstance(templates, str) else tuple(templates)
+        config = TagConfig(tuple(parse_vocabulary(labels)), method, top, min_confidence, templates, **zlap)
         return tag_corpus(self.home, self.catalog, self.searcher, config)
 
     def export(self, fmt: str = "json") -> str:

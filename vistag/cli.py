@@ -68,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tag", help="zero-shot tag every indexed image",
                        description="Score every indexed image against LABELS; store all scores under a new "
                        "tag run and print each image's best labels.")  # fmt: skip
-    p.add_argument("--labels", required=True, metavar="FILE_OR_LIST", help="file with one label per line, or 'cat,dog,car'")
+    p.add_argument("--labels", required=True, metavar="FILE_OR_LIST",
+                   help="'cat,dog,car', a file with one label per line, or a YAML/JSON vocabulary")
+    p.add_argument("--templates", default="short", metavar="NAME_OR_FILE",
+                   help="prompt templates: short (default, 6), imagenet (CLIP's 80), none, or a file with one per line")
     p.add_argument("--top", type=int, default=3, help="labels printed per image (default 3)")
     p.add_argument("--method", choices=("zeroshot", "zlap"), default="zeroshot",
                    help="zeroshot (cosine to label prompts) or zlap (label propagation over the kNN graph)")
@@ -179,7 +182,8 @@ def cmd_similar(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
 
 
 def cmd_tag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
-    result = archive.tag(args.labels, top=args.top, method=args.method, min_confidence=args.min_confidence)
+    result = archive.tag(args.labels, top=args.top, method=args.method, min_confidence=args.min_confidence,
+                         templates=args.templates)
     if args.json:
         _print_json(result.top)
         return 0

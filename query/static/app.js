@@ -1,0 +1,284 @@
+// vistag web page: vanilla JS against the JSON API of the same server. No build step, no network
+// beyond this origin. Every value from the server is put in the page as text, never as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { limits: null, detailId: null, previewUrl: null };
+
+function el(tag, props = {}, children = []) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key in node) node[key] = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+function baseName(uri) {
+  const parts = uri.split(/[\\/]/);
+  return parts[parts.length - 1] || uri;
+}
+
+function showNotice(message, isError = false) {
+  const notice = $("notice");
+  notice.textContent = message;
+  notice.classList.toggle("error", isError);
+  notice.hidden = !message;
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (!response.ok) {
+    const error = new Error(body.error || `HTTP ${response.status}`);
+    error.status = response.status;
+    throw error;
+  }
+  return body;
+}
+
+function explain(error) {
+  if (error.status === 503) return `${error.message} — publish an index with: vistag index PATH`;
+  return error.message;
+}
+
+// -- query state lives in the URL hash, so searches can be bookmarked and the back button works --
+function filterParams() {
+  const params = new URLSearchParams();
+  for (const id of ["tag", "prefix", "since", "until", "k"]) {
+    const value = $(id).value.trim();
+    if (value) params.set(id, value);
+  }
+  return params;
+}
+
+function setHash(params) {
+  const hash = "#" + params.toString();
+  if (location.hash === hash) run();
+  else location.hash = hash;
+}
+
+function readHash() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  $("q").value = params.get("q") || "";
+  if (params.get("tag")) ensureTagOption(params.get("tag"));
+  for (const id of ["tag", "prefix", "since", "until"]) $(id).value = params.get(id) || "";
+  if (params.get("k")) $("k").value = params.get("k");
+  return params;
+}
+
+async function run() {
+  const params = readHash();
+  const filters = filterParams();
+  if (params.get("similar")) {
+    const id = params.get("similar");
+    await searchWith(`/api/similar/${encodeURIComponent(id)}?${filters}`, similarHeading(id));
+  } else if (params.get("q")) {
+    filters.set("q", params.get("q"));
+    await searchWith(`/api/search?${filters}`, textHeading(params.get("q")));
+  } else {
+    $("grid").replaceChildren();
+    $("heading").replaceChildren(el("span", { textContent: "Type what you are looking for, or search by an example image." }));
+  }
+}
+
+function textHeading(q) {
+  return [el("span", { textContent: "Results for " }), el("strong", { textContent: `“${q}”` })];
+}
+
+function similarHeading(id) {
+  return [el("img", { src: `/api/images/${encodeURIComponent(id)}/thumbnail?size=128`, alt: "" }),
+    el("span", { textContent: "More like image " }), el("strong", { textContent: `#${id}` })];
+}
+
+async function searchWith(url, heading, options = {}) {
+  showNotice("");
+  $("grid").setAttribute("aria-busy", "true");
+  try {
+    const result = await api(url, options);
+    $("heading").replaceChildren(...heading,
+      el("span", { textContent: ` · ${result.hits.length} shown · ${result.took_ms.toFixed(1)} ms` }));
+    renderGrid(result.hits);
+  } catch (error) {
+    $("grid").replaceChildren();
+    $("heading").replaceChildren();
+    showNotice(explain(error), true);
+  } finally {
+    $("grid").removeAttribute("aria-busy");
+  }
+}
+
+// -- results grid --
+function renderGrid(hits) {
+  if (!hits.length) {
+    $("grid").replaceChildren(el("p", { className: "empty", textContent: "No matching images." }));
+    return;
+  }
+  $("grid").replaceChildren(...hits.map(card));
+}
+
+function card(hit) {
+  const name = baseName(hit.uri);
+  const chips = hit.tags.map((tag) => el("span", {
+    className: "chip", textContent: tag.label, title: `${tag.label}: ${tag.score.toFixed(3)} — filter by this tag`,
+    dataset: { tag: tag.label }, role: "button", tabIndex: 0,
+  }));
+  return el("div", { className: "card", role: "button", tabIndex: 0, title: hit.uri, dataset: { id: hit.id } }, [
+    el("img", { src: `${hit.thumbnail}?size=256`, alt: name, loading: "lazy", width: 256, height: 256 }),
+    el("div", { className: "meta" }, [
+      el("span", { className: "name", textContent: name }),
+      el("span", { className: "score", textContent: hit.score.toFixed(3), title: "cosine similarity" }),
+    ]),
+    el("div", { className: "tags" }, chips),
+  ]);
+}
+
+function onGridActivate(event) {
+  const chip = event.target.closest(".chip");
+  if (chip) {
+    ensureTagOption(chip.dataset.tag);
+    $("tag").value = chip.dataset.tag;
+    refresh();
+    return;
+  }
+  const item = event.target.closest(".card");
+  if (item) openDetail(item.dataset.id);
+}
+
+// -- details dialog --
+async function openDetail(id) {
+  try {
+    const image = await api(`/api/images/${encodeURIComponent(id)}`);
+    state.detailId = image.id;
+    $("detail-img").src = `${image.thumbnail}?size=512`;
+    $("detail-img").alt = baseName(image.uri);
+    $("detail-name").textContent = baseName(image.uri);
+    $("detail-meta").replaceChildren(...metaRows(image));
+    $("detail-tags").replaceChildren(...(image.tags.length ? image.tags.map((tag) => el("li", {}, [
+      el("span", { textContent: tag.label }), el("span", { textContent: tag.score.toFixed(3) }),
+    ])) : [el("li", { textContent: "No tags yet (no tag run)." })]));
+    if (!$("detail").open) $("detail").showModal();
+  } catch (error) {
+    showNotice(explain(error), true);
+  }
+}
+
+function metaRows(image) {
+  const rows = [
+    ["id", String(image.id)],
+    ["path", image.uri],
+    ["size", image.width && image.height ? `${image.width} × ${image.height} px` : "unknown"],
+    ["bytes", image.size != null ? image.size.toLocaleString() : "unknown"],
+    ["modified", image.mtime ? new Date(image.mtime * 1000).toLocaleString() : "unknown"],
+    ["sha256", image.sha256 || ""],
+  ];
+  return rows.flatMap(([key, value]) => [el("dt", { textContent: key }), el("dd", { textContent: value })]);
+}
+
+function moreLikeThis() {
+  $("detail").close();
+  const params = filterParams();
+  params.set("similar", state.detailId);
+  $("q").value = "";
+  setHash(params);
+}
+
+// -- search by example image (sent to the server, never stored there) --
+async function searchByUpload() {
+  const file = $("upload").files[0];
+  if (!file) return;
+  const limit = state.limits ? state.limits.max_upload_bytes : Infinity;
+  if (file.size > limit) {
+    showNotice(`That file is ${(file.size / 1e6).toFixed(1)} MB; the limit is ${(limit / 1e6).toFixed(0)} MB.`, true);
+    return;
+  }
+  if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+  state.previewUrl = URL.createObjectURL(file);
+  const form = new FormData();
+  form.append("file", file);
+  const heading = [el("img", { src: state.previewUrl, alt: "" }), el("span", { textContent: "Similar to " }),
+    el("strong", { textContent: file.name })];
+  history.replaceState(null, "", location.pathname);
+  await searchWith(`/api/search/image?${filterParams()}`, heading, { method: "POST", body: form });
+  $("upload").value = "";
+}
+
+// -- start-up: status line and tag list --
+async function loadStatus() {
+  try {
+    const status = await api("/api/status");
+    state.limits = status.limits;
+    const index = status.index ? `index ${status.index.version} (${status.index.count} vectors, ${status.index.type})`
+      : "no index published yet";
+    $("status").textContent = `${status.indexed} images indexed · ${index}` +
+      (status.model ? ` · model ${status.model.model}` : "");
+  } catch (error) {
+    $("status").textContent = explain(error);
+  }
+}
+
+function ensureTagOption(label) {
+  const select = $("tag");
+  if (![...select.options].some((option) => option.value === label)) {
+    select.append(el("option", { value: label, textContent: label }));
+  }
+}
+
+async function loadLabels() {
+  try {
+    const result = await api("/api/labels");
+    for (const { label, count } of result.labels) {
+      $("tag").append(el("option", { value: label, textContent: `${label} (${count})` }));
+    }
+    $("tag").disabled = !result.labels.length;
+  } catch {
+    $("tag").disabled = true;
+  }
+}
+
+function submitSearch() {
+  const params = filterParams();
+  const q = $("q").value.trim();
+  if (!q) {
+    showNotice("Type some words to search for.", true);
+    return;
+  }
+  params.set("q", q);
+  setHash(params);
+}
+
+// a filter changed: run the current text or "more like this" search again
+function refresh() {
+  const similar = new URLSearchParams(location.hash.slice(1)).get("similar");
+  if (similar) {
+    const params = filterParams();
+    params.set("similar", similar);
+    setHash(params);
+  } else if ($("q").value.trim()) {
+    submitSearch();
+  }
+}
+
+function keyActivates(handler) {
+  return (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      handler(event);
+    }
+  };
+}
+
+document.addEventListener("DOMContentLoaded", async () => {
+  $("search-form").addEventListener("submit", (event) => { event.preventDefault(); submitSearch(); });
+  $("grid").addEventListener("click", onGridActivate);
+  $("grid").addEventListener("keydown", keyActivates(onGridActivate));
+  $("more-like-this").addEventListener("click", moreLikeThis);
+  $("upload").addEventListener("change", searchByUpload);
+  $("upload-label").addEventListener("keydown", keyActivates(() => $("upload").click()));
+  for (const id of ["tag", "prefix", "since", "until", "k"]) $(id).addEventListener("change", refresh);
+  window.addEventListener("hashchange", run);
+  await Promise.all([loadStatus(), loadLabels()]);
+  await run();
+});
