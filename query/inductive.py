@@ -51,17 +51,21 @@ def _structured(raw: np.ndarray, text: TextSet, labels: Sequence[Label]) -> np.n
     return apply_structure(raw[:, :n_labels], labels, negative)
 
 
-def fit_zlap(graph: KnnGraph, xb: np.ndarray, text: TextSet, config: TagConfig, folder: Path) -> Scored:
-    """Transductive ZLaP scores of the corpus; stores the inductive table and both calibrations.
+def fit_zlap(graph: KnnGraph, xb: np.ndarray, text: TextSet, config: TagConfig, folder: Path | None) -> Scored:
+    """Transductive ZLaP scores of the corpus; with ``folder``, stores the inductive table and
+    both calibrations there.
 
     Negative prompts are class nodes of their own in the graph; their propagated scores then
     penalise their label as in :func:`query.vocab.apply_structure`.
     """
     k = min(config.k, len(graph.ids))
     nodes = np.concatenate([text[0], text[1]]) if len(text[1]) else text[0]
-    model = ZLaPInductive(config.k, config.gamma, config.alpha).fit(xb, nodes, knn=graph.first(k))
+    model = ZLaPInductive(config.k, config.gamma, config.alpha, precompute_sparse=folder is not None)
+    model.fit(xb, nodes, knn=graph.first(k))
     scores = _structured(propagate_labels(model.graph_.L, nodes.shape[0]), text, config.labels)
     calibration = fit_calibration(scores, log=True)
+    if folder is None:
+        return Scored(graph.ids, scores, calibration.apply(scores))
     inductive = _structured(model.scores(xb, sparse=True, knn=leave_self_out(graph, k)), text, config.labels)
     np.savez(folder / "table.npz", ids=graph.ids, pseudo_labels=model.pseudo_labels_, pseudo_scores=model.pseudo_scores_)
     np.savez(folder / "calibration.npz", **calibration.to_arrays())

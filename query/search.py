@@ -108,18 +108,24 @@ class Searcher:
 
     def image_vector(self, image: int | str | os.PathLike[str]) -> np.ndarray:
         """(D,) float32 embedding of an indexed image (by id or uri) or of an image file."""
-        if isinstance(image, int) or (isinstance(image, str) and image.isdigit() and not Path(image).exists()):
-            return self._stored_vector(self.catalog.image(int(image))["id"])
-        path = str(Path(image).expanduser().resolve()) if "://" not in str(image) else str(image)
         try:
-            row = self.catalog.image(path)
-            if row["status"] == "indexed":
-                return self._stored_vector(row["id"])
+            image_id = self.image_id(image)
+            if self.catalog.image(image_id)["status"] == "indexed":
+                return self._stored_vector(image_id)
         except NotFound:
-            pass
+            if _is_id(image):
+                raise
+        path = str(Path(image).expanduser().resolve()) if "://" not in str(image) else str(image)
         if not Path(path).is_file():
             raise NotFound(f"{image} is neither an indexed image id nor an image file")
         return self.embed_file(path)
+
+    def image_id(self, image: int | str | os.PathLike[str]) -> int:
+        """Catalog id of an indexed image given by id or path; raises :class:`NotFound`."""
+        if _is_id(image):
+            return int(self.catalog.image(int(image))["id"])
+        path = str(Path(image).expanduser().resolve()) if "://" not in str(image) else str(image)
+        return int(self.catalog.image(path)["id"])
 
     def _stored_vector(self, image_id: int) -> np.ndarray:
         self.version()
@@ -140,6 +146,10 @@ class Searcher:
         except DecodeError as err:
             raise InputError(f"{path}: {err.reason}") from err
         return encode_images(model, [model.transform(decoded.image)])[0]
+
+
+def _is_id(image: object) -> bool:
+    return isinstance(image, int) or (isinstance(image, str) and image.isdigit() and not Path(image).exists())
 
 
 def _check_k(k: int) -> int:

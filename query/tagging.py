@@ -21,7 +21,7 @@ from indexer import index as versions
 from indexer.catalog import Catalog
 from indexer.graph import GRAPH_K, knn_graph
 from indexer.home import Home
-from query.calibration import Calibration, fit_calibration
+from query.calibration import fit_calibration
 from query.search import Searcher
 from query.text import DEFAULT_TEMPLATES, TextEncoder, max_per_label
 from query.vocab import Label, apply_structure
@@ -44,6 +44,7 @@ class TagConfig:
     k: int = 5
     gamma: float = 5.0
     alpha: float = 0.3
+    thresholds: dict[str, float] | None = None  # per-label confidence cuts (e.g. fitted by `eval`)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -91,33 +92,57 @@ def run_dir(home: Home, run_id: int) -> Path:
     return home.root / "tagruns" / f"run-{run_id:06d}"
 
 
+def encode_text(catalog: Catalog, searcher: Searcher, config: TagConfig) -> TextSet:
+    """Label and negative-prompt embeddings for ``config`` with the published index's model."""
+    encoder = TextEncoder(searcher.model(), catalog=catalog)
+    negatives, owners = encoder.encode_negatives(config.labels)
+    return encoder.encode_labels(config.labels, config.templates), negatives, owners
+
+
+def score_corpus(
+    home: Home, catalog: Catalog, searcher: Searcher, config: TagConfig, folder: Path | None = None
+) -> Scored:
+    """Scores of every indexed image for ``config``'s labels; with ``folder``, also what later
+    runs need to tag new images (label embeddings, calibration, ZLaP's inductive table)."""
+    config.check()
+    version = searcher.version()
+    text = encode_text(catalog, searcher, config)
+    ids, xb = corpus_matrix(home, catalog, version)
+    if not len(ids):
+        raise EmptyCorpus("no indexed images to tag: run `vistag index PATH` first")
+    if folder is not None:
+        np.savez(folder / "text.npz", labels=text[0], negatives=text[1], owners=text[2])
+    if config.method == "zeroshot":
+        scores = zero_shot_scores(xb, text, config.labels)
+        calibration = fit_calibration(scores)
+        if folder is not None:
+            np.savez(folder / "calibration.npz", **calibration.to_arrays())
+        return Scored(ids, scores, calibration.apply(scores))
+    from query.inductive import fit_zlap
+
+    return fit_zlap(knn_graph(version, ids, xb), xb, text, config, folder)
+
+
 def tag_corpus(home: Home, catalog: Catalog, searcher: Searcher, config: TagConfig) -> TagResult:
     """Score every indexed image against every label with ``config.method``; store all scores."""
     config.check()
     version = searcher.version()
-    encoder = TextEncoder(searcher.model(), catalog=catalog)
-    text = encoder.encode_labels(config.labels, config.templates)
-    negatives, owners = encoder.encode_negatives(config.labels)
-    ids, xb = corpus_matrix(home, catalog, version)
-    if not len(ids):
-        raise EmptyCorpus("no indexed images to tag: run `vistag index PATH` first")
-    model_id = catalog.model_id(version.identity)
     params = asdict(config) | {"labels": list(config.names), "vocabulary": [asdict(x) for x in config.labels],
                                "model_key": version.identity.key}  # fmt: skip
-    run_id = catalog.start_run("tag", model_id, params)
+    run_id = catalog.start_run("tag", catalog.model_id(version.identity), params)
     try:
         folder = run_dir(home, run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / "text.npz", labels=text, negatives=negatives, owners=owners)
-        scored = _score(version, ids, xb, (text, negatives, owners), config, folder)
+        scored = score_corpus(home, catalog, searcher, config, folder)
         store_tags(catalog, scored, config.names, config.method, run_id)
         (folder / "run.json").write_text(json.dumps(params | {"run_id": run_id}, indent=1))
     except BaseException as err:
         catalog.finish_run(run_id, "failed", {}, message=f"{type(err).__name__}: {err}")
         raise
-    catalog.finish_run(run_id, "ok", {"listed": len(ids)})
-    shown = top_rows(catalog, scored, config.names, config.method, config.top, config.min_confidence)
-    return TagResult(run_id, config.names, config.method, len(ids), shown)
+    catalog.finish_run(run_id, "ok", {"listed": len(scored.ids)})
+    cuts = [max(config.min_confidence, (config.thresholds or {}).get(n, 0.0)) for n in config.names]
+    shown = top_rows(catalog, scored, config.names, config.method, config.top, cuts)
+    return TagResult(run_id, config.names, config.method, len(scored.ids), shown)
 
 
 def zero_shot_scores(xb: np.ndarray, text: TextSet, labels: Sequence[Label]) -> np.ndarray:
@@ -125,21 +150,6 @@ def zero_shot_scores(xb: np.ndarray, text: TextSet, labels: Sequence[Label]) -> 
     labels_t, negatives, owners = text
     negative = max_per_label(xb @ negatives.T, owners, len(labels)) if len(negatives) else None
     return apply_structure(xb @ labels_t.T, labels, negative)
-
-
-def _score(version, ids, xb, text: TextSet, config: TagConfig, folder: Path) -> Scored:  # noqa: ANN001
-    if config.method == "zeroshot":
-        scores = zero_shot_scores(xb, text, config.labels)
-        calibration = fit_calibration(scores)
-        _save_calibration(folder / "calibration.npz", calibration)
-        return Scored(ids, scores, calibration.apply(scores))
-    from query.inductive import fit_zlap
-
-    return fit_zlap(knn_graph(version, ids, xb), xb, text, config, folder)
-
-
-def _save_calibration(path: Path, calibration: Calibration) -> None:
-    np.savez(path, **calibration.to_arrays())
 
 
 def store_tags(catalog: Catalog, scored: Scored, labels: Sequence[str], method: str, run_id: int) -> None:
@@ -161,15 +171,15 @@ def store_tags(catalog: Catalog, scored: Scored, labels: Sequence[str], method: 
 
 
 def top_rows(
-    catalog: Catalog, scored: Scored, labels: Sequence[str], method: str, top: int, min_confidence: float
+    catalog: Catalog, scored: Scored, labels: Sequence[str], method: str, top: int, cuts: Sequence[float]
 ) -> list[dict[str, Any]]:
-    """Per image its best ``top`` labels (by raw score) with confidence >= ``min_confidence``."""
+    """Per image its best ``top`` labels (by raw score) whose confidence reaches the label's cut."""
     uris = {r["id"]: r["uri"] for r in catalog.images(scored.ids.tolist(), status=None)}
     order = np.argsort(-scored.scores, axis=1, kind="stable")[:, :top]
     out = []
     for r, image_id in enumerate(scored.ids.tolist()):
         for rank, c in enumerate(order[r].tolist()):
-            if scored.confidence[r, c] < min_confidence:
+            if scored.confidence[r, c] < cuts[c]:
                 continue
             out.append({"id": image_id, "uri": uris.get(image_id), "label": labels[c],
                         "score": float(scored.scores[r, c]), "confidence": round(float(scored.confidence[r, c]), 6),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -137,3 +138,35 @@ def test_vocabulary_with_negatives_and_parents_through_both_methods(corpus, tiny
             scores = {(t["image_id"], t["label"]): t["score"] for t in rows}
             for i in new_ids:
                 assert scores[(i, "shape")] >= max(scores[(i, "circle")], scores[(i, "square")]) - 1e-12
+
+
+def test_eval_explain_and_thresholds_through_the_cli(corpus, tiny_model, tmp_path, cli):
+    home = tmp_path / "home"
+    assert cli("index", corpus.root, "--home", home, "--model", tiny_model).code == 0
+    truth = tmp_path / "truth.csv"
+    shapes = sorted(corpus.root.glob("shapes/*"))
+    names = ["circle", "square", "star"]
+    truth.write_text("uri,label\n" + "".join(f"{p},{names[i % 3]}\n" for i, p in enumerate(shapes)))
+    res = cli("eval", "--truth", truth, "--home", home, "--json", "--save-thresholds", tmp_path / "th.json")
+    assert res.code == 0, res.err
+    report = res.json()
+    assert report["labels"] == sorted(names) and set(report["methods"]) == {"zeroshot", "zlap"}
+    for result in report["methods"].values():
+        assert 0 <= result["top1"] <= 1 and 0 <= result["map"] <= 1 and result["images"] == len(shapes)
+        assert all(v["support"] > 0 for v in result["labels"].values())
+        fitted = result["fitted"]["labels"]
+        assert all(fitted[n]["recall"] > 0 for n in names)  # an F1-best cut keeps some positives
+    thresholds = json.loads((tmp_path / "th.json").read_text())
+    assert set(thresholds) == set(names)
+    table = cli("eval", "--truth", truth, "--home", home, "--methods", "zeroshot")
+    assert "top-1 accuracy" in table.out and "mAP" in table.out
+
+    res = cli("tag", "--labels", ",".join(names), "--home", home, "--thresholds", tmp_path / "th.json", "--json")
+    cut = {n: max(0.0, thresholds[n]) for n in names}
+    assert all(r["confidence"] >= cut[r["label"]] - 1e-6 for r in res.json())
+    rows = cli("explain", shapes[0], "--home", home, "--json").json()
+    assert {r["label"] for r in rows} <= set(names) and rows[0]["rank"] == 0
+    bad = tmp_path / "bad.csv"
+    bad.write_text("uri,label\n/nowhere.jpg,circle\n")
+    res = cli("eval", "--truth", bad, "--home", home)
+    assert res.code == 2 and "line 2" in res.err

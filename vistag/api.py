@@ -17,6 +17,7 @@ from indexer import index as versions
 from indexer.catalog import Catalog
 from indexer.home import Home
 from indexer.job import IndexConfig, IndexResult, run_index
+from query.evaluate import evaluate, explain, read_truth
 from query.export import export_rows, render
 from query.inductive import tag_new_images
 from query.search import Hit, Searcher
@@ -97,9 +98,29 @@ class Archive:
         keywords ``k``, ``gamma``, ``alpha``). All scores are stored; the result lists each
         image's ``top`` labels whose calibrated confidence is at least ``min_confidence``.
         """
-        templates = named_templates(templates) if isinstance(templates, str) else tuple(templates)
-        config = TagConfig(tuple(parse_vocabulary(labels)), method, top, min_confidence, templates, **zlap)
+        config = self._tag_config(labels, method, top, min_confidence, templates, zlap)
         return tag_corpus(self.home, self.catalog, self.searcher, config)
+
+    def evaluate(
+        self, truth: str, labels: str | Sequence[str | Label] | None = None, *,
+        methods: Sequence[str] = ("zeroshot", "zlap"), min_confidence: float = 0.5, fit_thresholds: bool = False,
+        templates: str | Sequence[str] = DEFAULT_TEMPLATES, **zlap: Any,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Top-1 accuracy, per-label precision/recall and mAP of each method against a
+        ``uri,label`` CSV; labels default to those in the truth file."""
+        if labels is None:
+            labels = read_truth(truth, self.catalog).names
+        config = self._tag_config(labels, "zeroshot", 1, min_confidence, templates, zlap)
+        return evaluate(self.home, self.catalog, self.searcher, truth, config, methods, fit_thresholds)
+
+    def explain(self, image: int | str | os.PathLike[str], top: int = 5) -> list[dict[str, Any]]:
+        """An indexed image's best labels in every label set applied: score, confidence, method."""
+        image_id = self.searcher.image_id(image)
+        return explain(self.catalog, self.searcher, image_id, top)
+
+    def _tag_config(self, labels, method, top, min_confidence, templates, zlap) -> TagConfig:  # noqa: ANN001
+        templates = named_templates(templates) if isinstance(templates, str) else tuple(templates)
+        return TagConfig(tuple(parse_vocabulary(labels)), method, top, min_confidence, templates, **zlap)
 
     def export(self, fmt: str = "json") -> str:
         """Tags (of the latest tag run) and metadata for every image, as JSON or CSV text."""

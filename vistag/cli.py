@@ -16,7 +16,7 @@ from typing import Any
 
 from vistag.errors import InputError, VistagError
 
-COMMANDS = ("index", "search", "similar", "tag", "export", "status", "runs", "failures")
+COMMANDS = ("index", "search", "similar", "tag", "eval", "explain", "export", "status", "runs", "failures")
 
 
 def _common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
@@ -77,6 +77,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="zeroshot (cosine to label prompts) or zlap (label propagation over the kNN graph)")
     p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
                    help="print only labels whose calibrated confidence is at least P (0..1; all are stored)")
+    _common(p)
+
+    p.add_argument("--thresholds", metavar="FILE", help="per-label confidence thresholds (JSON, e.g. from eval --save-thresholds)")
+
+    p = sub.add_parser("eval", help="evaluate zero-shot and ZLaP tagging against ground truth",
+                       description="Compare tagging methods on a CSV of uri,label rows: top-1 accuracy, per-label "
+                       "precision and recall at the confidence threshold, and mAP.")  # fmt: skip
+    p.add_argument("--truth", required=True, metavar="CSV", help="ground truth: uri,label rows")
+    p.add_argument("--labels", metavar="FILE_OR_LIST", help="label set (default: the labels in the truth file)")
+    p.add_argument("--methods", default="zeroshot,zlap", help="comma-separated methods (default zeroshot,zlap)")
+    p.add_argument("--min-confidence", type=float, default=0.5, metavar="P", help="confidence threshold (default 0.5)")
+    p.add_argument("--templates", default="short", metavar="NAME_OR_FILE", help="prompt templates, as for tag")
+    p.add_argument("--fit-thresholds", action="store_true", help="also fit per-label F1-best thresholds on the truth")
+    p.add_argument("--save-thresholds", metavar="FILE", help="write the fitted thresholds of the first method as JSON")
+    _common(p)
+
+    p = sub.add_parser("explain", help="an image's labels with raw score, confidence and method",
+                       description="Show an indexed image's best labels in every label set applied.")  # fmt: skip
+    p.add_argument("image", metavar="PATH_OR_ID")
+    p.add_argument("--top", type=int, default=5, help="labels per label set (default 5)")
     _common(p)
 
     p = sub.add_parser("export", help="tags and metadata of every image", description="Export every image "
@@ -182,8 +202,11 @@ def cmd_similar(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
 
 
 def cmd_tag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
+    from query.evaluate import load_thresholds
+
+    thresholds = load_thresholds(args.thresholds) if args.thresholds else None
     result = archive.tag(args.labels, top=args.top, method=args.method, min_confidence=args.min_confidence,
-                         templates=args.templates)
+                         templates=args.templates, thresholds=thresholds)
     if args.json:
         _print_json(result.top)
         return 0
@@ -196,13 +219,52 @@ def cmd_tag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
+def cmd_eval(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    fit = args.fit_thresholds or bool(args.save_thresholds)
+    report = archive.evaluate(args.truth, args.labels, methods=methods, min_confidence=args.min_confidence,
+                              fit_thresholds=fit, templates=args.templates)  # fmt: skip
+    if args.save_thresholds:
+        first = report["methods"][methods[0]]["fitted"]["labels"]
+        _write_atomic(args.save_thresholds, json.dumps({k: v["threshold"] for k, v in first.items()}, indent=1))
+    if args.json:
+        _print_json(report)
+        return 0
+    results = report["methods"]
+    print(f"{'':24}" + "".join(f"{m:>22}" for m in methods))
+    print(f"{'top-1 accuracy':24}" + "".join(f"{results[m]['top1']:>22.3f}" for m in methods))
+    print(f"{'mAP':24}" + "".join(f"{results[m]['map']:>22.3f}" for m in methods))
+    print(f"{'label (P / R / AP)':24}" + "".join(f"{'at ' + str(args.min_confidence):>22}" for m in methods))
+    for label in report["labels"]:
+        cells = [results[m]["labels"][label] for m in methods]
+        print(f"{label[:24]:24}" + "".join(f"{c['precision']:>8.2f}{c['recall']:>7.2f}{c['ap']:>7.2f}" for c in cells))
+    return 0
+
+
+def cmd_explain(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
+    rows = archive.explain(args.image, args.top)
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no tags for this image yet (run `vistag tag`)")
+    for r in rows:
+        print(f"run {r['run_id']:>4}  {r['method']:<15}  {r['label']:<30}  score {r['score']:.5g}  "
+              f"confidence {r['confidence'] if r['confidence'] is not None else float('nan'):.3f}")  # fmt: skip
+    return 0
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
 def cmd_export(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
     text = archive.export(args.format)
     if args.output:
-        tmp = f"{args.output}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, args.output)
+        _write_atomic(args.output, text)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
@@ -247,7 +309,8 @@ def cmd_failures(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
 
 
 HANDLERS = {
-    "index": cmd_index, "search": cmd_search, "similar": cmd_similar, "tag": cmd_tag, "export": cmd_export,
+    "index": cmd_index, "search": cmd_search, "similar": cmd_similar, "tag": cmd_tag, "eval": cmd_eval,
+    "explain": cmd_explain, "export": cmd_export,
     "status": cmd_status, "runs": cmd_runs, "failures": cmd_failures,
 }  # fmt: skip
 
