@@ -52,6 +52,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from indexer import schema as t
@@ -83,7 +84,8 @@ MAX_SOURCE_BYTES = 256 * 1024 * 1024  # largest catalog file read for a thumbnai
 MULTIPART_OVERHEAD = 64 * 1024
 MIN_TOKEN_CHARS = 16
 MAX_ID = 2**63 - 1
-FAISS_THREADS = 1  # OpenMP threads per FAISS search of a request (see Service._timed)
+RENDER_SLOTS = 2  # thumbnails rendered at once
+FAISS_THREADS = 1  # OpenMP threads per FAISS search of a request (see Service._search)
 
 
 # -- configuration and errors ---------------------------------------------------------------------
@@ -318,16 +320,21 @@ class ThumbnailCache:
             return None
         return self.root / sha256[:2] / f"{sha256}-{size}.jpg"
 
-    def get(self, row: dict[str, Any], size: int) -> tuple[bytes, bool]:
-        """(JPEG bytes, whether they came from the cache) for a catalog image row."""
-        path = self.path(row["sha256"], size)
-        if path is not None and path.is_file():
-            return path.read_bytes(), True
+    def cached(self, sha256: str, size: int) -> bytes | None:
+        path = self.path(sha256, size)
+        try:
+            return path.read_bytes() if path is not None else None
+        except FileNotFoundError:
+            return None
+
+    def render(self, row: dict[str, Any], size: int) -> bytes:
+        """Render the thumbnail of a catalog image row and cache it (written atomically)."""
         data = read_catalog_file(row["uri"])
         jpeg = render_thumbnail(data, size)
+        path = self.path(row["sha256"], size)
         if path is not None and hashlib.sha256(data).hexdigest() == row["sha256"]:
             self._write(path, jpeg)  # a file changed since indexing is shown but not cached
-        return jpeg, False
+        return jpeg
 
     @staticmethod
     def _write(path: Path, jpeg: bytes) -> None:
@@ -358,7 +365,9 @@ class Metrics:
         self.search_latency = Histogram("vistag_search_latency_seconds", "Search time in the service (encode, "
                                         "FAISS search, catalog join) by query kind", ["kind"],
                                         buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.thumbnails = Counter("vistag_thumbnails", "Thumbnail requests by cache result", ["cache"], registry=r)
+        self.thumbnails = Counter(
+            "vistag_thumbnails", "Thumbnail requests by cache result", ["cache"], registry=r
+        )
         ProcessCollector(registry=r)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -381,20 +390,24 @@ class Service:
         self.thumbnails = ThumbnailCache(archive.home.root / "thumbnails")
         self.metrics = Metrics()
         self._write_lock = threading.Lock()
+        self._render_slots = threading.BoundedSemaphore(RENDER_SLOTS)
 
     def search_text(self, q: str, k: int, filters: Filters) -> dict[str, Any]:
-        return self._timed("text", lambda: self.searcher.encode_text([q]), k, filters)
+        return self._search("text", lambda: self.searcher.encode_text([q]), k, filters)
 
     def search_upload(self, data: bytes, k: int, filters: Filters) -> dict[str, Any]:
-        return self._timed("image", lambda: self.embed_upload(data), k, filters)
+        return self._search("image", lambda: self.embed_upload(data), k, filters)
 
     def search_vector(self, vector: Sequence[float], k: int, filters: Filters) -> dict[str, Any]:
-        return self._timed("vector", lambda: self.query_vector(vector), k, filters)
+        return self._search("vector", lambda: self.query_vector(vector), k, filters)
 
     def similar(self, image_id: int, k: int, filters: Filters) -> dict[str, Any]:
-        return self._timed("similar", lambda: self.searcher.image_vector(image_id)[None, :], k, filters)
+        row = self.image_row(image_id)
+        return self._search("similar", lambda: self.searcher.image_vector(row["id"])[None, :], k, filters)
 
-    def _timed(self, kind: str, encode: Callable[[], np.ndarray], k: int, filters: Filters) -> dict[str, Any]:
+    def _search(
+        self, kind: str, encode: Callable[[], np.ndarray], k: int, filters: Filters
+    ) -> dict[str, Any]:
         """Encode the query (1, D), search, join tags; observed in vistag_search_latency_seconds."""
         import faiss
 
@@ -446,13 +459,19 @@ class Service:
 
     def image(self, image_id: int) -> dict[str, Any]:
         row = self.image_row(image_id)
-        tags = top_tags(self.catalog, self.catalog.latest_tag_run(), [row["id"]], DETAIL_TAGS).get(row["id"], [])
+        tags = top_tags(self.catalog, self.catalog.latest_tag_run(), [row["id"]], DETAIL_TAGS).get(
+            row["id"], []
+        )
         keys = ("id", "uri", "status", "sha256", "size", "mtime", "width", "height")
         return {k: row[k] for k in keys} | {"tags": tags, "thumbnail": _thumbnail_url(row["id"])}
 
     def thumbnail(self, row: dict[str, Any], size: int) -> bytes:
-        jpeg, cached = self.thumbnails.get(row, size)
-        self.metrics.thumbnails.labels("hit" if cached else "miss").inc()
+        """JPEG bytes; at most RENDER_SLOTS renders at once (a large image decodes to 100s of MB)."""
+        jpeg = self.thumbnails.cached(row["sha256"], size)
+        self.metrics.thumbnails.labels("miss" if jpeg is None else "hit").inc()
+        if jpeg is None:
+            with self._render_slots:
+                jpeg = self.thumbnails.render(row, size)
         return jpeg
 
     def check_size(self, size: int) -> int:
@@ -474,7 +493,9 @@ class Service:
         """Raise unless ``header`` is ``Bearer TOKEN`` with this server's write token."""
         token = self.config.write_token
         if token is None:
-            raise WritesDisabled(f"write operations are disabled: start the server with --write-token or {ENV_WRITE_TOKEN}")
+            raise WritesDisabled(
+                f"write operations are disabled: start the server with --write-token or {ENV_WRITE_TOKEN}"
+            )
         scheme, _, given = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise Unauthorized("missing or wrong bearer token")
@@ -519,6 +540,8 @@ async def read_upload(request: Request, limit: int) -> bytes:
         form = await parser.parse()
     except MultiPartException as err:
         raise InputError(f"malformed multipart upload: {err.message}") from err
+    except ClientDisconnect as err:
+        raise InputError("the upload was interrupted") from err
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -572,11 +595,17 @@ class EdgeMiddleware:
                 await self.app(scope, _capped(receive, limit), send_secured)
         finally:
             route = _route_name(scope)
-            self.service.metrics.observe_request(scope["method"], route, status[0], time.perf_counter() - start)
+            self.service.metrics.observe_request(
+                scope["method"], route, status[0], time.perf_counter() - start
+            )
 
     def _body_limit(self, scope: Scope) -> int:
         config = self.service.config
-        return config.max_upload_bytes + MULTIPART_OVERHEAD if scope["path"] == UPLOAD_PATH else config.max_body_bytes
+        return (
+            config.max_upload_bytes + MULTIPART_OVERHEAD
+            if scope["path"] == UPLOAD_PATH
+            else config.max_body_bytes
+        )
 
     def _problem(self, scope: Scope, limit: int) -> VistagError | None:
         headers = dict(scope["headers"])
@@ -699,8 +728,14 @@ def create_app(archive: Any, config: ServiceConfig) -> FastAPI:
     from vistag import __version__
 
     service = Service(archive, config)
-    app = FastAPI(title="vistag", version=__version__, description="Search and browse an indexed image archive.",
-                  docs_url=None, redoc_url=None, openapi_url="/openapi.json")  # fmt: skip (no CDN pages)
+    app = FastAPI(
+        title="vistag",
+        version=__version__,
+        description="Search and browse an indexed image archive.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )  # fmt: skip (no CDN pages)
     app.state.service = service
     _add_error_handlers(app)
     _add_read_routes(app, service)
@@ -722,7 +757,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, err: RequestValidationError) -> JSONResponse:
-        parts = [f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in err.errors()[:3]]
+        parts = [
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in err.errors()[:3]
+        ]
         return error_response(400, "; ".join(parts))
 
     @app.exception_handler(Exception)
@@ -751,7 +788,9 @@ def _add_read_routes(app: FastAPI, service: Service) -> None:
         return Query(default, ge=1, le=config.max_k, description="number of results")
 
     @app.get("/api/search", response_model=SearchOut, responses=ERRORS, summary="Text-to-image search")
-    def search(filters: FilterDep, q: str = Query(min_length=1, max_length=config.max_query_chars), k: int = K(24)) -> dict[str, Any]:
+    def search(
+        filters: FilterDep, q: str = Query(min_length=1, max_length=config.max_query_chars), k: int = K(24)
+    ) -> dict[str, Any]:
         return service.search_text(q, k, filters)
 
     @app.post("/api/search/image", response_model=SearchOut, responses=ERRORS | {415: {"model": ErrorOut}},
@@ -760,7 +799,12 @@ def _add_read_routes(app: FastAPI, service: Service) -> None:
         data = await read_upload(request, config.max_upload_bytes)
         return await run_in_threadpool(service.search_upload, data, k, filters)
 
-    @app.post("/api/search/vector", response_model=SearchOut, responses=ERRORS, summary="Search by a query embedding")
+    @app.post(
+        "/api/search/vector",
+        response_model=SearchOut,
+        responses=ERRORS,
+        summary="Search by a query embedding",
+    )
     def search_vector(body: VectorIn, filters: FilterDep, k: int = K(10)) -> dict[str, Any]:
         return service.search_vector(body.vector, k, filters)
 
@@ -769,13 +813,20 @@ def _add_read_routes(app: FastAPI, service: Service) -> None:
     def similar(image_id: ImageId, filters: FilterDep, k: int = K(24)) -> dict[str, Any]:
         return service.similar(image_id, k, filters)
 
-    @app.get("/api/images/{image_id}", response_model=ImageOut, responses=ERRORS, summary="Metadata and tags of an image")
+    @app.get(
+        "/api/images/{image_id}",
+        response_model=ImageOut,
+        responses=ERRORS,
+        summary="Metadata and tags of an image",
+    )
     def image(image_id: ImageId) -> dict[str, Any]:
         return service.image(image_id)
 
     @app.get("/api/images/{image_id}/thumbnail", responses=ERRORS, response_class=Response,
              summary="JPEG thumbnail (cached)")  # fmt: skip
-    def thumbnail(image_id: ImageId, size: int = 256, if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    def thumbnail(
+        image_id: ImageId, size: int = 256, if_none_match: Annotated[str | None, Header()] = None
+    ) -> Response:
         row = service.image_row(image_id)
         etag = f'"{row["sha256"]}-{service.check_size(size)}"'
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
@@ -803,7 +854,12 @@ def _add_read_routes(app: FastAPI, service: Service) -> None:
 def _add_write_routes(app: FastAPI, service: Service) -> None:
     codes = ERRORS | {c: {"model": ErrorOut} for c in (401, 403, 409)}
 
-    @app.post("/api/tag", response_model=TagRunOut, responses=codes, summary="Zero-shot tag run (needs the write token)")
+    @app.post(
+        "/api/tag",
+        response_model=TagRunOut,
+        responses=codes,
+        summary="Zero-shot tag run (needs the write token)",
+    )
     def tag(body: TagIn, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         service.authorize(authorization)
         return service.tag(body.labels, body.top)

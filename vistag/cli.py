@@ -14,9 +14,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from vistag import cli_serve
 from vistag.errors import InputError, VistagError
 
-COMMANDS = ("index", "search", "similar", "tag", "eval", "explain", "export", "status", "runs", "failures")
+COMMANDS = ("index", "search", "similar", "tag", "eval", "explain", "export", "status", "runs", "failures", "serve")
 
 
 def _common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List recorded failures, newest first.")  # fmt: skip
     p.add_argument("-n", "--limit", type=int, default=50, help="how many failures (default 50)")
     _common(p)
+    cli_serve.add_parser(sub)
     return ap
 
 
@@ -311,7 +313,7 @@ def cmd_failures(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
 HANDLERS = {
     "index": cmd_index, "search": cmd_search, "similar": cmd_similar, "tag": cmd_tag, "eval": cmd_eval,
     "explain": cmd_explain, "export": cmd_export,
-    "status": cmd_status, "runs": cmd_runs, "failures": cmd_failures,
+    "status": cmd_status, "runs": cmd_runs, "failures": cmd_failures, "serve": cli_serve.cmd_serve,
 }  # fmt: skip
 
 if __name__ == "__main__":

@@ -1,0 +1,478 @@
+"""The HTTP service against a real ``vistag serve`` process on loopback: good and bad requests.
+
+Each server runs on a copy of the session's indexed home (the fixture home is never modified),
+is waited for on /healthz with a bounded timeout, and is always stopped. Requests use the standard
+library's http.client, which sends paths exactly as written (no dot-segment clean-up).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+TOKEN = "test-write-token-0123456789"
+START_TIMEOUT_S = 120  # imports torch, FAISS and the model on 2 shared cores
+REQUEST_TIMEOUT_S = 30
+MAX_UPLOAD = 20 * 1024 * 1024
+
+
+# -- a real server process and a small HTTP client -------------------------------------------------
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http_request(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+                 timeout: float = REQUEST_TIMEOUT_S) -> Reply:  # fmt: skip
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    finally:
+        conn.close()
+
+
+@dataclass
+class Server:
+    port: int
+    proc: subprocess.Popen
+    home: Path
+    log: Path
+
+    def get(self, path: str, **headers: str) -> Reply:
+        return http_request(self.port, "GET", path, headers=headers)
+
+    def post(self, path: str, body: bytes, content_type: str, **headers: str) -> Reply:
+        return http_request(self.port, "POST", path, body, {"Content-Type": content_type, **headers})
+
+    def post_json(self, path: str, data: object, **headers: str) -> Reply:
+        return self.post(path, json.dumps(data).encode(), "application/json", **headers)
+
+    def search(self, query: str) -> Any:
+        reply = self.get(f"/api/search?{query}")
+        assert reply.status == 200, reply.body
+        return reply.json()
+
+
+def serve_command(*args: object) -> list[str]:
+    """``vistag serve ARGS`` (through ``python -m vistag.cli_serve`` until cli.py lists ``serve``)."""
+    from vistag import cli
+
+    if "serve" in cli.COMMANDS:
+        return [sys.executable, "-m", "vistag.cli", "serve", *map(str, args)]
+    return [sys.executable, "-m", "vistag.cli_serve", *map(str, args)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(home: Path, *args: object, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """Start ``vistag serve`` on ``home``; yield once /healthz answers; always stop it."""
+    port = free_port()
+    log = Path(tempfile.mkstemp(prefix="vistag-serve-", suffix=".log")[1])
+    environ = {k: v for k, v in os.environ.items() if k != "VISTAG_WRITE_TOKEN"} | (env or {})
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(serve_command("--home", home, "--port", port, *args), stdout=out,
+                                stderr=subprocess.STDOUT, env=environ)  # fmt: skip
+    server = Server(port, proc, Path(home), log)
+    try:
+        _wait_ready(server)
+        yield server
+    finally:
+        stop(server)
+
+
+def _wait_ready(server: Server) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            pytest.fail(f"server exited with {server.proc.returncode}: {server.log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError):
+            if http_request(server.port, "GET", "/healthz", timeout=2).status == 200:
+                return
+        time.sleep(0.25)
+    pytest.fail(f"server not ready within {START_TIMEOUT_S}s: {server.log.read_text()[-2000:]}")
+
+
+def stop(server: Server) -> int:
+    """Ctrl-C the server (graceful stop); kill it if it does not exit within 20 s. Its exit code."""
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGINT)
+        try:
+            server.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait(10)
+    return server.proc.returncode
+
+
+def copy_home(indexed_home: tuple[Path, object], target: Path) -> Path:
+    shutil.copytree(indexed_home[0], target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def server(indexed_home, tmp_path_factory) -> Iterator[Server]:
+    """One server for the module, on a copy of the indexed home, write token from the environment."""
+    home = copy_home(indexed_home, tmp_path_factory.mktemp("serve") / "home")
+    with running_server(home, env={"VISTAG_WRITE_TOKEN": TOKEN}) as running:
+        yield running
+
+
+# -- request bodies ---------------------------------------------------------------------------------
+def multipart(*files: bytes, field: str = "file") -> tuple[bytes, str]:
+    """(body, content type) of a multipart/form-data upload of ``files`` in form field ``field``."""
+    boundary = "vistag-test-boundary-7d1e"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="image{i}.jpg"\r\n'
+             f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n" for i, data in enumerate(files)]  # fmt: skip
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` pixels in a few dozen bytes (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def noise_jpeg(width: int = 256, height: int = 192) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def assert_error(reply: Reply, *statuses: int) -> str:
+    assert reply.status in statuses, (reply.status, reply.body[:300])
+    assert reply.headers["content-type"].startswith("application/json")
+    body = reply.json()
+    assert isinstance(body, dict) and set(body) == {"error"} and body["error"]
+    return body["error"]
+
+
+# -- tests ------------------------------------------------------------------------------------------
+def test_health_schema_page_and_metrics(server):
+    assert server.get("/healthz").json() == {"status": "ok"}
+    schema = server.get("/openapi.json").json()
+    for path in ("/api/search", "/api/search/image", "/api/similar/{image_id}", "/api/images/{image_id}",
+                 "/api/images/{image_id}/thumbnail", "/api/labels", "/api/status", "/api/tag"):  # fmt: skip
+        assert path in schema["paths"], path
+    assert "ErrorOut" in schema["components"]["schemas"]
+    assert server.get("/docs").status == 404  # the Swagger page would load from a CDN
+
+    page = server.get("/")
+    assert page.status == 200 and page.headers["content-type"].startswith("text/html")
+    assert (
+        b'src="/static/app.js"' in page.body
+        and "default-src 'self'" in page.headers["content-security-policy"]
+    )
+    for name in ("app.js", "style.css", "index.html"):
+        text = server.get(f"/static/{name}").body.decode()
+        assert "http://" not in text and "https://" not in text, f"{name} loads something from the network"
+
+    assert server.search("q=a+red+circle&k=3")["hits"]
+    metrics = server.get("/metrics")
+    assert metrics.status == 200 and metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.body.decode()
+    assert 'vistag_search_latency_seconds_count{kind="text"}' in text
+    assert 'vistag_http_requests_total{method="GET",route="/api/search",status="200"}' in text
+    assert "vistag_http_request_duration_seconds_bucket" in text
+
+
+def test_text_search_similar_details_and_thumbnail(server, indexed_home):
+    corpus = indexed_home[1]
+    good = {str(p) for p in corpus.good}
+    result = server.search("q=a+blue+square&k=5")
+    hits = result["hits"]
+    assert len(hits) == 5 and {h["uri"] for h in hits} <= good and result["k"] == 5
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert {"id", "uri", "score", "tags", "thumbnail"} <= set(hits[0]) and result["index_version"]
+
+    first = hits[0]["id"]
+    similar = server.get(f"/api/similar/{first}?k=3").json()["hits"]
+    assert similar[0]["id"] == first and abs(similar[0]["score"] - 1) < 1e-4
+
+    details = server.get(f"/api/images/{first}").json()
+    assert details["uri"] == hits[0]["uri"] and details["status"] == "indexed" and details["width"] > 0
+
+    thumb = server.get(f"/api/images/{first}/thumbnail?size=128")
+    assert thumb.status == 200 and thumb.headers["content-type"] == "image/jpeg"
+    from PIL import Image
+
+    assert max(Image.open(io.BytesIO(thumb.body)).size) <= 128
+    cached = server.home / "thumbnails" / details["sha256"][:2] / f"{details['sha256']}-128.jpg"
+    assert cached.read_bytes() == thumb.body
+    assert (
+        server.get(
+            f"/api/images/{first}/thumbnail?size=128", **{"If-None-Match": thumb.headers["etag"]}
+        ).status
+        == 304
+    )
+    assert not list(cached.parent.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("query", [
+    "k=5", "q=cat&k=0", "q=cat&k=-1", "q=cat&k=201", f"q=cat&k={10**30}", "q=cat&k=ten", "q=%20%20",
+    "q=" + "a" * 1001, "q=cat&since=yesterday", "q=cat&since=2030-01-01&until=2020-01-01", "q=cat&until=nan",
+])  # fmt: skip
+def test_bad_search_requests_are_400(server, query):
+    assert_error(server.get(f"/api/search?{query}"), 400)
+
+
+def test_unknown_ids_and_traversal_attempts(server, indexed_home):
+    from vistag import Archive
+
+    with Archive(server.home) as archive:
+        failed = archive.catalog.images(status="failed")[0]["id"]  # in the catalog, but not indexed
+    for path in (f"/api/images/{failed}", f"/api/images/{failed}/thumbnail", f"/api/similar/{failed}",
+                 "/api/images/987654", "/api/similar/987654", "/api/images/987654/thumbnail"):  # fmt: skip
+        assert_error(server.get(path), 404)
+    for path in ("/api/images/..%2F..%2Fetc%2Fpasswd", "/api/images/../../etc/passwd", "/api/images/%2e%2e",
+                 "/api/images/1%2F..%2F..%2Fetc%2Fpasswd/thumbnail", "/api/similar/%2Fetc%2Fpasswd",
+                 "/api/images/-1", "/api/images/99999999999999999999999", "/api/images/1e3",
+                 "/static/..%2F..%2Fquery%2Fservice.py", "/static/../search.py", "/static/%2e%2e/service.py",
+                 "/api/images/1/thumbnail?size=..%2F..%2Fetc%2Fpasswd", "/api/images/1/thumbnail?size=100"):  # fmt: skip
+        reply = server.get(path)
+        assert_error(reply, 400, 404)
+        assert b"root:" not in reply.body and b"def create_app" not in reply.body
+    good = {str(p) for p in indexed_home[1].good}
+    hits = server.search("q=" + quote("../../etc/passwd") + "&k=5")["hits"]
+    assert {h["uri"] for h in hits} <= good
+    assert server.search("q=cat&prefix=" + quote("/etc/"))["hits"] == []
+
+
+def test_filters_by_prefix_and_time(server, indexed_home):
+    textures = str(indexed_home[1].root / "textures")
+    hits = server.search(f"q=noise&k=50&prefix={quote(textures)}")["hits"]
+    assert len(hits) == 3 and all(h["uri"].startswith(textures) for h in hits)
+    assert len(server.search("q=cat&k=4&since=1970-01-02")["hits"]) == 4
+    assert server.search("q=cat&k=4&until=1970-01-02")["hits"] == []
+    assert server.search("q=cat&k=4&since=" + str(time.time() + 86400))["hits"] == []
+
+
+def test_search_by_uploaded_image(server, indexed_home):
+    target = next(p for p in indexed_home[1].good if p.suffix == ".jpg")
+    before = sorted(p for p in server.home.rglob("*") if "thumbnails" not in p.parts)
+    body, ctype = multipart(target.read_bytes())
+    result = server.post("/api/search/image?k=3", body, ctype)
+    assert result.status == 200, result.body
+    first = result.json()["hits"][0]
+    assert first["uri"] == str(target) and first["score"] > 0.99
+    assert (
+        sorted(p for p in server.home.rglob("*") if "thumbnails" not in p.parts) == before
+    )  # nothing stored
+
+
+@pytest.mark.parametrize("case, status", [
+    ("text", 415), ("empty", 400), ("truncated", 400), ("bomb", 413), ("wrong field", 400), ("no boundary", 400),
+    ("garbage multipart", 400), ("json", 415), ("two files", 400), ("oversize", 413), ("huge length", 413),
+])  # fmt: skip
+def test_bad_uploads(server, indexed_home, case, status):
+    jpeg = next(p for p in indexed_home[1].good if p.suffix == ".jpg").read_bytes()
+    bodies = {
+        "text": multipart(b"<html>not an image</html>"),
+        "empty": multipart(b""),
+        "truncated": multipart(noise_jpeg()[:20_000]),
+        "bomb": multipart(png_header(10_000, 10_000)),
+        "wrong field": multipart(jpeg, field="image"),
+        "no boundary": (b"xx", "multipart/form-data"),
+        "garbage multipart": (b"\x00\xff" * 100, "multipart/form-data; boundary=zzz"),
+        "json": (b'{"file": "x"}', "application/json"),
+        "two files": multipart(jpeg, jpeg),
+        "oversize": multipart(b"\xff" * (MAX_UPLOAD + 1)),
+    }
+    if case == "huge length":  # rejected from the header alone, before the body is read
+        reply = _send_head_only(server.port, "/api/search/image", 10**9)
+    else:
+        reply = server.post("/api/search/image", *bodies[case])
+    message = assert_error(reply, status)
+    if case == "truncated":
+        assert "truncated" in message
+    assert server.get("/healthz").status == 200
+
+
+def _send_head_only(port: int, path: str, length: int) -> Reply:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_S)
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+        conn.putheader("Content-Length", str(length))
+        conn.endheaders(b"--x\r\n")
+        response = conn.getresponse()
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    finally:
+        conn.close()
+
+
+def test_tag_run_needs_the_token_then_labels_and_tag_filter(server):
+    labels = {"labels": "red circle,blue square,green star", "top": 3}
+    unauthorized = server.post_json("/api/tag", labels)
+    assert_error(unauthorized, 401)
+    assert unauthorized.headers["www-authenticate"] == "Bearer"
+    assert_error(server.post_json("/api/tag", labels, Authorization="Bearer wrong-token-0123456789"), 401)
+    assert_error(server.post_json("/api/tag", labels, Authorization=TOKEN), 401)  # no scheme
+    too_many = {"labels": [f"label {i}" for i in range(1001)]}
+    assert_error(server.post_json("/api/tag", too_many, Authorization=f"Bearer {TOKEN}"), 400)
+
+    run = server.post_json("/api/tag", labels, Authorization=f"Bearer {TOKEN}")
+    assert run.status == 200, run.body
+    assert run.json()["labels"] == ["red circle", "blue square", "green star"]
+    listed = server.get("/api/labels").json()
+    counts = {row["label"]: row["count"] for row in listed["labels"]}
+    assert (
+        set(counts) == {"red circle", "blue square", "green star"}
+        and listed["tag_run"] == run.json()["run_id"]
+    )
+
+    hits = server.search("q=shape&k=200&tag=" + quote("red circle"))["hits"]
+    assert len(hits) == counts["red circle"]
+    assert all("red circle" in [t["label"] for t in h["tags"]] for h in hits)
+    assert server.search("q=shape&tag=unicorn")["hits"] == []
+
+
+def test_host_header_and_concurrent_requests(server):
+    assert_error(server.get("/healthz", Host="attacker.example"), 400)
+    assert server.get("/healthz", Host=f"localhost:{server.port}").status == 200
+    queries = [f"/api/search?q=shape+{i}&k=5" for i in range(12)] + [
+        f"/api/similar/{i}?k=3" for i in range(1, 5)
+    ]
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(server.get, queries, timeout=120))
+    assert [r.status for r in replies] == [200] * len(queries)
+
+
+def test_new_index_version_is_served_without_restart(indexed_home, tiny_model, tmp_path):
+    """Publish a new version in the home while the server runs; it answers from it at once."""
+    from PIL import Image
+
+    from vistag import Archive
+
+    home = copy_home(indexed_home, tmp_path / "home")
+    added = tmp_path / "added"
+    added.mkdir()
+    Image.new("RGB", (64, 48), (250, 120, 10)).save(added / "orange.png")
+    with running_server(home) as server:  # no write token: writes are disabled
+        assert_error(server.post_json("/api/tag", {"labels": "cat"}, Authorization=f"Bearer {TOKEN}"), 403)
+        before = server.get("/api/status").json()
+        assert server.search("q=orange&k=1")["index_version"] == before["index"]["version"]
+
+        with Archive(home) as archive:
+            result = archive.index([indexed_home[1].root, added], model=tiny_model, batch_size=8)
+            new_id = archive.catalog.image(str((added / "orange.png").resolve()))["id"]
+        assert result.embedded == 1 and result.index_version != before["index"]["version"]
+
+        assert server.search("q=orange&k=1")["index_version"] == result.index_version
+        similar = server.get(f"/api/similar/{new_id}?k=1").json()["hits"]
+        assert similar[0]["id"] == new_id and abs(similar[0]["score"] - 1) < 1e-4
+        assert server.get(f"/api/images/{new_id}/thumbnail").status == 200
+        assert server.get("/api/status").json()["index"]["count"] == before["index"]["count"] + 1
+        code = stop(server)
+    log = server.log.read_text()
+    assert code == 0 and "Traceback" not in log and "server stopped" in log, log[-2000:]
+
+
+@contextlib.contextmanager
+def thread_server(app: object) -> Iterator[int]:
+    """``app`` on uvicorn in a thread of this process, on a free loopback port; yields the port."""
+    import uvicorn
+
+    from query.service import listen
+
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started, "in-process server did not start"
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+def test_in_process_app_on_a_home_without_index(tmp_path):
+    from query.service import ServiceConfig, create_app
+    from vistag import Archive
+
+    with (
+        Archive(tmp_path / "empty") as archive,
+        thread_server(create_app(archive, ServiceConfig(max_k=5))) as port,
+    ):
+        status = http_request(port, "GET", "/api/status").json()
+        assert status["index"] is None and not status["writes_enabled"] and status["limits"]["max_k"] == 5
+        assert "vistag index" in assert_error(http_request(port, "GET", "/api/search?q=cat"), 503)
+        assert_error(http_request(port, "POST", "/api/search/vector", b'{"vector": [1.0]}',
+                                  {"Content-Type": "application/json"}), 503)  # fmt: skip
+        assert_error(http_request(port, "GET", "/api/search?q=cat&k=6"), 400)
+        assert_error(http_request(port, "GET", "/api/similar/1"), 404)
+        assert http_request(port, "GET", "/api/labels").json() == {"tag_run": None, "labels": []}
+        tag = http_request(port, "POST", "/api/tag", b'{"labels": "cat"}',
+                           {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+        assert "--write-token" in assert_error(tag, 403)
+
+
+def test_config_and_listen_errors():
+    from query.service import Filters, ServiceConfig, listen, parse_time
+    from vistag.errors import InputError
+
+    with pytest.raises(InputError, match="at least 16"):
+        ServiceConfig(write_token="short")
+    with pytest.raises(InputError, match="max-k"):
+        ServiceConfig(max_k=0)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(InputError, match="cannot listen"):
+            listen("127.0.0.1", taken.getsockname()[1])
+    assert parse_time("2024-05-01") == 1714521600.0
+    assert parse_time("2024-05-01", end=True) == pytest.approx(1714521600.0 + 86400, abs=0.01)
+    assert (
+        parse_time("2024-05-01T02:00:00+02:00") == 1714521600.0 and parse_time("1714521600") == 1714521600.0
+    )
+    assert not Filters() and Filters.parse("cat", None, None, None)
