@@ -310,6 +310,14 @@ class Catalog:
                 out.update({keys[k]: np.frombuffer(v, dtype=np.float32) for k, v in conn.execute(query)})
         return out
 
+    def text_vector_sample(self, model_id: int, limit: int) -> np.ndarray:
+        """(n <= limit, D) float32: texts already encoded with this model (users' labels and queries)."""
+        te = t.text_embeddings
+        query = sa.select(te.c.vector).where(te.c.model_id == model_id).order_by(te.c.text_sha256).limit(limit)
+        with self.engine.connect() as conn:
+            rows = [np.frombuffer(v, dtype=np.float32) for v in conn.execute(query).scalars()]
+        return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+
     def add_text_vectors(self, model_id: int, vectors: dict[str, np.ndarray]) -> None:
         have = self.text_vectors(model_id, list(vectors))
         rows = [{"model_id": model_id, "text_sha256": _sha(x), "text": x,

@@ -14,7 +14,7 @@ import shutil
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,36 +22,94 @@ from typing import Any
 import numpy as np
 
 from indexer.home import Home
+from indexer.planner import IndexChoice
 from pipeline import shards
 from vistag.errors import IndexNotFound, InputError, ModelMismatch
 from vistag.models import ModelIdentity
 
 FORMAT_VERSION = 1
-EXACT_MAX = 100_000
-
-
-def choose_index_type(count: int, override: str | None = None) -> str:
-    """A FAISS factory string: exact search up to EXACT_MAX vectors, HNSW above, or the override."""
-    if override:
-        return override
-    return "Flat" if count <= EXACT_MAX else "HNSW32,Flat"
+BUILD_CHUNK = 100_000
 
 
 def build_index(xb: np.ndarray, ids: np.ndarray, index_type: str) -> Any:
-    """Build an inner-product index over ``xb`` (n, d) float32 with int64 ``ids`` (n,)."""
-    import faiss
-
-    d = int(xb.shape[1])
-    try:
-        inner = faiss.index_factory(d, index_type, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as err:
-        raise InputError(f"bad FAISS index type {index_type!r}: {err}") from err
-    index = faiss.IndexIDMap2(inner)
+    """Build an inner-product index over ``xb`` (n, d) float32 with int64 ``ids`` (n,), in memory."""
+    index = empty_index(int(xb.shape[1]), index_type)
     if not index.is_trained:
-        index.train(xb)
+        index.train(np.ascontiguousarray(xb, dtype=np.float32))
     if len(xb):
         index.add_with_ids(np.ascontiguousarray(xb, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
     return index
+
+
+def empty_index(d: int, index_type: str) -> Any:
+    """An empty ``IndexIDMap2`` around ``index_factory(d, index_type)`` under inner product."""
+    import faiss
+
+    try:
+        inner = faiss.index_factory(d, index_type, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        raise InputError(f"bad FAISS index type {index_type!r}: {str(err).splitlines()[0]}") from err
+    return faiss.IndexIDMap2(inner)
+
+
+def build_from_store(
+    home: Home, locations: Sequence[tuple[int, str, str, int]], dim: int, choice: IndexChoice, seed: int = 0
+) -> Any:
+    """Build ``choice`` from vectors in the shards without holding them all in memory: train on a
+    random sample of ``choice.train_size`` vectors, then add ``BUILD_CHUNK`` vectors at a time."""
+    index = empty_index(dim, choice.factory)
+    if not index.is_trained:
+        size = min(len(locations), max(choice.train_size, 1))
+        pick = np.sort(np.random.default_rng(seed).choice(len(locations), size, replace=False))
+        _, sample = gather_vectors(home, [locations[i] for i in pick], dim)
+        try:
+            index.train(sample)
+        except RuntimeError as err:
+            reason = str(err).splitlines()[-1].split("Error: ")[-1]
+            raise InputError(f"cannot train {choice.factory} on {len(sample)} vectors: {reason}") from err
+    for start in range(0, len(locations), BUILD_CHUNK):
+        ids, xb = gather_vectors(home, locations[start : start + BUILD_CHUNK], dim)
+        index.add_with_ids(xb, ids)
+    return index
+
+
+def exact_search(
+    home: Home, locations: Sequence[tuple[int, str, str, int]], dim: int, xq: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k of ``xq`` (Q, d) over the stored vectors, streamed by chunk.
+
+    Returns D (Q, k) float32 and I (Q, k) int64 catalog ids (-1 where fewer than k exist)."""
+    import faiss
+
+    heap = faiss.ResultHeap(len(xq), k, keep_max=True)
+    for start in range(0, len(locations), BUILD_CHUNK):
+        ids, xb = gather_vectors(home, locations[start : start + BUILD_CHUNK], dim)
+        D, I = faiss.knn(np.ascontiguousarray(xq, dtype=np.float32), xb, min(k, len(xb)), metric=faiss.METRIC_INNER_PRODUCT)
+        pad = k - D.shape[1]
+        if pad:
+            D = np.pad(D, ((0, 0), (0, pad)), constant_values=-np.inf)
+            I = np.pad(I, ((0, 0), (0, pad)), constant_values=-1)
+        heap.add_result(D, np.where(I >= 0, ids[np.maximum(I, 0)], -1))
+    heap.finalize()
+    return heap.D, heap.I
+
+
+def rerank_search(
+    index: Any, xq: np.ndarray, k: int, factor: int, fetch: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Search ``factor * k`` candidates with the (lossy) index, re-score them exactly.
+
+    ``fetch(ids)`` returns the stored (len(ids), d) float32 vectors of catalog ids."""
+    D, I = index.search(xq, k * factor)
+    out_d, out_i = np.full((len(xq), k), -np.inf, np.float32), np.full((len(xq), k), -1, np.int64)
+    for q in range(len(xq)):
+        cand = I[q][I[q] >= 0]
+        if not len(cand):
+            continue
+        exact = fetch(cand) @ xq[q]
+        order = np.argsort(-exact, kind="stable")[:k]
+        out_d[q, : len(order)], out_i[q, : len(order)] = exact[order], cand[order]
+    return out_d, out_i
 
 
 def gather_vectors(home: Home, locations: Sequence[tuple[int, str, str, int]], dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,19 +148,30 @@ class IndexVersion:
         return f"{self.manifest['model']['key']}/{self.path.name}"
 
     def load(self, mmap: bool = False) -> Any:
+        """The FAISS index with its tuned search parameters applied."""
         import faiss
 
+        from indexer.planner import set_search_params
+
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-        return faiss.read_index(str(self.path / "index.faiss"), flags)
+        index = faiss.read_index(str(self.path / "index.faiss"), flags)
+        set_search_params(index, self.manifest.get("search", {}).get("params", {}))
+        return index
+
+    @property
+    def rerank(self) -> int:
+        return int(self.manifest.get("search", {}).get("rerank", 0))
 
 
 def write_version(
-    home: Home, identity: ModelIdentity, index: Any, index_type: str, run_id: int | None, catalog_state: str = ""
+    home: Home, identity: ModelIdentity, index: Any, index_type: str, run_id: int | None, catalog_state: str = "",
+    search: dict[str, Any] | None = None,
 ) -> IndexVersion:
     """Write ``index`` as the next version folder of ``identity``'s model (not yet published).
 
     ``catalog_state`` identifies the catalog content the index was built from (see
-    :meth:`indexer.catalog.Catalog.live_state`), so a later run can tell whether it is current.
+    :meth:`indexer.catalog.Catalog.live_state`), so a later run can tell whether it is current;
+    ``search`` holds how to search it (``params`` such as nprobe, ``rerank``, measured recall).
     """
     import faiss
 
@@ -117,7 +186,7 @@ def write_version(
         "format_version": FORMAT_VERSION, "model": identity.to_dict(), "metric": "inner_product",
         "count": int(index.ntotal), "dim": identity.embed_dim, "index_type": index_type,
         "id_map": "faiss id = catalog images.id", "run_id": run_id, "created": time.time(),
-        "catalog_state": catalog_state,
+        "catalog_state": catalog_state, "search": search or {},
     }  # fmt: skip
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     _fsync_dir(tmp)

@@ -14,6 +14,8 @@ from indexer.catalog import Catalog
 from indexer.home import Home
 from indexer.lock import WriterLock
 from indexer.plan import IndexPlan, make_plan
+from indexer.planner import plan_index
+from indexer.recall import tune_index
 from pipeline import shards
 from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.inputs import FileEntry, expand_inputs
@@ -37,6 +39,7 @@ class IndexConfig:
     shard_size: int = 4096
     max_pixels: int = DEFAULT_MAX_PIXELS
     index_type: str | None = None
+    memory_budget: int | None = None
     shards_root: str | None = None
     dry_run: bool = False
     progress: bool = False
@@ -56,6 +59,7 @@ class IndexResult:
     index_version: str | None = None
     index_count: int | None = None
     tag_runs: tuple[int, ...] = ()
+    index_plan: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "plan"}
@@ -81,7 +85,9 @@ def _run_locked(home: Home, catalog: Catalog, config: IndexConfig) -> IndexResul
     listing = expand_inputs(config.inputs)
     plan = make_plan(listing, catalog.image_states(), set(catalog.known_hashes(model_id)))
     if config.dry_run:
-        return IndexResult(plan)
+        live = len(plan.unchanged) + len(plan.work) - len(plan.missing)
+        choice = plan_index(max(live, 0), identity.embed_dim, memory_budget=config.memory_budget, override=config.index_type)
+        return IndexResult(plan, index_plan=choice.describe())
     if not listing.entries and not catalog.image_states():
         raise EmptyCorpus(f"no image files found in {', '.join(config.inputs)}")
     run_id = catalog.start_run("index", model_id, {"inputs": config.inputs, "model": identity.model})
@@ -112,7 +118,7 @@ def _execute(
         failed += len(plan.missing)
     deleted = catalog.set_status(plan.deleted, "deleted", run_id)
     crash_point("deleted")
-    version = _maybe_rebuild(home, catalog, identity, model_id, config.index_type, run_id)
+    version = _maybe_rebuild(home, catalog, identity, model_id, config, run_id)
     return IndexResult(
         plan, run_id, embedded, reused, failed, deleted,
         version.name if version else None, int(version.manifest["count"]) if version else None,
@@ -171,7 +177,7 @@ def _failed_row(uri: str, by_uri: dict[str, FileEntry]) -> dict[str, Any]:
 
 
 def _maybe_rebuild(
-    home: Home, catalog: Catalog, identity: ModelIdentity, model_id: int, index_type: str | None, run_id: int
+    home: Home, catalog: Catalog, identity: ModelIdentity, model_id: int, config: IndexConfig, run_id: int
 ) -> versions.IndexVersion | None:
     """Build and publish a new version unless the published one already holds exactly the catalog."""
     state = catalog.live_state(model_id)
@@ -179,14 +185,19 @@ def _maybe_rebuild(
         current = versions.current_version(home)
     except IndexNotFound:
         current = None
-    if current is not None and current.manifest.get("catalog_state") == state and not index_type:
+    if current is not None and current.manifest.get("catalog_state") == state and not config.index_type:
         return None
     locations = catalog.vector_locations(model_id)
-    ids, xb = versions.gather_vectors(home, locations, identity.embed_dim)
-    chosen = versions.choose_index_type(len(ids), index_type)
-    index = versions.build_index(xb, ids, chosen)
-    version = versions.write_version(home, identity, index, chosen, run_id, catalog_state=state)
-    catalog.add_index_version(model_id, home.relative(version.path), chosen, int(index.ntotal), run_id)
+    choice = plan_index(len(locations), identity.embed_dim, memory_budget=config.memory_budget, override=config.index_type)
+    index = versions.build_from_store(home, locations, identity.embed_dim, choice)
+    search: dict[str, Any] = {"plan": choice.describe(), "params": choice.search, "rerank": choice.rerank}
+    if not choice.exact and len(locations):
+        tuning = tune_index(home, catalog, identity, model_id, locations, index, choice)
+        params = {k: v for k, v in tuning.search.items() if k != "rerank"}
+        search |= {"params": params, "rerank": tuning.search.get("rerank", 0), "text_recall_at_10": tuning.text_recall,
+                   "image_recall_at_10": tuning.image_recall, "recall_queries": tuning.queries}  # fmt: skip
+    version = versions.write_version(home, identity, index, choice.factory, run_id, catalog_state=state, search=search)
+    catalog.add_index_version(model_id, home.relative(version.path), choice.factory, int(index.ntotal), run_id)
     crash_point("version-written")
     versions.publish(home, version)
     crash_point("published")

@@ -82,11 +82,27 @@ class Searcher:
     def search_vectors(self, xq: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-k hits for each row of ``xq`` (Q, D) float32."""
         k = _check_k(k)
-        self.version()
+        version = self.version()
         with self._lock:
             index = self._index
-        D, I = index.search(np.ascontiguousarray(xq, dtype=np.float32), min(k, max(index.ntotal, 1)))
+        xq = np.ascontiguousarray(xq, dtype=np.float32)
+        k = min(k, max(index.ntotal, 1))
+        if version.rerank:  # lossy codes: re-score candidates with the stored vectors
+            D, I = versions.rerank_search(index, xq, k, version.rerank, self._fetch(version))
+        else:
+            D, I = index.search(xq, k)
         return [self._join(d, i) for d, i in zip(D, I, strict=True)]
+
+    def _fetch(self, version: versions.IndexVersion):  # noqa: ANN202
+        model_id = self.catalog.model_id(version.identity)
+
+        def fetch(ids: np.ndarray) -> np.ndarray:
+            locations = self.catalog.vector_locations(model_id, ids=ids.tolist(), live_only=False)
+            found, xb = versions.gather_vectors(self.home, locations, version.identity.embed_dim)
+            pos = {int(i): p for p, i in enumerate(found.tolist())}
+            return xb[[pos[int(i)] for i in ids]]
+
+        return fetch
 
     def _join(self, D: np.ndarray, I: np.ndarray) -> list[Hit]:
         ids = [int(i) for i in I if i >= 0]

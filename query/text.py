@@ -14,7 +14,7 @@ import numpy as np
 
 from query.vocab import SHORT_TEMPLATES, Label
 from vistag.errors import InputError
-from vistag.models import LoadedModel
+from vistag.models import LoadedModel, encode_texts
 
 if TYPE_CHECKING:
     from indexer.catalog import Catalog
@@ -61,15 +61,7 @@ class TextEncoder:
         return np.stack([cached[x] for x in texts]).astype(np.float32, copy=False)
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
-
-        out = []
-        for start in range(0, len(texts), self.batch_size):
-            tokens = self.model.tokenizer(list(texts[start : start + self.batch_size])).to(self.model.device)
-            with torch.inference_mode():
-                feats = self.model.model.encode_text(tokens)
-            out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
-        return np.concatenate(out).astype(np.float32, copy=False)
+        return encode_texts(self.model, list(texts), self.batch_size)
 
     def encode_labels(self, labels: Sequence[Label | str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> np.ndarray:
         """(C, D) float32: per label, the normalised mean of its normalised prompt embeddings."""

