@@ -7,8 +7,10 @@ are written in one transaction each, so a failure mid-batch leaves no partial ro
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -19,10 +21,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 from indexer import schema as t
-from vistag.errors import CatalogError, InputError, NotFound
+from vistag.errors import CatalogError, InputError, LockHeld, NotFound
 from vistag.models import ModelIdentity
 
 CHUNK = 500
+WRITER_LOCK_KEY = 0x76697374  # "vist": the advisory lock id of vistag's one writer
+_MIGRATION_LOCK = threading.Lock()
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -75,17 +79,43 @@ class Catalog:
             raise CatalogError(f"cannot open catalog {self.display_url(url)}: {err.orig}") from err
 
     def _migrate(self) -> None:
+        """Bring the schema to the newest revision. Alembic's environment is process-global, so
+        upgrades are serialised in-process, and across processes on PostgreSQL by an advisory lock."""
         from alembic import command
         from alembic.config import Config
+        from alembic.migration import MigrationContext
+        from alembic.script import ScriptDirectory
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as conn:
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        with self.engine.connect() as conn:
+            if MigrationContext.configure(conn).get_current_revision() == head:
+                return
+        with _MIGRATION_LOCK, self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITER_LOCK_KEY + 1})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextlib.contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """Hold the catalog's writer lock: a PostgreSQL advisory lock, shared by every machine
+        using this database (SQLite catalogs rely on the home's file lock). Raises LockHeld."""
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        with self.engine.connect() as conn:
+            if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": WRITER_LOCK_KEY}).scalar():
+                raise LockHeld("another vistag run is writing to this catalog database; try again when it ends")
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": WRITER_LOCK_KEY})
+                conn.commit()
 
     @staticmethod
     def display_url(url: str) -> str:

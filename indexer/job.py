@@ -72,7 +72,8 @@ def run_index(home: Home, config: IndexConfig) -> IndexResult:
     with WriterLock(home.lock_path):
         catalog = Catalog(home.db_url)
         try:
-            return _run_locked(home, catalog, config)
+            with catalog.writer_lock():
+                return _run_locked(home, catalog, config)
         finally:
             catalog.close()
 

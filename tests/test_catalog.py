@@ -16,8 +16,9 @@ IDENTITY = ModelIdentity("ViT-X", "tag", 8, {"size": 32}, "")
 
 
 @pytest.fixture
-def catalog(tmp_path):
-    cat = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
+def catalog(db_url):
+    """The catalog on SQLite and on a real PostgreSQL server (every test here runs on both)."""
+    cat = Catalog(db_url)
     yield cat
     cat.close()
 
