@@ -59,7 +59,7 @@ def hostile_files() -> dict[str, tuple[bytes, str]]:
         "truncated.png": (png[: len(png) // 2], "decode"),
         "zero-bytes.jpg": (b"", "decode"),
         "page.jpg": (b"<!doctype html><html><body>not an image</body></html>", "decode"),
-        "notes.png": ("plain text in a png file\n".encode() * 20, "decode"),
+        "notes.png": (b"plain text in a png file\n" * 20, "decode"),
         "bomb.png": (_png_bomb(200_000, 200_000), "decode"),
         "random-bytes.webp": (np.random.default_rng(9).bytes(4096), "decode"),
         "png-called.jpg": (png, "index"),
