@@ -20,7 +20,7 @@ from pipeline import shards
 from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.inputs import FileEntry, expand_inputs
 from pipeline.job import KNOWN_HASHES_FILE, PipelineConfig, run_config, write_worklist
-from vistag.errors import EmptyCorpus, IndexNotFound
+from vistag.errors import EmptyCorpus, IndexNotFound, PipelineError
 from vistag.faults import crash_point
 from vistag.models import ModelIdentity, load_model, parse_model_spec
 
@@ -138,7 +138,19 @@ def _embed(
         shard_size=config.shard_size, max_pixels=config.max_pixels, device=config.device,
         known_hashes_file=str(known_file), progress=config.progress, beam_args=config.beam_args,
     )  # fmt: skip
-    run_config(pipeline_config)
+    try:
+        run_config(pipeline_config)
+    except Exception as err:  # Beam wraps worker errors in runner-specific types
+        raise PipelineError(f"embedding pipeline failed: {_root_cause(err)}") from err
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost cause's message, on one line (Beam adds pages of context around it)."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    lines = [x.strip() for x in str(err).splitlines() if x.strip()]
+    text = lines[-1] if lines else ""
+    return f"{type(err).__name__}: {text}"[:500]
 
 
 def apply_shards(
@@ -206,18 +218,26 @@ def _maybe_rebuild(
 
 
 def recover(home: Home, catalog: Catalog) -> list[int]:
-    """Finish what dead runs left: apply their completed shards, close them, drop temporary files.
+    """Finish what dead or failed runs left: apply their completed shards, close them, drop
+    temporary files.
 
     Called under the writer lock, so any run still marked ``running`` belongs to a dead process.
-    Its complete shards are applied (idempotently), so their images are not embedded again.
+    The complete shards of such runs, and of runs that failed (disk full, database error...), are
+    applied (idempotently, once), so their images are not embedded again.
     """
-    dead = [r for r in catalog.runs(limit=1000) if r["status"] == "running"]
-    for run in dead:
-        if run["kind"] == "index" and run["model_id"] is not None:
-            folder = json.loads(run["params"]).get("shards")
-            if folder and shards.exists(folder):
-                apply_shards(home, catalog, folder, run["model_id"], run["id"], ())
-        catalog.finish_run(run["id"], "interrupted", {}, message="the process ended before the run finished")
+    runs = [r for r in catalog.runs(limit=1000) if r["kind"] == "index" and r["status"] in ("running", "failed")]
+    dead = []
+    for run in runs:
+        params = json.loads(run["params"])
+        if params.get("recovered"):
+            continue
+        folder = params.get("shards")
+        if run["model_id"] is not None and folder and shards.exists(folder):
+            apply_shards(home, catalog, folder, run["model_id"], run["id"], ())
+        catalog.update_run_params(run["id"], {"recovered": True})
+        if run["status"] == "running":
+            catalog.finish_run(run["id"], "interrupted", {}, message="the process ended before the run finished")
+            dead.append(run)
     for tmp in list(home.index_root.glob("*/.tmp-*")) + list(home.index_root.glob("CURRENT.tmp-*")):
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
     return [r["id"] for r in dead]

@@ -155,9 +155,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VistagError as err:
         print(f"vistag: error: {err}", file=sys.stderr)
         return err.exit_code
+    except _database_errors() as err:
+        print(f"vistag: error: catalog database: {str(getattr(err, 'orig', None) or err).splitlines()[0]}", file=sys.stderr)
+        return 5
+    except OSError as err:  # disk full, permissions, I/O errors while writing state
+        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        print(f"vistag: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 5
     except KeyboardInterrupt:
         print("vistag: interrupted", file=sys.stderr)
         return 130
+
+
+def _database_errors() -> type[Exception]:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return SQLAlchemyError
 
 
 def _print_json(data: Any) -> None:

@@ -59,3 +59,9 @@ class NotFound(VistagError):
     """An image id or uri asked for is not in the catalog."""
 
     exit_code = 4
+
+
+class PipelineError(VistagError):
+    """The embedding pipeline failed as a whole (not one bad file: those are recorded failures)."""
+
+    exit_code = 6
