@@ -196,10 +196,14 @@ class Catalog:
                          for r in chunk if r["uri"] not in existing]  # fmt: skip
                 if fresh:
                     conn.execute(t.images.insert(), fresh)
+                updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
                 for r in chunk:
                     if r["uri"] in existing:
                         values = {k: v for k, v in r.items() if k != "uri"} | {"last_run": run_id, "updated": now}
-                        conn.execute(t.images.update().where(t.images.c.id == existing[r["uri"]]).values(**values))
+                        updates.setdefault(tuple(sorted(values)), []).append(values | {"_id": existing[r["uri"]]})
+                for keys, batch in updates.items():  # one executemany per set of columns
+                    stmt = t.images.update().where(t.images.c.id == sa.bindparam("_id"))
+                    conn.execute(stmt.values({k: sa.bindparam(k) for k in keys}), batch)
 
     def set_status(self, uris: Iterable[str], status: str, run_id: int) -> int:
         uris = list(uris)
