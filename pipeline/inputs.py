@@ -6,8 +6,10 @@ path; other filesystems (``gs://``, ``s3://``...) by their URI as Beam's ``FileS
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,9 +85,11 @@ def _expand_one(raw: str, roots: list[str], missing: list[tuple[str, str]]) -> l
         if path.suffix.lower() in MANIFEST_EXTENSIONS:
             return _read_manifest(path, missing)
         return [_local_entry(str(path.resolve()))]
+    if path.exists():
+        raise InputError(f"input {raw!r} is not a regular file or folder")
     if GLOB_CHARS & set(text):
         matches = sorted(glob.glob(str(path), recursive=True))
-        files = [m for m in matches if os.path.isfile(m) and has_image_extension(m)]
+        files = [m for m in matches if os.path.isfile(m) and has_image_extension(m) and _is_regular(m)]
         if not files:
             raise InputError(f"glob {raw!r} matched no image files")
         return [_local_entry(os.path.abspath(m)) for m in files]
@@ -93,8 +97,19 @@ def _expand_one(raw: str, roots: list[str], missing: list[tuple[str, str]]) -> l
 
 
 def _local_entry(path: str) -> FileEntry:
+    """A regular file's entry; anything else (FIFO, socket, device) raises, since reading it could
+    block forever."""
     st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise IsADirectoryError(errno.EINVAL, "not a regular file", path)
     return FileEntry(path, st.st_size, st.st_mtime)
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _walk(root: str) -> Iterable[FileEntry]:
@@ -108,7 +123,7 @@ def _walk(root: str) -> Iterable[FileEntry]:
             try:
                 yield _local_entry(path)
             except OSError:
-                continue  # vanished or a dangling link: not part of the corpus any more
+                continue  # vanished, a dangling link, or not a regular file (a FIFO would block reads)
 
 
 def _read_manifest(path: Path, missing: list[tuple[str, str]]) -> list[FileEntry]:

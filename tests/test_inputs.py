@@ -61,3 +61,13 @@ def test_unicode_and_spaces_in_names(tmp_path):
 def test_bad_inputs_raise_input_error(tmp_path, make, message):
     with pytest.raises(InputError, match=message):
         expand_inputs(make(tmp_path))
+
+
+def test_fifos_and_devices_are_never_listed(tmp_path):
+    """A named pipe called .jpg would block any reader forever: it is not part of the corpus."""
+    a = _touch(tmp_path / "a.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    assert [e.uri for e in expand_inputs([str(tmp_path)]).entries] == [str(a)]
+    assert [e.uri for e in expand_inputs([str(tmp_path / "*.jpg")]).entries] == [str(a)]
+    with pytest.raises(InputError, match="not a regular file"):
+        expand_inputs([str(tmp_path / "pipe.jpg")])
