@@ -15,10 +15,9 @@ import argparse
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
-from bench_pipeline import make_images
+from bench_pipeline import make_images, pipeline_run
 
 
 def change(folder: Path, fraction: float, seed: int = 1) -> dict[str, int]:
@@ -40,15 +39,6 @@ def change(folder: Path, fraction: float, seed: int = 1) -> dict[str, int]:
     return {"new": n, "modified": n, "moved": n, "deleted": n}
 
 
-def timed_index(home: Path, folder: Path, args: argparse.Namespace) -> tuple[float, dict]:
-    from vistag import Archive
-
-    start = time.perf_counter()
-    with Archive(home) as archive:
-        result = archive.index([folder], model=args.model, pretrained=args.pretrained, batch_size=args.batch_size)
-    return time.perf_counter() - start, result.to_dict()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=5000)
@@ -56,14 +46,15 @@ def main() -> None:
     ap.add_argument("--pretrained", default="random")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--change", type=float, default=0.01)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder, home = Path(tmp) / "photos", Path(tmp) / "home"
         make_images(folder, args.images, 224)
-        full, r_full = timed_index(home, folder, args)
-        same, r_same = timed_index(home, folder, args)
+        full, r_full = pipeline_run(folder, home, args)
+        same, r_same = pipeline_run(folder, home, args)
         changed = change(folder, args.change)
-        delta, r_delta = timed_index(home, folder, args)
+        delta, r_delta = pipeline_run(folder, home, args)
     assert r_full["embedded"] == args.images and r_same["embedded"] == 0, (r_full, r_same)
     print(f"{args.images} JPEG images, model {args.model} ({args.pretrained}), batch {args.batch_size}")
     print(f"full index          : {full:8.1f} s  ({args.images / full:.1f} images/s)")

@@ -168,14 +168,18 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty catalog database of each kind: a SQLite file, or a new PostgreSQL database."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'catalog.db'}"
-    base = request.getfixturevalue("postgres_url")
+    return fresh_database(request.getfixturevalue("postgres_url"))
+
+
+def fresh_database(base_url: str) -> str:
+    """Create a new empty database on the server of ``base_url``; return its URL."""
     import uuid
 
     import sqlalchemy as sa
 
     name = f"t_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    engine = sa.create_engine(base_url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(sa.text(f"CREATE DATABASE {name}"))
     engine.dispose()
-    return base.rsplit("/", 1)[0] + f"/{name}"
+    return base_url.rsplit("/", 1)[0] + f"/{name}"

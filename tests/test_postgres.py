@@ -9,24 +9,14 @@ import pytest
 import sqlalchemy as sa
 
 from indexer.catalog import WRITER_LOCK_KEY
+from tests.conftest import fresh_database
 from vistag import Archive
 from vistag.errors import LockHeld
 
 
 @pytest.fixture
 def pg_db(postgres_url):
-    return _fresh(postgres_url)
-
-
-def _fresh(base: str) -> str:
-    import uuid
-
-    name = f"e_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    engine.dispose()
-    return base.rsplit("/", 1)[0] + f"/{name}"
+    return fresh_database(postgres_url)
 
 
 def test_cli_end_to_end_on_postgresql(cli, corpus, tiny_model, tmp_path, pg_db):

@@ -318,26 +318,27 @@ def cmd_status(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
-def cmd_runs(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
-    runs = archive.runs(args.limit)
-    if args.json:
-        _print_json(runs)
-        return 0
-    for r in runs:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"]))
-        print(f"{r['id']:>5}  {r['kind']:<5}  {r['status']:<8}  {when}  embedded {r['embedded']}, "
-              f"failed {r['failed']}, deleted {r['deleted']}")  # fmt: skip
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, line: Any) -> int:
+    if as_json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            print(line(row))
     return 0
+
+
+def _run_line(r: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"]))
+    return (f"{r['id']:>5}  {r['kind']:<5}  {r['status']:<11}  {when}  embedded {r['embedded']}, "
+            f"failed {r['failed']}, deleted {r['deleted']}")  # fmt: skip
+
+
+def cmd_runs(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
+    return _print_rows(archive.runs(args.limit), args.json, _run_line)
 
 
 def cmd_failures(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
-    rows = archive.failures(args.limit)
-    if args.json:
-        _print_json(rows)
-        return 0
-    for r in rows:
-        print(f"{r['stage']:<10}  {r['uri']}: {r['reason']}")
-    return 0
+    return _print_rows(archive.failures(args.limit), args.json, lambda r: f"{r['stage']:<10}  {r['uri']}: {r['reason']}")
 
 
 HANDLERS = {
