@@ -219,7 +219,7 @@ def _render(
     ox, oy = (width - side) / 2.0, (height - side) / 2.0
     ranges = _RADIUS[1 if len(shapes) == 1 else 2]
     placed: list[tuple[float, float, float]] = []
-    for spec, col in zip(shapes, colors):
+    for spec, col in zip(shapes, colors, strict=True):
         lo_r, hi_r = ranges[spec.size]
         r = rng.uniform(lo_r, hi_r) * side
         margin = r + 0.03 * side + 1
