@@ -19,7 +19,7 @@ from indexer.recall import tune_index
 from pipeline import shards
 from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.inputs import FileEntry, expand_inputs
-from pipeline.job import KNOWN_HASHES_FILE, PipelineConfig, run_config, write_worklist
+from pipeline.job import DEFAULT_CHUNK_SIZE, KNOWN_HASHES_FILE, PipelineConfig, run_config, write_worklist
 from vistag.errors import EmptyCorpus, IndexNotFound, PipelineError
 from vistag.faults import crash_point
 from vistag.models import ModelIdentity, load_model, parse_model_spec
@@ -37,6 +37,7 @@ class IndexConfig:
     device: str | None = None
     batch_size: int = 32
     shard_size: int = 4096
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     max_pixels: int = DEFAULT_MAX_PIXELS
     index_type: str | None = None
     memory_budget: int | None = None
@@ -136,6 +137,7 @@ def _embed(
     pipeline_config = PipelineConfig(
         worklist=worklist, total=len(work), output=str(folder), model=identity.to_dict(), batch_size=config.batch_size,
         shard_size=config.shard_size, max_pixels=config.max_pixels, device=config.device,
+        chunk_size=config.chunk_size,
         known_hashes_file=str(known_file), progress=config.progress, beam_args=config.beam_args,
     )  # fmt: skip
     try:

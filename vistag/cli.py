@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", help="pretrained tag (default for ViT-B-32: laion2b_s34b_b79k), checkpoint path, or 'random'")
     p.add_argument("--batch-size", type=int, default=32, help="images per model forward (default 32)")
     p.add_argument("--shard-size", type=int, default=4096, help="images per embedding shard (default 4096)")
+    p.add_argument("--chunk-size", type=int, default=256, help="images per unit of work, decoded, embedded and "
+                   "written as one shard by one worker (default 256)")
     p.add_argument("--index-type", help="FAISS index_factory string overriding the automatic choice (e.g. Flat, HNSW32,Flat)")
     p.add_argument("--memory-budget", metavar="SIZE", type=parse_size,
                    help="memory the index may take, e.g. 512M or 8G (default: no limit); decides between exact, "
@@ -53,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, help="largest image accepted, in pixels (default 128000000)")
     p.add_argument("--shards", metavar="URI", help="where embedding shards go (default HOME/shards); a shared "
                    "filesystem or bucket such as gs://bucket/shards when a remote runner's workers write them")
-    p.add_argument("--runner", help="Beam runner (default: in-process FnApiRunner; DataflowRunner, FlinkRunner...)")
+    p.add_argument("--runner", help="Beam runner (default: in-process FnApiRunner; DaskRunner, DataflowRunner, FlinkRunner...)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (new, changed, deleted...) and stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(p)
@@ -147,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # Beam and its optional clients log warnings at import that are noise to a CLI user.
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("distributed").setLevel(logging.ERROR)  # Dask logs INFO on its own
     from vistag.api import Archive
 
     try:
@@ -187,7 +191,7 @@ def beam_args(args: argparse.Namespace, extra: Sequence[str]) -> tuple[str, ...]
 
 def cmd_index(archive: Any, args: argparse.Namespace, extra: list[str]) -> int:
     options: dict[str, Any] = {"model": args.model, "pretrained": args.pretrained, "batch_size": args.batch_size,
-               "shard_size": args.shard_size, "index_type": args.index_type, "shards_root": args.shards,
+               "shard_size": args.shard_size, "chunk_size": args.chunk_size, "index_type": args.index_type, "shards_root": args.shards,
                "memory_budget": args.memory_budget,
                "dry_run": args.dry_run,
                "progress": not args.no_progress and not args.json and sys.stderr.isatty(),
