@@ -183,3 +183,15 @@ def fresh_database(base_url: str) -> str:
         conn.execute(sa.text(f"CREATE DATABASE {name}"))
     engine.dispose()
     return base_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> object:
+    """One torch thread in this process while a module runs (for modules that start Dask workers:
+    they share the same few cores, and oversubscribed torch threads slow everything several-fold)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

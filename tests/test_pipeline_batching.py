@@ -29,16 +29,7 @@ N = 200
 TIMEOUT_MS = 240_000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread in this process while the module runs: the Dask workers (one thread each)
-    share the same few cores, and oversubscribed torch threads slow everything several-fold."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
