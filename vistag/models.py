@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,9 @@ DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 RANDOM = "random"
 NETWORK_PROBE_TIMEOUT_S = 3.0
+CACHE_SIZE = 2
+_CACHE: dict[tuple[Any, ...], LoadedModel] = {}
+_CACHE_LOCK = threading.Lock()
 
 log = logging.getLogger(__name__)
 
@@ -217,10 +221,28 @@ def pick_device(device: str | None = None) -> str:
 
 
 def load_model(spec: ModelSpec, device: str | None = None) -> LoadedModel:
-    """Build the model, transform and tokenizer for ``spec``; fail within seconds when offline."""
+    """Build the model, transform and tokenizer for ``spec``; fail within seconds when offline.
+
+    The last ``CACHE_SIZE`` models are kept per process, keyed by spec, device and a fingerprint
+    of local weights, so the driver's identity check, the in-process runner's worker and the
+    searcher share one load (several seconds for a ViT-B model).
+    """
+    device = pick_device(device)
+    key = (spec, device, _fingerprint(spec))
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+    loaded = _load(spec, device)
+    with _CACHE_LOCK:
+        while len(_CACHE) >= CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = loaded
+    return loaded
+
+
+def _load(spec: ModelSpec, device: str) -> LoadedModel:
     import open_clip
 
-    device = pick_device(device)
     offline = offline_requested() or (_needs_download(spec) and not _hub_reachable())
     precision = "fp16" if device.startswith("cuda") else "fp32"
     pretrained = None if spec.pretrained == RANDOM else spec.pretrained
