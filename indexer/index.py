@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.catalog import Catalog
 from indexer.home import Home
 from indexer.planner import IndexChoice
 from pipeline import shards
@@ -130,6 +131,14 @@ def gather_vectors(home: Home, locations: Sequence[tuple[int, str, str, int]], d
         order = np.argsort(rows)
         xb[positions[order]] = matrix[rows[order]]
     return ids, xb
+
+
+def stored_vectors(home: Home, catalog: Catalog, identity: ModelIdentity, ids: Sequence[int]) -> np.ndarray:
+    """(len(ids), d) float32 stored vectors of catalog ``ids`` in that order, deleted images included."""
+    locations = catalog.vector_locations(catalog.model_id(identity), ids=[int(i) for i in ids], live_only=False)
+    found, xb = gather_vectors(home, locations, identity.embed_dim)
+    position = {int(i): p for p, i in enumerate(found.tolist())}
+    return xb[[position[int(i)] for i in ids]]
 
 
 @dataclass(frozen=True)

@@ -73,14 +73,6 @@ def fit_zlap(graph: KnnGraph, xb: np.ndarray, text: TextSet, config: TagConfig, 
     return Scored(graph.ids, scores, calibration.apply(scores))
 
 
-def _vectors(home: Home, catalog: Catalog, version: versions.IndexVersion, ids: Sequence[int]) -> np.ndarray:
-    model_id = catalog.model_id(version.identity)
-    locations = catalog.vector_locations(model_id, ids=ids, live_only=False)
-    found, xb = versions.gather_vectors(home, locations, version.identity.embed_dim)
-    order = {int(i): p for p, i in enumerate(found.tolist())}
-    return xb[[order[int(i)] for i in ids]]
-
-
 def applied_runs(catalog: Catalog, model_key: str) -> list[dict[str, Any]]:
     """The newest successful tag run of each distinct (method, labels) made with this model."""
     seen, out = set(), []
@@ -106,7 +98,7 @@ def tag_new_images(home: Home, catalog: Catalog, searcher: Searcher, image_ids: 
         if not (folder / "text.npz").exists():
             continue
         ids = np.asarray(sorted(int(i) for i in image_ids), dtype=np.int64)
-        xq = _vectors(home, catalog, version, ids.tolist())
+        xq = versions.stored_vectors(home, catalog, version.identity, ids.tolist())
         scored = _score_new(home, catalog, version, folder, run["config"], ids, xq)
         catalog.delete_tags(run["id"], ids.tolist())
         labels = run["config"]["labels"]
@@ -126,7 +118,7 @@ def _score_new(home, catalog, version, folder: Path, config: dict, ids: np.ndarr
         calibration = Calibration.from_arrays(dict(np.load(folder / "calibration.npz")))
         return Scored(ids, scores, calibration.apply(scores))
     table = np.load(folder / "table.npz")
-    unlabeled = _vectors(home, catalog, version, table["ids"].tolist())
+    unlabeled = versions.stored_vectors(home, catalog, version.identity, table["ids"].tolist())
     nodes = np.concatenate([text[0], text[1]]) if len(text[1]) else text[0]
     model = ZLaPInductive.from_table(
         unlabeled, nodes, table["pseudo_labels"], table["pseudo_scores"],

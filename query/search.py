@@ -88,21 +88,13 @@ class Searcher:
         xq = np.ascontiguousarray(xq, dtype=np.float32)
         k = min(k, max(index.ntotal, 1))
         if version.rerank:  # lossy codes: re-score candidates with the stored vectors
-            D, I = versions.rerank_search(index, xq, k, version.rerank, self._fetch(version))
+            D, I = versions.rerank_search(
+                index, xq, k, version.rerank,
+                lambda ids: versions.stored_vectors(self.home, self.catalog, version.identity, ids),
+            )
         else:
             D, I = index.search(xq, k)
         return [self._join(d, i) for d, i in zip(D, I, strict=True)]
-
-    def _fetch(self, version: versions.IndexVersion):  # noqa: ANN202
-        model_id = self.catalog.model_id(version.identity)
-
-        def fetch(ids: np.ndarray) -> np.ndarray:
-            locations = self.catalog.vector_locations(model_id, ids=ids.tolist(), live_only=False)
-            found, xb = versions.gather_vectors(self.home, locations, version.identity.embed_dim)
-            pos = {int(i): p for p, i in enumerate(found.tolist())}
-            return xb[[pos[int(i)] for i in ids]]
-
-        return fetch
 
     def _join(self, D: np.ndarray, I: np.ndarray) -> list[Hit]:
         ids = [int(i) for i in I if i >= 0]
