@@ -195,3 +195,12 @@ def one_torch_thread() -> object:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> object:
+    """A Dask cluster of 2 single-threaded worker processes on 127.0.0.1, closed after the module."""
+    from pipeline.runners import local_cluster
+
+    with local_cluster(workers=2) as running:
+        yield running

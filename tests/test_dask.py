@@ -24,7 +24,7 @@ from pipeline import shards  # noqa: E402
 from pipeline.handler import OpenClipImageHandler  # noqa: E402
 from pipeline.inputs import expand_inputs  # noqa: E402
 from pipeline.job import PipelineConfig, plan, run_config, write_worklist  # noqa: E402
-from pipeline.runners import DASK_RUNNER, dask_cluster, local_cluster, normalize_args  # noqa: E402
+from pipeline.runners import DASK_RUNNER, dask_cluster, normalize_args  # noqa: E402
 from pipeline.worklist import shard_name  # noqa: E402
 from tests.conftest import Corpus, write_corpus  # noqa: E402
 
@@ -76,13 +76,6 @@ class KillOneWorker(WorkerPlugin):
     def transition(self, key, start: str, finish: str, **kwargs) -> None:
         if self.armed and self.when == "task" and finish == "executing" and "apply_dofn" in str(key):
             os._exit(137)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """A Dask cluster of 2 single-threaded worker processes on 127.0.0.1, closed after the module."""
-    with local_cluster(workers=2) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

@@ -23,20 +23,13 @@ pytest.importorskip("distributed")
 
 from pipeline.handler import OpenClipImageHandler  # noqa: E402
 from pipeline.job import embed  # noqa: E402
-from pipeline.runners import close_result, local_cluster, pipeline_options  # noqa: E402
+from pipeline.runners import close_result, pipeline_options  # noqa: E402
 
 N = 200
 TIMEOUT_MS = 240_000
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """A Dask cluster of 2 single-threaded worker processes on 127.0.0.1, closed after the module."""
-    with local_cluster(workers=2) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
