@@ -269,10 +269,24 @@ def _identity(spec: ModelSpec, model: Any, device: str) -> ModelIdentity:
     preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess.items()}
     size = preprocess.get("size", 224)
     hw = (size, size) if isinstance(size, int) else tuple(size)
-    dtype = next(model.parameters()).dtype
+    dtype = input_dtype(model)
     with torch.no_grad():
         dim = model.encode_image(torch.zeros((1, 3, *hw), device=device, dtype=dtype)).shape[-1]
     return ModelIdentity(spec.open_clip_name, spec.pretrained, int(dim), preprocess, _fingerprint(spec))
+
+
+def input_dtype(model: Any) -> Any:
+    """The dtype the image tower takes: its first convolution's or linear layer's weights.
+
+    With ``precision="fp16"`` OpenCLIP halves those weights but keeps some parameters (class and
+    position embeddings) in float32, so the first parameter does not tell.
+    """
+    import torch
+
+    for module in getattr(model, "visual", model).modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            return module.weight.dtype
+    return torch.float32
 
 
 def build_transform(identity: ModelIdentity) -> Any:
