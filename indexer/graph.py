@@ -5,7 +5,11 @@ Computed from the version's own vectors and index, then stored beside it as
 never touched), so later tag runs on the same version reuse it. Exact inner-product search
 (``faiss.knn``) when the version's index is exact (``Flat``, up to ``EXACT_MAX`` vectors: an
 exact all-pairs search of 100k x 512-d takes about a minute on 2 cores), the version's own ANN
-index (HNSW, IVF) above: the propagation graph then has the ANN index's recall.
+index (HNSW, IVF) above: the propagation graph then has the ANN index's recall. ANN candidates
+(``k`` times the version's re-rank factor, at most ``10 k``) are re-scored exactly with the
+vectors (SQ8/PQ codes only approximate the similarities), each image is put first as its own
+neighbour (as exact search does, and as ZLaP's graph expects), and rows are searched
+``SEARCH_ROWS`` at a time, so memory beyond the vectors stays O(N k).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import numpy as np
 from indexer.index import IndexVersion
 
 GRAPH_K = 10
+SEARCH_ROWS = 65_536  # images searched in the ANN index at once
+GATHER = 1 << 24  # most float32 values of candidate vectors gathered at once for exact re-scoring
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,29 @@ def _compute(version: IndexVersion, ids: np.ndarray, xb: np.ndarray, k: int) -> 
     if version.manifest["index_type"] == "Flat":
         D, I = faiss.knn(xb, xb, k, metric=faiss.METRIC_INNER_PRODUCT)
         return KnnGraph(ids, D.astype(np.float32), I.astype(np.int64))
-    D, found = version.load().search(xb, k)
+    index = version.load()
+    n = len(ids)
+    cand = min(n, k * max(1, min(version.rerank, 10)))
+    D, I = np.zeros((n, k), np.float32), np.full((n, k), -1, np.int64)
+    for a in range(0, n, SEARCH_ROWS):
+        _, found = index.search(xb[a : a + SEARCH_ROWS], cand)
+        step = max(1, GATHER // (cand * xb.shape[1]))
+        for b in range(0, len(found), step):
+            rows = np.arange(a + b, a + min(b + step, len(found)))
+            D[rows], I[rows] = _rescore(ids, xb, rows, found[b : b + step], k)
+    return KnnGraph(ids, D, I)
+
+
+def _rescore(ids: np.ndarray, xb: np.ndarray, rows: np.ndarray, found: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact similarities of ``rows``' candidate catalog ids ``found`` (-1: none); self first."""
     pos = np.searchsorted(ids, found).clip(0, len(ids) - 1)
-    ok = (found >= 0) & (ids[pos] == found)
-    return KnnGraph(ids, np.where(ok, D, 0.0).astype(np.float32), np.where(ok, pos, -1).astype(np.int64))
+    ok = (found >= 0) & (ids[pos] == found) & (pos != rows[:, None])
+    pos = np.where(ok, pos, rows[:, None])
+    q = xb[rows]
+    sims = np.where(ok, np.einsum("md,mkd->mk", q, xb[pos]), -np.inf)
+    sims = np.concatenate([np.einsum("md,md->m", q, q)[:, None], sims], axis=1)
+    pos = np.concatenate([rows[:, None], pos], axis=1)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    sims, pos = np.take_along_axis(sims, order, 1), np.take_along_axis(pos, order, 1)
+    valid = np.isfinite(sims)
+    return np.where(valid, sims, 0.0).astype(np.float32), np.where(valid, pos, -1).astype(np.int64)

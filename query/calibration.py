@@ -17,15 +17,27 @@ near 1. A confidence of 0.5 thus marks the score at which a label starts to win 
 corpus; an image with two strong labels gets two high confidences (multi-label), and a cut such
 as ``--min-confidence 0.5`` means the same for every label. Fitted on at most ``max_rows``
 sampled rows; applying the fitted (a, b) to new images needs no refit.
+
+**Bounded memory.** The fit needs every label's scores over the same rows (the pseudo-label is
+a row's argmax), so large corpora are fitted on a bounded sample: :func:`sample_rows` picks at
+most ``MAX_ROWS`` rows (uniformly, seed 0), and a caller scoring a corpus in chunks scores just
+those rows for the fit (:func:`query.tagging.score_corpus`), then applies the fit chunk by
+chunk. The logistic fits are independent per label and run on blocks of labels (up to
+``FIT_THREADS`` blocks at once in threads; the result does not depend on it), so the fit holds
+the (rows, C) sample plus about a dozen temporaries of ``BLOCK_ELEMENTS`` per block in flight.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 MAX_ROWS = 100_000
+BLOCK_ELEMENTS = 2_000_000  # per temporary array of the fit (16 MB of float64)
+FIT_THREADS = 8  # label blocks fitted at once (numpy releases the GIL): about 0.2 GB each
 EPS = 1e-12
 
 
@@ -47,6 +59,12 @@ class Calibration:
         """(N, C) scores -> (N, C) float64 confidences in (0, 1)."""
         return _sigmoid(self.a * self.feature(scores) + self.b)
 
+    def apply_at(self, scores: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Confidences of picked entries: ``scores`` (m, n) of labels ``cols`` (m, n); equal to
+        ``apply`` of the full rows taken at ``cols``, at the cost of the picked entries only."""
+        s = np.log(np.maximum(scores, EPS)) if self.log else np.asarray(scores, dtype=np.float64)
+        return _sigmoid(self.a[cols] * ((s - self.mean[cols]) / self.std[cols]) + self.b[cols])
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"log": np.array(self.log), "mean": self.mean, "std": self.std, "a": self.a, "b": self.b}
 
@@ -59,19 +77,45 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
+def sample_rows(n: int, max_rows: int = MAX_ROWS, seed: int = 0) -> np.ndarray | slice:
+    """Rows of an (n, C) score matrix that :func:`fit_calibration` fits on: all of them
+    (``slice(None)``) up to ``max_rows``, else ``max_rows`` distinct rows drawn with ``seed``."""
+    if n <= max_rows:
+        return slice(None)
+    return np.random.default_rng(seed).choice(n, max_rows, replace=False)
+
+
 def fit_calibration(scores: np.ndarray, *, log: bool = False, max_rows: int = MAX_ROWS, seed: int = 0) -> Calibration:
-    """Fit the rule above on (N, C) ``scores``; ``log=True`` for positive, heavy-tailed scores."""
-    s = np.asarray(scores, dtype=np.float64)
+    """Fit the rule above on (N, C) ``scores``; ``log=True`` for positive, heavy-tailed scores.
+
+    Rows beyond ``max_rows`` are sampled with :func:`sample_rows`; passing just the sampled rows
+    (``scores[sample_rows(N)]``) gives the same fit.
+    """
+    s = np.asarray(scores)
     if s.ndim != 2 or s.shape[0] == 0 or s.shape[1] == 0:
         raise ValueError(f"scores must be a non-empty (N, C) array, got shape {s.shape}")
-    if s.shape[0] > max_rows:
-        s = s[np.random.default_rng(seed).choice(s.shape[0], max_rows, replace=False)]
-    feat = np.log(np.maximum(s, EPS)) if log else s
-    mean, std = feat.mean(axis=0), feat.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    x = (feat - mean) / std
-    y = (s.argmax(axis=1)[:, None] == np.arange(s.shape[1])[None, :]).astype(np.float64)
-    a, b = _platt(x, y)
+    s = np.asarray(s[sample_rows(s.shape[0], max_rows, seed)], dtype=np.float64)
+    top = s.argmax(axis=1)
+    n, c = s.shape
+    width = c if n * c <= BLOCK_ELEMENTS else max(1, BLOCK_ELEMENTS // n)
+
+    def fit_block(c0: int) -> tuple[np.ndarray, ...]:
+        block = s[:, c0 : c0 + width] if width < c else s
+        feat = np.log(np.maximum(block, EPS)) if log else block
+        mean, std = feat.mean(axis=0), feat.std(axis=0)
+        std = np.where(std > 0, std, 1.0)
+        x = (feat - mean) / std
+        y = (top[:, None] == np.arange(c0, c0 + block.shape[1])[None, :]).astype(np.float64)
+        return (mean, std, *_platt(x, y))
+
+    starts = range(0, c, width)  # labels are fitted independently: bounded temporaries, threads
+    workers = min(len(starts), os.cpu_count() or 1, FIT_THREADS)
+    if workers > 1:
+        with ThreadPoolExecutor(workers, thread_name_prefix="calibration") as pool:
+            parts = list(pool.map(fit_block, starts))
+    else:
+        parts = [fit_block(c0) for c0 in starts]
+    mean, std, a, b = (np.concatenate(p) for p in zip(*parts, strict=True))
     return Calibration(log, mean, std, a, b)
 
 
@@ -82,12 +126,22 @@ def _platt(x: np.ndarray, y: np.ndarray, iterations: int = 25) -> tuple[np.ndarr
     t = np.where(y > 0, (n_pos + 1) / (n_pos + 2), 1.0 / (n - n_pos + 2))  # Platt's smoothed targets
     a = np.ones(y.shape[1])
     b = np.log((n_pos + 1) / (n - n_pos + 1))
-    for _ in range(iterations):
-        p = _sigmoid(a * x + b)
-        w = np.maximum(p * (1 - p), 1e-12)
-        r = p - t
-        g_a, g_b = (r * x).sum(0), r.sum(0)
-        h_aa, h_ab, h_bb = (w * x * x).sum(0) + 1e-6, (w * x).sum(0), w.sum(0) + 1e-6
+    p, w, tmp = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    for _ in range(iterations):  # the same float operations as written out, in reused buffers
+        np.multiply(x, a, out=p)  # p = sigmoid(a x + b) = 0.5 (1 + tanh(0.5 (a x + b)))
+        p += b
+        p *= 0.5
+        np.tanh(p, out=p)
+        p += 1.0
+        p *= 0.5
+        np.subtract(1, p, out=w)  # w = max(p (1 - p), 1e-12)
+        w *= p
+        np.maximum(w, 1e-12, out=w)
+        r = np.subtract(p, t, out=p)  # r = p - t
+        g_a, g_b = np.multiply(r, x, out=tmp).sum(0), r.sum(0)
+        np.multiply(w, x, out=tmp)  # w x, then w x x
+        h_ab = tmp.sum(0)
+        h_aa, h_bb = (tmp.__imul__(x)).sum(0) + 1e-6, w.sum(0) + 1e-6
         det = h_aa * h_bb - h_ab**2
         step_a = (h_bb * g_a - h_ab * g_b) / det
         step_b = (h_aa * g_b - h_ab * g_a) / det

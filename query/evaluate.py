@@ -8,6 +8,10 @@ computed on the truth images only, with scores from the whole archive (ZLaP uses
 - per label, precision and recall of "confidence >= threshold" (``min_confidence``, or the
   label's fitted threshold);
 - mAP: per label, average precision of the truth images ranked by that label's score.
+
+Evaluation scores the corpus itself (calibration and ZLaP need all of it) but never reads stored
+tag rows, so it works the same whatever ``--store-top`` earlier runs used; only the truth
+images' (T, C) scores are materialised.
 """
 
 from __future__ import annotations
@@ -130,7 +134,12 @@ def evaluate(
         raise InputError(f"truth labels not in the label set: {', '.join(missing)}")
     out: dict[str, Any] = {"labels": names, "methods": {}}
     for method in methods:
-        scored = score_corpus(home, catalog, searcher, replace(config, method=method))
+        corpus = score_corpus(home, catalog, searcher, replace(config, method=method))
+        position = {int(i): p for p, i in enumerate(corpus.ids.tolist())}
+        missing_ids = [int(i) for i in truth.ids if int(i) not in position]
+        if missing_ids:
+            raise InputError(f"{len(missing_ids)} truth images have no vector in the index (image id {missing_ids[0]})")
+        scored = corpus.rows(np.array([position[int(i)] for i in truth.ids], dtype=np.int64))
         fixed = dict.fromkeys(names, config.min_confidence or 0.5)
         result = metrics(scored, names, truth, fixed)
         if fit:

@@ -7,12 +7,20 @@ that later ``index`` runs add are then tagged for every label set already applie
 re-solving: zero-shot runs by cosine to the stored label embeddings, ZLaP runs by the O(k)
 sparse-inductive vote of their neighbours in the run's corpus (method ``zlap-inductive``).
 Inductive scores have another scale than transductive ones (about 0.1 against 1e-3), so they
-get their own calibration, fitted at tag time on the corpus' own leave-self-out inductive scores.
+get their own calibration, fitted at tag time on the corpus' own leave-self-out inductive scores
+(of the calibration sample's images, :func:`query.calibration.sample_rows`).
+
+Memory at N images and C labels: one pass of C block solves (``ZLaPInductive.fit_predict``)
+gives both the transductive scores, kept as (N, C) float32, and the sparse table; blocks are
+solved in threads, as many as fit ``SOLVE_MEMORY`` (:func:`solve_workers`). The graph is
+dropped once solved; structure (negatives, parents) and calibration are applied per block of
+images by :class:`query.tagging.CorpusScores`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,25 +31,39 @@ from indexer import index as versions
 from indexer.catalog import Catalog
 from indexer.graph import KnnGraph
 from indexer.home import Home
-from query.calibration import Calibration, fit_calibration
+from query.calibration import Calibration, fit_calibration, sample_rows
 from query.search import Searcher
-from query.tagging import Scored, TagConfig, TextSet, run_dir, store_tags, zero_shot_scores
+from query.tagging import CorpusScores, Scored, TagConfig, TextSet, run_dir, store_tags, zero_shot_scores
 from query.text import max_per_label
 from query.vocab import Label, apply_structure
-from query.zlap import ZLaPInductive, propagate_labels
+from query.zlap import ZLaPInductive
 
 INDUCTIVE = "zlap-inductive"
+SOLVE_CHUNK = 32  # labels per block solve (the reference solves them one by one)
+SOLVE_MEMORY = 16 << 30  # most bytes of CG blocks solved at once (also at most 1/8 of the RAM)
 
 
-def leave_self_out(graph: KnnGraph, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(D, I) of width k per row without the row itself (padded with -1 / 0 on tiny corpora)."""
-    n = len(graph.ids)
-    D, I = np.zeros((n, k), np.float32), np.full((n, k), -1, np.int64)
-    for r in range(n):
-        keep = graph.I[r] != r
-        d, i = graph.D[r][keep][:k], graph.I[r][keep][:k]
-        D[r, : len(d)], I[r, : len(i)] = d, i
-    return D, I
+def solve_workers(n_nodes: int, chunk: int = SOLVE_CHUNK) -> int:
+    """Threads for the block solves: one per CPU, as many as ``SOLVE_MEMORY`` holds (a block
+    of ``chunk`` labels over ``n_nodes`` nodes needs about eight float64 (n_nodes, chunk) arrays:
+    2 GB at 1M images and 32 labels: eight threads on a machine with 128 GB)."""
+    try:
+        budget = min(SOLVE_MEMORY, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8)
+    except (ValueError, OSError, AttributeError):
+        budget = SOLVE_MEMORY
+    return int(max(1, min(os.cpu_count() or 1, budget // (8 * 8 * n_nodes * chunk))))
+
+
+def leave_self_out(graph: KnnGraph, k: int, rows: slice | np.ndarray = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+    """(D, I) of width k for ``rows`` of the graph without the row itself (padded with -1 / 0
+    on tiny corpora), other neighbours in their order."""
+    D, I = graph.D[rows], graph.I[rows]
+    keep = I != np.arange(len(graph.ids))[rows][:, None]
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept entries first, in their order
+    kept = np.take_along_axis(keep, order, 1)
+    d = np.where(kept, np.take_along_axis(D, order, 1), 0.0).astype(np.float32)
+    i = np.where(kept, np.take_along_axis(I, order, 1), -1).astype(np.int64)
+    return d, i
 
 
 def _structured(raw: np.ndarray, text: TextSet, labels: Sequence[Label]) -> np.ndarray:
@@ -51,26 +73,36 @@ def _structured(raw: np.ndarray, text: TextSet, labels: Sequence[Label]) -> np.n
     return apply_structure(raw[:, :n_labels], labels, negative)
 
 
-def fit_zlap(graph: KnnGraph, xb: np.ndarray, text: TextSet, config: TagConfig, folder: Path | None) -> Scored:
+def fit_zlap(
+    graph: KnnGraph, xb: np.ndarray, text: TextSet, config: TagConfig, folder: Path | None,
+    *, workers: int | None = None,
+) -> CorpusScores:  # fmt: skip
     """Transductive ZLaP scores of the corpus; with ``folder``, stores the inductive table and
-    both calibrations there.
+    both calibrations there. ``workers``: threads of the block solves (default
+    :func:`solve_workers`); the scores do not depend on it.
 
     Negative prompts are class nodes of their own in the graph; their propagated scores then
     penalise their label as in :func:`query.vocab.apply_structure`.
     """
     k = min(config.k, len(graph.ids))
     nodes = np.concatenate([text[0], text[1]]) if len(text[1]) else text[0]
-    model = ZLaPInductive(config.k, config.gamma, config.alpha, precompute_sparse=folder is not None)
-    model.fit(xb, nodes, knn=graph.first(k))
-    scores = _structured(propagate_labels(model.graph_.L, nodes.shape[0]), text, config.labels)
-    calibration = fit_calibration(scores, log=True)
-    if folder is None:
-        return Scored(graph.ids, scores, calibration.apply(scores))
-    inductive = _structured(model.scores(xb, sparse=True, knn=leave_self_out(graph, k)), text, config.labels)
-    np.savez(folder / "table.npz", ids=graph.ids, pseudo_labels=model.pseudo_labels_, pseudo_scores=model.pseudo_scores_)
-    np.savez(folder / "calibration.npz", **calibration.to_arrays())
-    np.savez(folder / "calibration-inductive.npz", **fit_calibration(inductive, log=True).to_arrays())
-    return Scored(graph.ids, scores, calibration.apply(scores))
+    workers = workers or solve_workers(len(graph.ids) + len(nodes))
+    model = ZLaPInductive(config.k, config.gamma, config.alpha, chunk=SOLVE_CHUNK, workers=workers)
+    propagated = model.fit_predict(xb, nodes, knn=graph.first(k), dtype=np.float32)  # (N, C+M)
+    model.drop_graph()  # solved: sparse scoring needs only the table
+
+    def raw(rows: slice | np.ndarray) -> np.ndarray:
+        return _structured(propagated[rows], text, config.labels)
+
+    sample = sample_rows(len(graph.ids))
+    calibration = fit_calibration(raw(sample), log=True)
+    if folder is not None:
+        xs = xb[sample]
+        inductive = _structured(model.scores(xs, sparse=True, knn=leave_self_out(graph, k, sample)), text, config.labels)
+        np.savez(folder / "table.npz", ids=graph.ids, pseudo_labels=model.pseudo_labels_, pseudo_scores=model.pseudo_scores_)
+        np.savez(folder / "calibration.npz", **calibration.to_arrays())
+        np.savez(folder / "calibration-inductive.npz", **fit_calibration(inductive, log=True).to_arrays())
+    return CorpusScores(graph.ids, raw, calibration)
 
 
 def applied_runs(catalog: Catalog, model_key: str) -> list[dict[str, Any]]:
@@ -103,7 +135,7 @@ def tag_new_images(home: Home, catalog: Catalog, searcher: Searcher, image_ids: 
         catalog.delete_tags(run["id"], ids.tolist())
         labels = run["config"]["labels"]
         method = INDUCTIVE if run["config"]["method"] == "zlap" else run["config"]["method"]
-        store_tags(catalog, scored, labels, method, run["id"])
+        store_tags(catalog, scored, labels, method, run["id"], store_top=run["config"].get("store_top"))
         done.append(run["id"])
     return done
 

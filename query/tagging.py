@@ -2,15 +2,22 @@
 
 Every (image, label) pair asked for is stored under the tag run's id with its raw ``score``,
 its calibrated ``confidence`` (see :mod:`query.calibration`) and its ``rank`` among the labels
-(by raw score: the method's own prediction order). What a later run needs to tag new images
-without redoing the corpus is kept in ``HOME/tagruns/run-<id>/`` (labels, label embeddings,
-calibration, and for ZLaP the sparse-inductive table), see :mod:`query.inductive`.
+(by raw score: the method's own prediction order); with ``store_top`` N, only each image's N
+best labels (ranks 0..N-1). What a later run needs to tag new images without redoing the
+corpus is kept in ``HOME/tagruns/run-<id>/`` (labels, label embeddings, calibration, and for
+ZLaP the sparse-inductive table), see :mod:`query.inductive`.
+
+Memory: scores are computed, calibrated, ranked and stored ``CHUNK`` images at a time
+(:class:`CorpusScores`), and rows go to the catalog in batches of at most ``ROW_BATCH``, so
+beyond the corpus' vectors (N, D) a zero-shot run holds O(CHUNK x C); a ZLaP run also holds
+the transductive solution (N, C+negatives) as float32 (the solve's output), the graph, and the
+calibration sample (at most ``calibration.MAX_ROWS`` rows).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,13 +28,15 @@ from indexer import index as versions
 from indexer.catalog import Catalog
 from indexer.graph import GRAPH_K, knn_graph
 from indexer.home import Home
-from query.calibration import fit_calibration
+from query.calibration import Calibration, fit_calibration, sample_rows
 from query.search import Searcher
 from query.text import DEFAULT_TEMPLATES, TextEncoder, max_per_label
 from query.vocab import Label, apply_structure
 from vistag.errors import EmptyCorpus, InputError
 
 METHODS = ("zeroshot", "zlap")
+CHUNK = 8192  # images scored, calibrated, ranked and stored together: memory O(CHUNK x C)
+ROW_BATCH = 50_000  # tag rows per catalog.add_tags call
 # label embeddings (C, D), negative prompt embeddings (M, D), owning label of each negative (M,)
 TextSet = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -45,6 +54,7 @@ class TagConfig:
     gamma: float = 5.0
     alpha: float = 0.3
     thresholds: dict[str, float] | None = None  # per-label confidence cuts (e.g. fitted by `eval`)
+    store_top: int | None = None  # store only each image's best N labels (None: every label)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -59,6 +69,14 @@ class TagConfig:
             raise InputError("--min-confidence must be between 0 and 1")
         if self.k < 2 or self.k >= GRAPH_K:
             raise InputError(f"ZLaP k must be from 2 to {GRAPH_K - 1}")
+        n = self.store_top
+        if n is not None:
+            if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+                raise InputError(f"--store-top must be a whole number of labels, at least 1 (got {n!r})")
+            object.__setattr__(self, "store_top", int(n))  # numpy integers too; stored as JSON
+            if n > len(self.labels):
+                raise InputError(f"--store-top {n} is more than the {len(self.labels)} labels: "
+                                 "leave it out to store every label")  # fmt: skip
         return self
 
 
@@ -75,11 +93,47 @@ class TagResult:
 
 @dataclass(frozen=True)
 class Scored:
-    """Scores of images for labels: ``ids`` (N,), ``scores`` and ``confidence`` (N, C) float64."""
+    """Scores of images for labels: ``ids`` (N,), ``scores`` and ``confidence`` (N, C) float64.
+
+    ``confidence`` may be None with a ``calibration`` instead: confidences are then computed
+    only for the entries asked for (:meth:`confidence_at`).
+    """
 
     ids: np.ndarray
     scores: np.ndarray
-    confidence: np.ndarray
+    confidence: np.ndarray | None
+    calibration: Calibration | None = None
+
+    def confidence_at(self, cols: np.ndarray) -> np.ndarray:
+        """(m, n) confidences of the entries ``(r, cols[r, j])``."""
+        if self.confidence is not None:
+            return np.take_along_axis(self.confidence, cols, 1)
+        assert self.calibration is not None
+        return self.calibration.apply_at(np.take_along_axis(self.scores, cols, 1), cols)
+
+
+@dataclass(frozen=True)
+class CorpusScores:
+    """Scores of the whole corpus, computed on demand: ``ids`` (N,) sorted, ``raw(rows)`` the
+    (m, C) float64 scores of ``rows`` (a slice or positions into ``ids``), ``calibration``
+    fitted on the corpus. Nothing of shape (N, C) is made unless asked for."""
+
+    ids: np.ndarray
+    raw: Callable[[slice | np.ndarray], np.ndarray]
+    calibration: Calibration
+
+    def rows(self, rows: slice | np.ndarray, *, confidence: bool = True) -> Scored:
+        """Scores and confidences of the images at ``rows`` (``confidence=False``: computed
+        later for the entries asked for, see :meth:`Scored.confidence_at`)."""
+        scores = self.raw(rows)
+        if not confidence:
+            return Scored(self.ids[rows], scores, None, self.calibration)
+        return Scored(self.ids[rows], scores, self.calibration.apply(scores))
+
+    def chunks(self, chunk: int = CHUNK, *, confidence: bool = True) -> Iterator[Scored]:
+        """The corpus in blocks of ``chunk`` images, in ``ids`` order."""
+        for start in range(0, len(self.ids), chunk):
+            yield self.rows(slice(start, start + chunk), confidence=confidence)
 
 
 def corpus_matrix(home: Home, catalog: Catalog, version: versions.IndexVersion) -> tuple[np.ndarray, np.ndarray]:
@@ -101,9 +155,10 @@ def encode_text(catalog: Catalog, searcher: Searcher, config: TagConfig) -> Text
 
 def score_corpus(
     home: Home, catalog: Catalog, searcher: Searcher, config: TagConfig, folder: Path | None = None
-) -> Scored:
-    """Scores of every indexed image for ``config``'s labels; with ``folder``, also what later
-    runs need to tag new images (label embeddings, calibration, ZLaP's inductive table)."""
+) -> CorpusScores:
+    """Scores of every indexed image for ``config``'s labels, block by block; with ``folder``,
+    also what later runs need to tag new images (label embeddings, calibration, ZLaP's
+    inductive table). The calibration is fitted on :func:`query.calibration.sample_rows`."""
     config.check()
     version = searcher.version()
     text = encode_text(catalog, searcher, config)
@@ -113,36 +168,42 @@ def score_corpus(
     if folder is not None:
         np.savez(folder / "text.npz", labels=text[0], negatives=text[1], owners=text[2])
     if config.method == "zeroshot":
-        scores = zero_shot_scores(xb, text, config.labels)
-        calibration = fit_calibration(scores)
+
+        def raw(rows: slice | np.ndarray) -> np.ndarray:
+            return zero_shot_scores(xb[rows], text, config.labels)
+
+        calibration = fit_calibration(raw(sample_rows(len(ids))))
         if folder is not None:
             np.savez(folder / "calibration.npz", **calibration.to_arrays())
-        return Scored(ids, scores, calibration.apply(scores))
+        return CorpusScores(ids, raw, calibration)
     from query.inductive import fit_zlap
 
     return fit_zlap(knn_graph(version, ids, xb), xb, text, config, folder)
 
 
-def tag_corpus(home: Home, catalog: Catalog, searcher: Searcher, config: TagConfig) -> TagResult:
-    """Score every indexed image against every label with ``config.method``; store all scores."""
+def tag_corpus(
+    home: Home, catalog: Catalog, searcher: Searcher, config: TagConfig, *, chunk: int = CHUNK
+) -> TagResult:
+    """Score every indexed image against every label with ``config.method``; store all scores
+    (or each image's ``config.store_top`` best), ``chunk`` images at a time."""
     config.check()
     version = searcher.version()
     params = asdict(config) | {"labels": list(config.names), "vocabulary": [asdict(x) for x in config.labels],
                                "model_key": version.identity.key}  # fmt: skip
+    cuts = [max(config.min_confidence, (config.thresholds or {}).get(n, 0.0)) for n in config.names]
     run_id = catalog.start_run("tag", catalog.model_id(version.identity), params)
     try:
         folder = run_dir(home, run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        scored = score_corpus(home, catalog, searcher, config, folder)
-        store_tags(catalog, scored, config.names, config.method, run_id)
+        scores = score_corpus(home, catalog, searcher, config, folder)
+        shown = store_tags(catalog, scores.chunks(chunk, confidence=False), config.names, config.method, run_id,
+                           store_top=config.store_top, top=config.top, cuts=cuts)  # fmt: skip
         (folder / "run.json").write_text(json.dumps(params | {"run_id": run_id}, indent=1))
     except BaseException as err:
         catalog.finish_run(run_id, "failed", {}, message=f"{type(err).__name__}: {err}")
         raise
-    catalog.finish_run(run_id, "ok", {"listed": len(scored.ids)})
-    cuts = [max(config.min_confidence, (config.thresholds or {}).get(n, 0.0)) for n in config.names]
-    shown = top_rows(catalog, scored, config.names, config.method, config.top, cuts)
-    return TagResult(run_id, config.names, config.method, len(scored.ids), shown)
+    catalog.finish_run(run_id, "ok", {"listed": len(scores.ids)})
+    return TagResult(run_id, config.names, config.method, len(scores.ids), shown)
 
 
 def zero_shot_scores(xb: np.ndarray, text: TextSet, labels: Sequence[Label]) -> np.ndarray:
@@ -152,36 +213,75 @@ def zero_shot_scores(xb: np.ndarray, text: TextSet, labels: Sequence[Label]) -> 
     return apply_structure(xb @ labels_t.T, labels, negative)
 
 
-def store_tags(catalog: Catalog, scored: Scored, labels: Sequence[str], method: str, run_id: int) -> None:
-    """Insert one tag row per (image, label), ranked by raw score within each image."""
+def best_labels(scores: np.ndarray, n: int) -> np.ndarray:
+    """(m, n) columns of each row's ``n`` highest ``scores`` (m, C), best first; equal scores in
+    column order, i.e. exactly ``np.argsort(-scores, axis=1, kind="stable")[:, :n]``, without
+    sorting all C columns when n is small."""
+    m, c = scores.shape
+    neg = -scores
+    if n >= c or 4 * n >= c:
+        return np.argsort(neg, axis=1, kind="stable")[:, :n]
+    part = np.argpartition(neg, n - 1, axis=1)[:, :n]
+    vals = np.take_along_axis(neg, part, 1)
+    order = np.take_along_axis(part, np.lexsort((part, vals), axis=1), 1)
+    kth = vals.max(axis=1, keepdims=True)  # the n-th best score: ties across it need the full sort
+    tied = (neg == kth).sum(axis=1) != (vals == kth).sum(axis=1)
+    if tied.any():
+        order[tied] = np.argsort(neg[tied], axis=1, kind="stable")[:, :n]
+    return order
+
+
+def store_tags(
+    catalog: Catalog, scored: Scored | Iterable[Scored], labels: Sequence[str], method: str, run_id: int,
+    *, store_top: int | None = None, top: int = 0, cuts: Sequence[float] | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Insert tag rows of ``scored`` (one block or an iterable of blocks): per image every label,
+    or its ``store_top`` best, ranked by raw score; rows go in batches of at most ``ROW_BATCH``.
+
+    Returns, per image, its best ``top`` labels (by raw score) whose confidence reaches the
+    label's cut in ``cuts`` (the rows a tag run prints); none when ``top`` is 0.
+    """
     label_ids = np.asarray(catalog.label_ids(list(labels)), dtype=np.int64)
-    order = np.argsort(-scored.scores, axis=1, kind="stable")
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(order.shape[1])[None, :].repeat(len(order), 0), axis=1)
-    chunk = max(1, 50_000 // len(labels))
-    for start in range(0, len(scored.ids), chunk):
+    n_store = len(labels) if store_top is None else min(store_top, len(labels))
+    shown: list[dict[str, Any]] = []
+    for block in [scored] if isinstance(scored, Scored) else scored:
+        order = best_labels(block.scores, min(max(n_store, top), len(labels)))
+        _insert(catalog, block, order[:, :n_store], label_ids, method, run_id)
+        if top:
+            shown.extend(_shown(catalog, block, order[:, :top], labels, method, cuts or [0.0] * len(labels)))
+    return shown
+
+
+def _insert(
+    catalog: Catalog, block: Scored, order: np.ndarray, label_ids: np.ndarray, method: str, run_id: int
+) -> None:
+    width = order.shape[1]
+    step = max(1, ROW_BATCH // width)
+    for a in range(0, len(block.ids), step):
+        part = Scored(block.ids[a : a + step], block.scores[a : a + step],
+                      None if block.confidence is None else block.confidence[a : a + step], block.calibration)  # fmt: skip
+        cols = order[a : a + step]
+        scores = np.take_along_axis(part.scores, cols, 1).ravel().tolist()
+        confidence = part.confidence_at(cols).ravel().tolist()
+        images = np.repeat(block.ids[a : a + step], width).tolist()
+        ranks = np.tile(np.arange(width), len(cols)).tolist()
         rows = [
-            {"image_id": int(scored.ids[r]), "label_id": int(label_ids[c]), "score": float(scored.scores[r, c]),
-             "confidence": float(scored.confidence[r, c]), "rank": int(ranks[r, c]), "method": method,
-             "run_id": run_id}  # fmt: skip
-            for r in range(start, min(start + chunk, len(scored.ids)))
-            for c in range(len(labels))
+            {"image_id": i, "label_id": c, "score": s, "confidence": p, "rank": r, "method": method, "run_id": run_id}
+            for i, c, s, p, r in zip(images, label_ids[cols].ravel().tolist(), scores, confidence, ranks, strict=True)
         ]
         catalog.add_tags(rows)
 
 
-def top_rows(
-    catalog: Catalog, scored: Scored, labels: Sequence[str], method: str, top: int, cuts: Sequence[float]
+def _shown(
+    catalog: Catalog, block: Scored, order: np.ndarray, labels: Sequence[str], method: str, cuts: Sequence[float]
 ) -> list[dict[str, Any]]:
-    """Per image its best ``top`` labels (by raw score) whose confidence reaches the label's cut."""
-    uris = {r["id"]: r["uri"] for r in catalog.images(scored.ids.tolist(), status=None)}
-    order = np.argsort(-scored.scores, axis=1, kind="stable")[:, :top]
+    uris = {r["id"]: r["uri"] for r in catalog.images(block.ids.tolist(), status=None)}
+    scores, confidence = np.take_along_axis(block.scores, order, 1).tolist(), block.confidence_at(order).tolist()
     out = []
-    for r, image_id in enumerate(scored.ids.tolist()):
+    for r, image_id in enumerate(block.ids.tolist()):
         for rank, c in enumerate(order[r].tolist()):
-            if scored.confidence[r, c] < cuts[c]:
+            if confidence[r][rank] < cuts[c]:
                 continue
-            out.append({"id": image_id, "uri": uris.get(image_id), "label": labels[c],
-                        "score": float(scored.scores[r, c]), "confidence": round(float(scored.confidence[r, c]), 6),
-                        "rank": rank, "method": method})  # fmt: skip
+            out.append({"id": image_id, "uri": uris.get(image_id), "label": labels[c], "score": scores[r][rank],
+                        "confidence": round(confidence[r][rank], 6), "rank": rank, "method": method})  # fmt: skip
     return out

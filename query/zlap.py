@@ -16,8 +16,10 @@ Node order: text (class) nodes first, ``0..C-1``; image ``i`` is node ``C + i``.
 
 Memory: nothing dense of shape (N+C)x(N+C), NxN or (N+C)xC is ever built. All solves
 work on blocks of ``chunk`` right-hand sides at once; the iterative solvers hold about five
-float64 arrays of shape (N+C, chunk) (the ``direct`` solver also holds the LU factors). The
-transductive result itself is (N, C) float64, as the contract requires.
+float64 arrays of shape (N+C, chunk) (the ``direct`` solver also holds the LU factors), times
+``workers`` when several blocks are solved at once in threads. The transductive result itself
+is (N, C) (float64 by default, as the contract requires; ``dtype=np.float32`` halves it), and
+:meth:`ZLaPInductive.fit_predict` gets it and the sparse-inductive table from one pass of solves.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ __all__ = [
 Solver = Literal["cg", "series", "direct"]
 _SOLVERS = ("cg", "series", "direct")
 _NORM_ATOL = 1e-3
+REORDER_ABOVE = 200_000  # graphs with more nodes are solved in a cache-friendly node order
 KnnPair = tuple[np.ndarray, np.ndarray]
 
 
@@ -148,6 +151,12 @@ def _check_solver(solver: str, tol: float, maxiter: int, chunk: int) -> None:
     for name, v in (("maxiter", maxiter), ("chunk", chunk)):
         if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
             raise ZLaPError(f"{name} must be an integer >= 1, got {v!r}")
+
+
+def _check_workers(workers: int) -> None:
+    """Validate the thread count of the block solves."""
+    if isinstance(workers, bool) or not isinstance(workers, int | np.integer) or workers < 1:
+        raise ZLaPError(f"workers must be an integer >= 1, got {workers!r}")
 
 
 def _check_knn(knn: object, n_rows: int, width: int, n_db: int) -> KnnPair:
@@ -378,6 +387,42 @@ def _make_solver(lap: sp.csr_matrix, solver: str, tol: float, maxiter: int) -> C
     return direct
 
 
+@dataclass(frozen=True)
+class _Permuted:
+    """``L`` with its image nodes renumbered for memory locality: ``lap = L[order][:, order]``."""
+
+    lap: sp.csr_matrix
+    order: np.ndarray
+    inverse: np.ndarray
+
+
+def _locality_order(lap: sp.csr_matrix, n_cls: int) -> _Permuted | None:
+    """Renumber the image nodes of large graphs (more than ``REORDER_ABOVE`` nodes) by their
+    strongest text neighbour, so that neighbouring images, which mostly share it, sit close in
+    memory: the block products then read far fewer cache lines (about 2x faster at 1M nodes).
+    Text nodes keep their numbers. Solving ``P L P^T (P x) = P b`` is the same system, so only
+    rounding differs (about 1e-16). None for small graphs or when ``n_cls`` is not given.
+    """
+    n = lap.shape[0]
+    if n <= REORDER_ABOVE or not 1 <= n_cls < n:
+        return None
+    rows = np.repeat(np.arange(n), np.diff(lap.indptr))
+    text = (lap.indices < n_cls) & (rows >= n_cls)
+    r, c, v = rows[text], lap.indices[text], lap.data[text]
+    first = np.lexsort((v, r))  # per image row, its most negative text entry = largest weight
+    first = first[np.r_[True, r[first][1:] != r[first][:-1]]] if len(first) else first
+    key = np.full(n - n_cls, n_cls, dtype=np.int64)  # images without text edges go last
+    key[r[first] - n_cls] = c[first]
+    order = np.concatenate([np.arange(n_cls), n_cls + np.argsort(key, kind="stable")])
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(n)
+    permuted = lap[order]
+    permuted.indices = inverse[permuted.indices].astype(permuted.indices.dtype)
+    permuted.has_sorted_indices = False
+    permuted.sort_indices()
+    return _Permuted(permuted, order, inverse)
+
+
 def _solve_blocks(
     lap: sp.csr_matrix,
     n_rhs: int,
@@ -388,23 +433,57 @@ def _solve_blocks(
     tol: float,
     maxiter: int,
     chunk: int,
+    workers: int = 1,
+    permuted: _Permuted | None = None,
 ) -> SolveInfo:
     """Solve ``L X = B`` for ``n_rhs`` right-hand sides, ``chunk`` columns at a time.
 
     ``make_rhs(c0, c1)`` returns the (C+N, c1-c0) float64 block; ``consume(c0, c1, X)`` receives
-    the solution block. Warns ZLaPConvergenceWarning if some column did not converge.
+    the solution block, always in block order and in the calling thread. With ``workers > 1``
+    (``cg``/``series``), that many blocks are solved at once in threads (scipy's sparse products
+    and numpy release the GIL); each block is solved exactly as alone, so the result does not
+    depend on ``workers``, and at most ``workers`` blocks are held at a time. Warns
+    ZLaPConvergenceWarning if some column did not converge. With ``permuted`` (from
+    :func:`_locality_order` of ``lap``), the blocks are solved in its node order and handed
+    to ``make_rhs``/``consume`` in the original one.
     """
-    solve = _make_solver(lap, solver, tol, maxiter)
+    if solver == "direct":
+        permuted = None
+    solve = _make_solver(lap if permuted is None else permuted.lap, solver, tol, maxiter)
     info = SolveInfo(solver=solver, tol=tol, maxiter=maxiter, n_rhs=n_rhs)
     start = time.perf_counter()
-    for c0 in range(0, n_rhs, chunk):
-        c1 = min(c0 + chunk, n_rhs)
-        x, iters, rel = solve(make_rhs(c0, c1))
+    blocks = [(c0, min(c0 + chunk, n_rhs)) for c0 in range(0, n_rhs, chunk)]
+
+    def task(c0: int, c1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if permuted is None:
+            return solve(make_rhs(c0, c1))
+        x, iters, rel = solve(make_rhs(c0, c1)[permuted.order])
+        return x[permuted.inverse], iters, rel
+
+    def finish(c0: int, c1: int, result: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        x, iters, rel = result
         consume(c0, c1, x)
         info.iterations = max(info.iterations, int(iters.max(initial=0)))
         info.residual = max(info.residual, float(rel.max(initial=0.0)))
         if solver != "direct":
             info.n_unconverged += int((rel > tol).sum())
+
+    workers = 1 if solver == "direct" else min(int(workers), len(blocks))
+    if workers <= 1:
+        for c0, c1 in blocks:
+            finish(c0, c1, task(c0, c1))
+    else:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="zlap-solve") as pool:
+            pending: deque = deque()
+            for c0, c1 in blocks:
+                if len(pending) >= workers:  # bounded: consume the oldest before starting more
+                    finish(*pending[0][:2], pending.popleft()[2].result())
+                pending.append((c0, c1, pool.submit(task, c0, c1)))
+            while pending:
+                finish(*pending[0][:2], pending.popleft()[2].result())
     info.seconds = time.perf_counter() - start
     if not info.converged:
         warnings.warn(
@@ -441,22 +520,27 @@ def propagate_labels(
     maxiter: int = 50,
     chunk: int = 32,
     return_info: bool = False,
+    workers: int = 1,
+    dtype: type | np.dtype = np.float64,
 ) -> np.ndarray | tuple[np.ndarray, SolveInfo]:
     """Transductive scores from a built graph: ``F = (L^-1)[image rows, text columns]``.
 
     Args:
         lap: (C+N, C+N) CSR ``L`` from :func:`build_graph`.
         n_classes: C, the number of leading text nodes.
-        solver, tol, maxiter, chunk, return_info: see :func:`zlap_transductive`.
+        solver, tol, maxiter, chunk, return_info, workers: see :func:`zlap_transductive`.
+        dtype: of the returned scores (the solves are float64 either way); ``np.float32``
+            halves the (N, C) result (relative rounding 6e-8).
 
     Returns:
-        (N, C) float64 scores (and the SolveInfo when ``return_info``).
+        (N, C) scores of ``dtype`` (and the SolveInfo when ``return_info``).
     """
     _check_solver(solver, tol, maxiter, chunk)
+    _check_workers(workers)
     n = lap.shape[0]
     if not (sp.issparse(lap) and lap.shape == (n, n) and 1 <= n_classes <= n):
         raise ZLaPError(f"lap must be a square sparse matrix with at least n_classes={n_classes} rows")
-    out = np.empty((n - n_classes, n_classes))
+    out = np.empty((n - n_classes, n_classes), dtype=dtype)
 
     def consume(c0: int, c1: int, x: np.ndarray) -> None:
         out[:, c0:c1] = x[n_classes:]
@@ -464,8 +548,9 @@ def propagate_labels(
     if lap.format != "csr" or lap.dtype != np.float64:
         lap = sp.csr_matrix(lap, dtype=np.float64)
     info = _solve_blocks(
-        lap, n_classes, _onehot_rhs(n), consume, solver=solver, tol=tol, maxiter=maxiter, chunk=chunk
-    )
+        lap, n_classes, _onehot_rhs(n), consume, solver=solver, tol=tol, maxiter=maxiter, chunk=chunk,
+        workers=workers, permuted=None if solver == "direct" else _locality_order(lap, n_classes),
+    )  # fmt: skip
     return (out, info) if return_info else out
 
 
@@ -484,6 +569,7 @@ def zlap_transductive(
     maxiter: int = 50,
     chunk: int = 32,
     return_info: bool = False,
+    workers: int = 1,
 ) -> np.ndarray | tuple[np.ndarray, SolveInfo]:
     """Transductive ZLaP (spec section 4): score every image for every class.
 
@@ -502,6 +588,8 @@ def zlap_transductive(
             and the truncated result returned, as the reference does silently.
         chunk: number of classes solved together; memory ~ 5 * 8 * (N+C) * chunk bytes.
         return_info: also return the :class:`SolveInfo`.
+        workers: blocks of ``chunk`` classes solved at once in threads (memory times
+            ``workers``); the scores do not depend on it. Ignored by ``direct``.
 
     Returns:
         (N, C) float64 scores, or ``(scores, info)`` when ``return_info``.
@@ -517,6 +605,7 @@ def zlap_transductive(
         maxiter=maxiter,
         chunk=chunk,
         return_info=return_info,
+        workers=workers,
     )
 
 
@@ -548,13 +637,15 @@ class ZLaPInductive:
         maxiter: int = 50,
         chunk: int = 32,
         precompute_sparse: bool = True,
+        workers: int = 1,
     ) -> None:
         _check_params(k, gamma, alpha, k_text)
         _check_solver(solver, tol, maxiter, chunk)
+        _check_workers(workers)
         self.k, self.gamma, self.alpha = k, gamma, alpha
         self.scale_sim, self.k_text = scale_sim, k_text
         self.solver, self.tol, self.maxiter, self.chunk = solver, tol, maxiter, chunk
-        self.precompute_sparse = precompute_sparse
+        self.precompute_sparse, self.workers = precompute_sparse, workers
         self.info_: dict[str, SolveInfo | None] = {"fit": None, "scores": None}
 
     def fit(
@@ -565,6 +656,38 @@ class ZLaPInductive:
         ``knn``: optional precomputed U-vs-U kNN ``(D, I)`` of shape (N_U, min(k, N_U)), self
         matches included. Returns self.
         """
+        self._build(unlabeled_feats, text_feats, knn)
+        if self.precompute_sparse:
+            self._precompute_sparse()
+        return self
+
+    def fit_predict(
+        self,
+        unlabeled_feats: np.ndarray,
+        text_feats: np.ndarray,
+        *,
+        knn: KnnPair | None = None,
+        dtype: type | np.dtype = np.float64,
+    ) -> np.ndarray:
+        """:meth:`fit`, and return the transductive scores of U from the same solves.
+
+        One pass of C block solves gives both the sparse table (whatever
+        ``precompute_sparse`` says) and ``F = (L^-1)[image rows, text columns]``, i.e. what
+        ``fit`` followed by ``zlap_transductive`` on U computes with two passes, with the same
+        solver settings. Returns (N_U, C) scores of ``dtype`` (``np.float32`` halves them; the
+        table keeps float64 values). ``info_["fit"]`` holds the SolveInfo.
+        """
+        self._build(unlabeled_feats, text_feats, knn)
+        n_cls = self.graph_.n_classes
+        out = np.empty((self.graph_.L.shape[0] - n_cls, n_cls), dtype=dtype)
+
+        def consume(c0: int, c1: int, x: np.ndarray) -> None:
+            out[:, c0:c1] = x[n_cls:]
+
+        self._precompute_sparse(consume)
+        return out
+
+    def _build(self, unlabeled_feats: np.ndarray, text_feats: np.ndarray, knn: KnnPair | None) -> None:
         _check_solver(self.solver, self.tol, self.maxiter, self.chunk)
         graph, _, _ = _make_graph(
             unlabeled_feats,
@@ -577,11 +700,24 @@ class ZLaPInductive:
             knn=knn,
         )
         self.graph_ = graph
+        self._perm: _Permuted | None | bool = False  # not computed yet
         self.unlabeled_ = np.ascontiguousarray(unlabeled_feats)
         self.text_ = np.ascontiguousarray(text_feats)
         self.info_ = {"fit": None, "scores": None}
-        if self.precompute_sparse:
-            self._precompute_sparse()
+
+    def _permuted(self) -> _Permuted | None:
+        """The graph in locality order (large graphs only), computed once per fit."""
+        if self.solver == "direct":
+            return None
+        if getattr(self, "_perm", False) is False:
+            self._perm = _locality_order(self.graph_.L, self.graph_.n_classes)
+        return self._perm  # type: ignore[return-value]
+
+    def drop_graph(self) -> ZLaPInductive:
+        """Free the graph (L and its reordered copy), keeping what sparse scoring needs (the
+        table, U, T, and the similarity range); exact scoring then needs a new :meth:`fit`."""
+        self.graph_ = ZLaPGraph(None, self.graph_.n_classes, self.graph_.sim_range)  # type: ignore[arg-type]
+        self._perm = None
         return self
 
     @classmethod
@@ -616,8 +752,9 @@ class ZLaPInductive:
         model.pseudo_scores_ = np.asarray(pseudo_scores, dtype=np.float64)
         return model
 
-    def _precompute_sparse(self) -> None:
-        """Section 6: streamed per-row argmax of G = L^-1[:, :C]; memory O((N_U+C) * chunk)."""
+    def _precompute_sparse(self, also: Callable[[int, int, np.ndarray], None] | None = None) -> None:
+        """Section 6: streamed per-row argmax of G = L^-1[:, :C]; memory O((N_U+C) * chunk)
+        per worker. ``also(c0, c1, X)`` receives every solution block too."""
         lap, n_cls = self.graph_.L, self.graph_.n_classes
         n = lap.shape[0]
         best_val, best_id = np.full(n, -np.inf), np.zeros(n, dtype=np.int64)
@@ -627,6 +764,8 @@ class ZLaPInductive:
             val = x[np.arange(n), arg]
             better = val > best_val  # strict: earlier class wins ties, like a global argmax
             best_val[better], best_id[better] = val[better], arg[better] + c0
+            if also is not None:
+                also(c0, c1, x)
 
         self.info_["fit"] = _solve_blocks(
             lap,
@@ -637,6 +776,8 @@ class ZLaPInductive:
             tol=self.tol,
             maxiter=self.maxiter,
             chunk=self.chunk,
+            workers=self.workers,
+            permuted=self._permuted(),
         )
         self.pseudo_labels_, self.pseudo_scores_ = best_id, best_val
 
@@ -701,8 +842,9 @@ class ZLaPInductive:
             out[c0:c1] = x[:n_cls].T
 
         self.info_["scores"] = _solve_blocks(
-            lap, n_q, make, consume, solver=self.solver, tol=self.tol, maxiter=self.maxiter, chunk=self.chunk
-        )
+            lap, n_q, make, consume, solver=self.solver, tol=self.tol, maxiter=self.maxiter, chunk=self.chunk,
+            workers=self.workers, permuted=self._permuted(),
+        )  # fmt: skip
         return out
 
 

@@ -424,3 +424,61 @@ def test_calibrate_scores_monotone_in_unit_interval(method):
     assert np.allclose(calibrate_scores(np.ones((5, 2)), method=method), 0.5)
     with pytest.raises(ZLaPError):
         calibrate_scores(np.array([[np.nan]]), method=method)
+
+
+@pytest.mark.parametrize("solver", ["cg", "series"])
+def test_threaded_block_solves_equal_serial_ones(solver):
+    x, t, _, q, _ = make_data(21, n=80, c=7, n_query=9)
+    lap = build_graph(x, t)
+    serial, info = propagate_labels(lap, len(t), solver=solver, chunk=2, return_info=True)
+    threaded, info3 = propagate_labels(lap, len(t), solver=solver, chunk=2, workers=3, return_info=True)
+    np.testing.assert_array_equal(threaded, serial)  # each block solved exactly as alone
+    assert (info3.iterations, info3.residual, info3.n_unconverged) == (info.iterations, info.residual, 0)
+    one = ZLaPInductive(solver=solver, chunk=2).fit(x, t)
+    many = ZLaPInductive(solver=solver, chunk=2, workers=4).fit(x, t)
+    np.testing.assert_array_equal(many.pseudo_labels_, one.pseudo_labels_)  # ties: earlier class, in order
+    np.testing.assert_array_equal(many.pseudo_scores_, one.pseudo_scores_)
+    np.testing.assert_array_equal(many.scores(q), one.scores(q))
+    with pytest.warns(ZLaPConvergenceWarning):
+        propagate_labels(build_graph(x, t, alpha=0.97), len(t), solver=solver, maxiter=2, chunk=2, workers=2)
+
+
+def test_fit_predict_gives_transductive_scores_and_table_in_one_pass():
+    x, t, *_ = make_data(22, n=70, c=5)
+    model = ZLaPInductive(chunk=2, workers=2)
+    scores = model.fit_predict(x, t)
+    np.testing.assert_array_equal(scores, zlap_transductive(x, t, chunk=2))
+    reference = ZLaPInductive(chunk=2).fit(x, t)
+    np.testing.assert_array_equal(model.pseudo_labels_, reference.pseudo_labels_)
+    np.testing.assert_array_equal(model.pseudo_scores_, reference.pseudo_scores_)
+    assert model.info_["fit"].n_rhs == len(t)
+    low = ZLaPInductive(chunk=2, precompute_sparse=False).fit_predict(x, t, dtype=np.float32)
+    assert low.dtype == np.float32 and hasattr(model, "pseudo_labels_")
+    np.testing.assert_allclose(low, scores, rtol=1e-6, atol=0)
+    with pytest.raises(ZLaPError, match="workers"):
+        propagate_labels(build_graph(x, t), len(t), workers=0)
+
+
+def test_large_graphs_are_solved_in_locality_order(monkeypatch):
+    import query.zlap as zlap
+
+    x, t, _, q, _ = make_data(23, n=90, c=6, n_query=4)
+    lap = build_graph(x, t)
+    plain = propagate_labels(lap, len(t), chunk=4)
+    one = ZLaPInductive(chunk=4).fit(x, t)
+    monkeypatch.setattr(zlap, "REORDER_ABOVE", 10)
+    perm = zlap._locality_order(lap, len(t))
+    assert perm is not None and sorted(perm.order.tolist()) == list(range(lap.shape[0]))
+    np.testing.assert_array_equal(perm.order[: len(t)], np.arange(len(t)))  # text nodes keep their numbers
+    np.testing.assert_array_equal(perm.lap.toarray(), lap.toarray()[np.ix_(perm.order, perm.order)])
+    strongest = np.asarray((-lap[len(t) :, : len(t)]).argmax(axis=1)).ravel()
+    assert np.all(np.diff(strongest[perm.order[len(t) :] - len(t)]) >= 0)  # grouped by strongest text node
+    np.testing.assert_allclose(propagate_labels(lap, len(t), chunk=4, workers=2), plain, rtol=0, atol=1e-14)
+    many = ZLaPInductive(chunk=4, workers=2).fit(x, t)
+    np.testing.assert_array_equal(many.pseudo_labels_, one.pseudo_labels_)
+    np.testing.assert_allclose(many.pseudo_scores_, one.pseudo_scores_, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(many.scores(q), one.scores(q), rtol=0, atol=1e-14)
+    many.drop_graph()
+    np.testing.assert_allclose(many.scores(q, sparse=True), one.scores(q, sparse=True), rtol=0, atol=1e-14)
+    with pytest.raises(ZLaPError, match="needs the graph"):
+        many.scores(q)

@@ -88,17 +88,19 @@ class Archive:
 
     def tag(
         self, labels: str | Sequence[str | Label], top: int = 3, *, method: str = "zeroshot",
-        min_confidence: float = 0.0, templates: str | Sequence[str] = DEFAULT_TEMPLATES, **zlap: Any,
+        min_confidence: float = 0.0, templates: str | Sequence[str] = DEFAULT_TEMPLATES,
+        store_top: int | None = None, **zlap: Any,
     ) -> TagResult:  # fmt: skip
         """Tag every indexed image with ``labels`` (a list, a comma-separated string, a label file
         or a YAML/JSON vocabulary; see :mod:`query.vocab`). ``templates``: a list of prompt
         templates, or ``"short"``, ``"imagenet"``, ``"none"`` or a template file.
 
         ``method``: ``"zeroshot"`` or ``"zlap"`` (label propagation over the kNN graph; ``zlap``
-        keywords ``k``, ``gamma``, ``alpha``). All scores are stored; the result lists each
-        image's ``top`` labels whose calibrated confidence is at least ``min_confidence``.
+        keywords ``k``, ``gamma``, ``alpha``). All scores are stored, or with ``store_top`` N
+        only each image's N best labels (ranks 0..N-1); the result lists each image's ``top``
+        labels whose calibrated confidence is at least ``min_confidence``.
         """
-        config = self._tag_config(labels, method, top, min_confidence, templates, zlap)
+        config = self._tag_config(labels, method, top, min_confidence, templates, {**zlap, "store_top": store_top})
         return tag_corpus(self.home, self.catalog, self.searcher, config)
 
     def evaluate(
