@@ -8,9 +8,18 @@ the dimension ``d`` and an optional memory budget:
   clustered 512-d data with text-like queries (offset from the image clusters, the modality gap)
   it kept recall@10 at 0.99 for text and image queries alike at nprobe 16, built 4x faster than
   HNSW32 and needs no graph memory;
-- ``IVF<nlist>,PQ<d/8>x8`` when even SQ8 codes exceed the budget. PQ codes alone gave recall@10
+- ``IVF<nlist>,PQ<d/8>x8np`` when even SQ8 codes exceed the budget (``np``: no polysemous
+  training, which vistag never uses and which took 85% of the build). PQ codes alone gave recall@10
   0.53 for text queries on the same data, so PQ is always re-ranked: ``rerank`` x k candidates
-  are re-scored exactly with the stored full vectors (memory-mapped from the shards).
+  are re-scored exactly with the stored full vectors (memory-mapped from the shards);
+- on disk (``storage="ondisk"``, IVF only) when even those codes exceed the budget, or, without a
+  budget, when the SQ8 codes would take more than half of this machine's memory: the index is
+  trained on a sample, filled block by block into sub-indexes written to disk, and their inverted
+  lists are merged on disk (``faiss.contrib.ondisk.merge_ondisk``) into ``index.ivfdata`` in the
+  version folder. Memory is then bounded by the coarse quantizer and one block (``block``
+  vectors, sized to the budget), not by the corpus; searches read the lists through ``mmap``.
+  8-bit codes are used on disk (recall without re-ranking; memory is no longer what they cost).
+  ``storage="memory"`` / ``"ondisk"`` force either way (``--index-storage``).
 
 After building, :func:`tune` raises ``nprobe`` (IVF) or ``efSearch`` (HNSW) until recall@10
 against exact search reaches the target (0.95 by default) for *text* queries (prompts encoded by
@@ -21,8 +30,9 @@ the corpus). The achieved figures are stored in the version's manifest.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +45,8 @@ RERANK = 10
 PROBE_STEPS = (8, 16, 32, 64, 128, 256, 512, 1024)
 EF_STEPS = (32, 64, 128, 256, 512, 1024)
 RERANK_STEPS = (10, 20, 50, 100, 200)
+STORAGES = ("auto", "memory", "ondisk")
+BLOCK_MIN, BLOCK_MAX = 10_000, 1_000_000  # vectors per on-disk build block
 
 
 @dataclass(frozen=True)
@@ -47,14 +59,25 @@ class IndexChoice:
     search: dict[str, int] = field(default_factory=dict)
     rerank: int = 0
     train_size: int = 0
+    storage: str = "memory"  # "memory", or "ondisk": inverted lists merged on disk (see module)
+    block: int = 0  # on disk: vectors per build block
+    disk_bytes: int = 0  # on disk: size of the inverted lists file
 
     @property
     def exact(self) -> bool:
         return self.factory == "Flat"
 
+    @property
+    def ondisk(self) -> bool:
+        return self.storage == "ondisk"
+
     def describe(self) -> str:
         extra = f", re-rank {self.rerank}x candidates with stored vectors" if self.rerank else ""
         params = "".join(f", {k}={v}" for k, v in self.search.items())
+        if self.ondisk:
+            return (f"{self.factory} on disk (~{self.disk_bytes / 2**20:.0f} MiB of inverted lists in index.ivfdata, "
+                    f"~{self.memory_bytes / 2**20:.0f} MiB in memory, built in blocks of {self.block} vectors"
+                    f"{params}{extra}): {self.reason}")  # fmt: skip
         return f"{self.factory} (~{self.memory_bytes / 2**20:.0f} MiB{params}{extra}): {self.reason}"
 
 
@@ -63,9 +86,37 @@ def _nlist(n: int) -> int:
 
 
 def plan_index(
-    n: int, d: int, *, memory_budget: int | None = None, override: str | None = None, exact_max: int = EXACT_MAX
+    n: int, d: int, *, memory_budget: int | None = None, override: str | None = None, exact_max: int = EXACT_MAX,
+    storage: str = "auto", machine_memory: int | None = None,
+) -> IndexChoice:  # fmt: skip
+    """Pick the index for ``n`` vectors of dimension ``d`` within ``memory_budget`` bytes.
+
+    ``storage``: ``"auto"`` (in memory unless the index exceeds the budget, see the module),
+    ``"memory"`` or ``"ondisk"``. Without a budget, on-disk storage is chosen when the codes
+    exceed half of ``machine_memory`` (default: this machine's, or its cgroup limit).
+    """
+    if storage not in STORAGES:
+        raise InputError(f"index storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+    choice = _plan_factory(n, d, memory_budget, override, exact_max, storage)
+    if storage == "memory":
+        return choice
+    limit = memory_budget if memory_budget is not None else (machine_memory or _machine_memory()) // 2
+    if storage == "auto":
+        if choice.memory_bytes <= limit or not choice.factory.startswith("IVF"):
+            return choice
+        return _on_disk(choice, n, d, limit, memory_budget is not None, "")
+    if not choice.factory.startswith("IVF"):
+        if override:
+            raise InputError(f"on-disk storage needs an IVF index type, not {override!r}")
+        choice = _plan_factory(n, d, None, f"IVF{_nlist(n)},SQ8", exact_max, storage)
+    return _on_disk(choice, n, d, limit, memory_budget is not None, "asked for with --index-storage ondisk")
+
+
+def _plan_factory(
+    n: int, d: int, memory_budget: int | None, override: str | None, exact_max: int, storage: str
 ) -> IndexChoice:
-    """Pick the index for ``n`` vectors of dimension ``d`` within ``memory_budget`` bytes."""
+    """The in-memory choice; for ``storage="auto"`` with a budget, one that falls back to on disk
+    (8-bit codes) instead of failing when even PQ codes exceed the budget."""
     if override:
         rerank = RERANK if "PQ" in override else 0
         return IndexChoice(override, "asked for with --index-type", _estimate(override, n, d), rerank=rerank,
@@ -75,17 +126,51 @@ def plan_index(
         return IndexChoice("Flat", f"exact search: {n} vectors <= {exact_max}", flat)
     nlist = _nlist(n)
     sq8 = n * (d + 8) + nlist * d * 4
+    sq8_choice = IndexChoice(f"IVF{nlist},SQ8", "", sq8, {"nprobe": 16}, train_size=_train_size(n, "IVF"))
     if memory_budget is None or sq8 <= memory_budget:
         why = f"{n} vectors > {exact_max}: inverted lists with 8-bit codes" if n > exact_max else "Flat exceeds the budget"
-        return IndexChoice(f"IVF{nlist},SQ8", why, sq8, {"nprobe": 16}, train_size=_train_size(n, "IVF"))
+        return IndexChoice(sq8_choice.factory, why, sq8, sq8_choice.search, train_size=sq8_choice.train_size)
     m = max(8, d // 8)
     while d % m:
         m -= 1
     pq = n * (m + 8) + nlist * d * 4
     if pq > memory_budget:
-        raise InputError(f"memory budget {memory_budget} bytes is too small for {n} vectors (PQ needs {pq})")
-    return IndexChoice(f"IVF{nlist},PQ{m}x8", "8-bit codes exceed the memory budget: product quantisation, "
+        if storage == "memory":
+            raise InputError(f"memory budget {memory_budget} bytes is too small for {n} vectors (PQ needs {pq})")
+        return replace(sq8_choice, reason=f"even PQ codes ({pq} bytes) exceed the memory budget")
+    return IndexChoice(f"IVF{nlist},PQ{m}x8np", "8-bit codes exceed the memory budget: product quantisation, "
                        "re-ranked with stored vectors", pq, {"nprobe": 16}, RERANK, _train_size(n, "IVF"))  # fmt: skip
+
+
+def _on_disk(choice: IndexChoice, n: int, d: int, limit: int, budget: bool, why: str) -> IndexChoice:
+    """``choice`` stored on disk: resident memory is the coarse quantizer plus one build block, and
+    a block is as large as ``limit`` bytes allow (the budget, or half of the machine's memory)."""
+    quantizer = (_ivf_nlist(choice.factory) or _nlist(n)) * d * 4
+    per_vector = _vector_bytes(choice.factory, d) + 4 * d  # codes and id in the block, plus the float chunk
+    block = (limit - quantizer) // per_vector
+    if block < BLOCK_MIN and block < n:
+        need = quantizer + BLOCK_MIN * per_vector
+        raise InputError(f"memory budget {limit} bytes is too small for {n} vectors (building on disk needs {need})")
+    block = int(max(1, min(block, BLOCK_MAX, n)))
+    where = "budget" if budget else "available (half of this machine's)"
+    reason = why or (f"{choice.reason}; " if choice.reason else "") + (
+        f"the index ({choice.memory_bytes} bytes) exceeds the memory {where}: built in blocks, inverted lists merged on disk"
+    )
+    return replace(choice, storage="ondisk", reason=reason, block=block, disk_bytes=_estimate(choice.factory, n, d),
+                   memory_bytes=quantizer + block * per_vector)  # fmt: skip
+
+
+def _machine_memory() -> int:
+    """Physical memory, or the cgroup (container) limit when lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(limit_file).read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
 
 
 def _train_size(n: int, factory: str) -> int:
@@ -94,16 +179,27 @@ def _train_size(n: int, factory: str) -> int:
     return int(min(n, max(100_000, 64 * _nlist(n))))
 
 
-def _estimate(factory: str, n: int, d: int) -> int:
-    if factory == "Flat":
-        return n * d * 4
+def _ivf_nlist(factory: str) -> int:
+    """The number of inverted lists of an ``IVF<nlist>...`` factory string (0 if none)."""
+    digits = factory[3:].split(",")[0].split("_")[0] if factory.startswith("IVF") else ""
+    return int(digits) if digits.isdigit() else 0
+
+
+def _vector_bytes(factory: str, d: int) -> int:
+    """Bytes one vector takes in the index (codes, id, graph links)."""
     if "SQ8" in factory:
-        return n * (d + 8)
+        return d + 8
     if "PQ" in factory:
-        return n * (d // 8 + 8)
+        m = factory.split("PQ")[1].split("x")[0].split(",")[0]
+        return (int(m) if m.isdigit() else d // 8) + 8
     if factory.startswith("HNSW"):
-        return n * (d * 4 + 32 * 2 * 4)
-    return n * d * 4
+        return d * 4 + 32 * 2 * 4
+    return d * 4 + (8 if factory != "Flat" else 0)
+
+
+def _estimate(factory: str, n: int, d: int) -> int:
+    """Bytes of the index for ``n`` vectors: their codes and ids, plus an IVF's coarse quantizer."""
+    return n * _vector_bytes(factory, d) + _ivf_nlist(factory) * d * 4
 
 
 def set_search_params(index: Any, params: dict[str, int]) -> None:

@@ -3,6 +3,10 @@
 The searcher reads only published state: it follows the CURRENT pointer on every query and
 switches to a newly published version without a restart. It loads the model recorded in the
 version's manifest, so queries are always encoded by the model that built the index.
+
+Large indexes are memory-mapped, not copied into the process: on-disk versions always (their
+inverted lists stay in ``index.ivfdata``), others when ``index.faiss`` is at least
+``indexer.index.MMAP_MIN_BYTES`` (256 MiB); ``Searcher(mmap=True/False)`` forces either way.
 """
 
 from __future__ import annotations
@@ -44,10 +48,11 @@ class Hit:
 class Searcher:
     """Answers queries from the published index version of a home."""
 
-    def __init__(self, home: Home, catalog: Catalog, device: str | None = None):
+    def __init__(self, home: Home, catalog: Catalog, device: str | None = None, mmap: bool | None = None):
         self.home = home
         self.catalog = catalog
         self.device = device
+        self.mmap = mmap
         self._lock = threading.Lock()
         self._version: versions.IndexVersion | None = None
         self._index: Any = None
@@ -59,7 +64,7 @@ class Searcher:
             path = versions.current_version_path(self.home)
             if self._version is None or path != self._version.path:
                 version = versions.current_version(self.home)
-                self._index = version.load()
+                self._index = version.load(self.mmap)
                 self._version = version
             return self._version
 
@@ -136,12 +141,17 @@ class Searcher:
         return int(self.catalog.image(path)["id"])
 
     def _stored_vector(self, image_id: int) -> np.ndarray:
-        self.version()
+        version = self.version()
         with self._lock:
-            try:
-                return self._index.reconstruct(int(image_id))
-            except RuntimeError as err:
-                raise NotFound(f"image {image_id} is not in the published index") from err
+            index = self._index
+        try:
+            return index.reconstruct(int(image_id))
+        except RuntimeError:  # IVF and on-disk indexes keep no id -> position map: read the shards
+            pass
+        try:
+            return versions.stored_vectors(self.home, self.catalog, version.identity, [int(image_id)])[0]
+        except KeyError as err:
+            raise NotFound(f"image {image_id} is not in the published index") from err
 
     def embed_file(self, path: str) -> np.ndarray:
         """Embed one image file with the index's model: (D,) float32."""
