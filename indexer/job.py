@@ -35,12 +35,14 @@ class IndexConfig:
     model: str | None = None
     pretrained: str | None = None
     device: str | None = None
-    batch_size: int = 32
+    batch_size: int | None = None  # images per forward; None: 256 on a GPU, 32 on CPU
+    decode_processes: int | None = None  # None: a pool of one per core when the in-process runner feeds a GPU
     shard_size: int = 4096
     chunk_size: int = DEFAULT_CHUNK_SIZE
     max_pixels: int = DEFAULT_MAX_PIXELS
     index_type: str | None = None
     memory_budget: int | None = None
+    index_storage: str = "auto"  # "auto", "memory" or "ondisk" (see indexer.planner)
     shards_root: str | None = None
     dry_run: bool = False
     progress: bool = False
@@ -88,7 +90,8 @@ def _run_locked(home: Home, catalog: Catalog, config: IndexConfig) -> IndexResul
     plan = make_plan(listing, catalog.image_states(), set(catalog.known_hashes(model_id)))
     if config.dry_run:
         live = len(plan.unchanged) + len(plan.work) - len(plan.missing)
-        choice = plan_index(max(live, 0), identity.embed_dim, memory_budget=config.memory_budget, override=config.index_type)
+        choice = plan_index(max(live, 0), identity.embed_dim, memory_budget=config.memory_budget, override=config.index_type,
+                            storage=config.index_storage)  # fmt: skip
         return IndexResult(plan, index_plan=choice.describe())
     if not listing.entries and not catalog.image_states():
         raise EmptyCorpus(f"no image files found in {', '.join(config.inputs)}")
@@ -137,7 +140,7 @@ def _embed(
     pipeline_config = PipelineConfig(
         worklist=worklist, total=len(work), output=str(folder), model=identity.to_dict(), batch_size=config.batch_size,
         shard_size=config.shard_size, max_pixels=config.max_pixels, device=config.device,
-        chunk_size=config.chunk_size,
+        chunk_size=config.chunk_size, decode_processes=config.decode_processes,
         known_hashes_file=str(known_file), progress=config.progress, beam_args=config.beam_args,
     )  # fmt: skip
     try:
@@ -200,11 +203,14 @@ def _maybe_rebuild(
         current = versions.current_version(home)
     except IndexNotFound:
         current = None
-    if current is not None and current.manifest.get("catalog_state") == state and not config.index_type:
+    forced_storage = config.index_storage != "auto" and current is not None and current.storage != config.index_storage
+    if current is not None and current.manifest.get("catalog_state") == state and not config.index_type and not forced_storage:
         return None
     locations = catalog.vector_locations(model_id)
-    choice = plan_index(len(locations), identity.embed_dim, memory_budget=config.memory_budget, override=config.index_type)
-    index = versions.build_from_store(home, locations, identity.embed_dim, choice)
+    choice = plan_index(len(locations), identity.embed_dim, memory_budget=config.memory_budget, override=config.index_type,
+                        storage=config.index_storage)  # fmt: skip
+    staging = versions.new_staging(home, identity) if choice.ondisk else None  # becomes the version folder
+    index = versions.build_from_store(home, locations, identity.embed_dim, choice, folder=staging)
     search: dict[str, Any] = {"plan": choice.describe(), "params": choice.search, "rerank": choice.rerank}
     if not choice.exact and len(locations):
         tuning = tune_index(home, catalog, identity, model_id, locations, index, choice)

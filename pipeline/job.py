@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import apache_beam as beam
@@ -35,7 +36,9 @@ from pipeline.runners import (
     DEFAULT_RUNNER,
     close_result,
     dask_cluster,
+    gpu_defaults,
     local_cluster,
+    normalize_args,
     pipeline_options,
 )
 from pipeline.stages import ChunkMeta, ImageKey, ReadDecodeFn, WriteShardFn
@@ -47,7 +50,7 @@ from pipeline.worklist import (
     plan_chunks,
     write_worklist,
 )
-from vistag.models import ModelIdentity
+from vistag.models import ModelIdentity, pick_device
 
 __all__ = [
     "DASK_RUNNER", "DEFAULT_CHUNK_SIZE", "DEFAULT_RUNNER", "KNOWN_HASHES_FILE", "WORKLIST_FILE", "ChunkMeta",
@@ -57,6 +60,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 KNOWN_HASHES_FILE = "known-sha256.txt"
+POOL_THREADS = 4  # chunks in flight when a decode pool feeds a GPU: one embedding, the rest decoding
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class PipelineConfig:
     total: int
     output: str
     model: dict[str, Any]
-    batch_size: int = 32
+    batch_size: int | None = None
     shard_size: int = 4096
     max_pixels: int = DEFAULT_MAX_PIXELS
     device: str | None = None
@@ -85,6 +89,7 @@ class PipelineConfig:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     reshuffle: bool = False
     timeout_s: float | None = None
+    decode_processes: int | None = None  # None: one per CPU core when the in-process runner feeds a GPU
 
     @property
     def files_per_chunk(self) -> int:
@@ -114,12 +119,31 @@ def build(
     handler = handler or OpenClipImageHandler(
         ModelIdentity.from_dict(config.model), batch_size=config.batch_size, device=config.device
     )
-    read = ReadDecodeFn(config.worklist, config.model, config.known_hashes_file, config.max_pixels)
+    read = ReadDecodeFn(
+        config.worklist, config.model, config.known_hashes_file, config.max_pixels, config.decode_processes or 0
+    )
     decoded = p | "Chunks" >> beam.Create(chunks.chunks) | "ReadDecode" >> beam.ParDo(read)
     if config.reshuffle:
         decoded = decoded | "Reshuffle" >> beam.Reshuffle()
     _ = embed(decoded, handler) | "WriteShard" >> beam.ParDo(WriteShardFn(config.output, config.model, chunks.tag))
     return chunks
+
+
+def local_gpu_config(config: PipelineConfig, device: str, chunks: int) -> tuple[PipelineConfig, list[str]]:
+    """``config`` with its decode processes settled, and its Beam args.
+
+    When the in-process runner feeds a GPU (and ``--direct_num_workers`` is not given), chunks are
+    decoded by a pool of one process per CPU core (see :mod:`pipeline.decode_pool`) and
+    ``POOL_THREADS`` worker threads keep chunks in flight, so the GPU embeds one chunk while the
+    pool decodes the next ones (see :func:`pipeline.runners.gpu_defaults`). Everywhere else
+    entries are decoded in the worker's own thread unless ``decode_processes`` asks for a pool.
+    """
+    processes = config.decode_processes
+    auto = gpu_defaults(config.beam_args, device, chunks) != normalize_args(config.beam_args)
+    if processes is None:
+        processes = (os.cpu_count() or 1) if auto else 0
+    threads = POOL_THREADS if processes else None
+    return replace(config, decode_processes=processes), gpu_defaults(config.beam_args, device, chunks, threads)
 
 
 def _finish(result: Any, timeout_s: float | None) -> None:
@@ -150,7 +174,8 @@ def run_config(
             build(test_pipeline, config, chunks=chunks, handler=handler)
             _finish(test_pipeline.run(), config.timeout_s)
         else:
-            with dask_cluster(config.beam_args) as args:
+            config, beam_args = local_gpu_config(config, pick_device(config.device), len(chunks.chunks))
+            with dask_cluster(beam_args) as args:
                 p = beam.Pipeline(options=pipeline_options(args))
                 build(p, config, chunks=chunks, handler=handler)
                 _finish(p.run(), config.timeout_s)
@@ -163,9 +188,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--output", required=True, help="shard folder (local or any Beam filesystem)")
     ap.add_argument("--model", default=None, help="OpenCLIP model spec")
     ap.add_argument("--pretrained", default=None, help="pretrained tag, checkpoint path or 'random'")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=None, help="images per forward (default 256 on GPU, 32 on CPU)")
     ap.add_argument("--shard-size", type=int, default=4096)
     ap.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="files per unit of work (and shard)")
+    ap.add_argument("--decode-processes", type=int, default=None, help="decode pool size (default: one per "
+                    "core when the in-process runner feeds a GPU, else none)")
     ap.add_argument("--reshuffle", action="store_true", help="reshuffle between decoding and inference")
     ap.add_argument("--device", default=None)
     return ap
@@ -187,6 +214,7 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
         shard_size=args.shard_size,
         chunk_size=args.chunk_size,
         reshuffle=args.reshuffle,
+        decode_processes=args.decode_processes,
         device=args.device,
         beam_args=tuple(beam_args),
     )

@@ -79,6 +79,28 @@ def is_dask(beam_args: Sequence[str]) -> bool:
     return _option_value(normalize_args(beam_args), "--runner") == DASK_RUNNER
 
 
+def gpu_defaults(beam_args: Sequence[str], device: str, chunks: int, threads: int | None = None) -> list[str]:
+    """``beam_args`` plus, for the in-process runner feeding a GPU, worker threads.
+
+    One in-process worker decodes a chunk, then embeds it: the GPU would wait for every JPEG.
+    With ``direct_num_workers`` threads (``threads``, else one per CPU core; at most one per
+    chunk) in ``multi_threading`` mode, the threads share the one model copy (RunInference's
+    shared handle) and take turns on the GPU (see :mod:`pipeline.handler`) while the others
+    read and decode, themselves or through a decode pool (see :mod:`pipeline.decode_pool`).
+    Nothing changes when the runner is not the in-process one, when not on a GPU, or when
+    ``--direct_num_workers`` is given.
+    """
+    args = normalize_args(beam_args)
+    if (
+        not str(device).startswith("cuda")
+        or _option_value(args, "--runner") != DEFAULT_RUNNER
+        or _option_value(args, "--direct_num_workers") is not None
+    ):
+        return args
+    threads = max(1, min(threads or os.cpu_count() or 1, chunks))
+    return [*args, f"--direct_num_workers={threads}", "--direct_running_mode=multi_threading"]
+
+
 def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     """Beam options from ``beam_args``; the in-process runner (no download) unless one is named."""
     return PipelineOptions(normalize_args(beam_args))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,55 +79,27 @@ def _load_known(path: str | None) -> _KnownHashes:
         return _KnownHashes(line.strip() for line in fh.read().decode().splitlines() if line.strip())
 
 
-class ReadDecodeFn(beam.DoFn):
-    """Chunk -> ``[(ChunkMeta, pixels)]``: read, hash, decode and preprocess every entry.
+class EntryDecoder:
+    """Read, hash, decode and preprocess one work-list entry; the same code in a Beam worker thread
+    and in a decode process (see :mod:`pipeline.decode_pool`). Picklable until :meth:`setup`."""
 
-    ``pixels`` is (E, 3, H, W) uint8, one image per row of ``meta.rows`` with ``row >= 0``. The
-    output is a one-record batch of keyed examples, as RunInference expects when its handler
-    skips batching.
-    """
-
-    def __init__(self, worklist: str, model: dict[str, Any], known_hashes_file: str | None = None,
+    def __init__(self, model: dict[str, Any], known_hashes_file: str | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS):  # fmt: skip
-        self._worklist = worklist
-        self._model = model
-        self._known_file = known_hashes_file
-        self._max_pixels = max_pixels
-        self._shared_known = shared.Shared()  # loaded once per worker process, not per bundle
-        self._decoded = beam.metrics.Metrics.counter(NAMESPACE, "images_decoded")
-        self._failed = beam.metrics.Metrics.counter(NAMESPACE, "images_failed")
-        self._reused = beam.metrics.Metrics.counter(NAMESPACE, "images_known")
-        self._chunk_ms = beam.metrics.Metrics.distribution(NAMESPACE, "read_decode_chunk_ms")
+        self.model = model
+        self.known_hashes_file = known_hashes_file
+        self.max_pixels = max_pixels
 
-    def setup(self) -> None:
-        self._split: SplitTransform = split_transform(ModelIdentity.from_dict(self._model))
-        size = self._split.shape[1:]
-        self._draft = int(max(size))
-        self._known = self._shared_known.acquire(lambda: _load_known(self._known_file), tag=self._known_file)
+    def setup(self, known: frozenset[str] | None = None) -> EntryDecoder:
+        self._split: SplitTransform = split_transform(ModelIdentity.from_dict(self.model))
+        self._draft = int(max(self._split.shape[1:]))
+        self._known = known if known is not None else _load_known(self.known_hashes_file)
+        return self
 
-    def process(self, chunk: Chunk) -> Iterable[list[tuple[ChunkMeta, np.ndarray]]]:
-        start = time.perf_counter()
-        rows: list[dict[str, Any]] = []
-        failures: list[dict[str, str]] = []
-        pixels: list[np.ndarray] = []
-        for entry in read_chunk(self._worklist, chunk):
-            outcome = self._one(entry)
-            if isinstance(outcome, dict):
-                failures.append(outcome)
-            elif isinstance(outcome, ImageKey):
-                rows.append(outcome.row(-1))
-            else:
-                key, arr = outcome
-                rows.append(key.row(len(pixels)))
-                pixels.append(arr)
-        self._decoded.inc(len(pixels))
-        self._failed.inc(len(failures))
-        self._reused.inc(len(rows) - len(pixels))
-        batch = np.stack(pixels) if pixels else np.zeros((0, *self._split.shape), np.uint8)
-        self._chunk_ms.update(int((time.perf_counter() - start) * 1000))
-        yield [(ChunkMeta(chunk.index, tuple(rows), tuple(failures)), batch)]
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self._split.shape
 
-    def _one(self, entry: FileEntry) -> dict[str, str] | ImageKey | tuple[ImageKey, np.ndarray]:
+    def one(self, entry: FileEntry) -> dict[str, str] | ImageKey | tuple[ImageKey, np.ndarray]:
         """A failure row, a key of already-embedded content, or a key and its (3, H, W) pixels."""
         from apache_beam.io.filesystems import FileSystems
 
@@ -140,7 +112,7 @@ class ReadDecodeFn(beam.DoFn):
         if sha in self._known:
             return ImageKey(entry.uri, sha, len(data), entry.mtime, 0, 0)
         try:
-            decoded = decode_image(data, max_pixels=self._max_pixels, draft_size=self._draft)
+            decoded = decode_image(data, max_pixels=self.max_pixels, draft_size=self._draft)
         except DecodeError as err:
             return _failure(entry.uri, "decode", err.reason)
         except Exception as err:  # a bad file must never stop the run
@@ -152,6 +124,89 @@ class ReadDecodeFn(beam.DoFn):
         except Exception as err:
             return _failure(entry.uri, "preprocess", _reason(err))
         return ImageKey(entry.uri, sha, len(data), entry.mtime, decoded.width, decoded.height), arr
+
+
+class ReadDecodeFn(beam.DoFn):
+    """Chunk -> ``[(ChunkMeta, pixels)]``: read, hash, decode and preprocess every entry.
+
+    ``pixels`` is (E, 3, H, W) uint8, one image per row of ``meta.rows`` with ``row >= 0``. The
+    output is a one-record batch of keyed examples, as RunInference expects when its handler
+    skips batching. With ``decode_processes`` > 0 the entries are decoded by a pool of that many
+    processes shared by the worker's threads (see :mod:`pipeline.decode_pool`), else in the
+    worker's own thread.
+    """
+
+    def __init__(self, worklist: str, model: dict[str, Any], known_hashes_file: str | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, decode_processes: int = 0):  # fmt: skip
+        self._worklist = worklist
+        self._decoder = EntryDecoder(model, known_hashes_file, max_pixels)
+        self._processes = decode_processes
+        self._shared_known = shared.Shared()  # loaded once per worker process, not per bundle
+        self._decoded = beam.metrics.Metrics.counter(NAMESPACE, "images_decoded")
+        self._failed = beam.metrics.Metrics.counter(NAMESPACE, "images_failed")
+        self._reused = beam.metrics.Metrics.counter(NAMESPACE, "images_known")
+        self._chunk_ms = beam.metrics.Metrics.distribution(NAMESPACE, "read_decode_chunk_ms")
+
+    def setup(self) -> None:
+        known_file = self._decoder.known_hashes_file
+        known = self._shared_known.acquire(lambda: _load_known(known_file), tag=known_file)
+        self._local = EntryDecoder(self._decoder.model, known_file, self._decoder.max_pixels).setup(known)
+        self._pool = None
+        if self._processes > 0:
+            from pipeline.decode_pool import acquire_pool
+
+            self._pool = acquire_pool(self._decoder, self._processes)
+
+    def teardown(self) -> None:
+        if getattr(self, "_pool", None) is not None:
+            from pipeline.decode_pool import release_pool
+
+            release_pool(self._pool)
+            self._pool = None
+
+    def process(self, chunk: Chunk) -> Iterable[list[tuple[ChunkMeta, np.ndarray]]]:
+        start = time.perf_counter()
+        entries = read_chunk(self._worklist, chunk)
+        if self._pool is not None:
+            outcomes, batch = self._pool.decode(entries, self._local)
+        else:
+            outcomes, batch = decode_entries(entries, self._local)
+        rows: list[dict[str, Any]] = []
+        failures: list[dict[str, str]] = []
+        for outcome in outcomes:
+            if isinstance(outcome, dict):
+                failures.append(outcome)
+            else:
+                key, row = outcome
+                rows.append(key.row(row))
+        decoded = int(len(batch))
+        self._decoded.inc(decoded)
+        self._failed.inc(len(failures))
+        self._reused.inc(len(rows) - decoded)
+        self._chunk_ms.update(int((time.perf_counter() - start) * 1000))
+        yield [(ChunkMeta(chunk.index, tuple(rows), tuple(failures)), batch)]
+
+
+Outcome = dict[str, str] | tuple[ImageKey, int]
+
+
+def decode_entries(entries: Sequence[FileEntry], decoder: EntryDecoder) -> tuple[list[Outcome], np.ndarray]:
+    """Decode ``entries`` in this thread: per entry a failure row or (key, row in pixels; -1 when
+    already embedded), and the (E, 3, H, W) uint8 pixels of the decoded ones."""
+    outcomes: list[Outcome] = []
+    pixels: list[np.ndarray] = []
+    for entry in entries:
+        outcome = decoder.one(entry)
+        if isinstance(outcome, dict):
+            outcomes.append(outcome)
+        elif isinstance(outcome, ImageKey):
+            outcomes.append((outcome, -1))
+        else:
+            key, arr = outcome
+            outcomes.append((key, len(pixels)))
+            pixels.append(arr)
+    batch = np.stack(pixels) if pixels else np.zeros((0, *decoder.shape), np.uint8)
+    return outcomes, batch
 
 
 class WriteShardFn(beam.DoFn):

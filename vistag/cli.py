@@ -44,14 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="folder, glob, image file or manifest (.txt/.lst)")
     p.add_argument("--model", help="OpenCLIP model: ViT-B-32 (default), hf-hub:org/name, local-dir:/path")
     p.add_argument("--pretrained", help="pretrained tag (default for ViT-B-32: laion2b_s34b_b79k), checkpoint path, or 'random'")
-    p.add_argument("--batch-size", type=int, default=32, help="images per model forward (default 32)")
+    p.add_argument("--batch-size", type=int, help="images per model forward (default: 256 on a GPU, 32 on CPU)")
     p.add_argument("--shard-size", type=int, default=4096, help="images per embedding shard (default 4096)")
     p.add_argument("--chunk-size", type=int, default=256, help="images per unit of work, decoded, embedded and "
                    "written as one shard by one worker (default 256)")
+    p.add_argument("--decode-processes", type=int, metavar="N",
+                   help="decode images in a pool of N processes inside the in-process runner (default: one per "
+                   "CPU core when it feeds a GPU, else 0: decode in the worker thread)")
     p.add_argument("--index-type", help="FAISS index_factory string overriding the automatic choice (e.g. Flat, HNSW32,Flat)")
     p.add_argument("--memory-budget", metavar="SIZE", type=parse_size,
                    help="memory the index may take, e.g. 512M or 8G (default: no limit); decides between exact, "
                    "8-bit and product-quantised codes")
+    p.add_argument("--index-storage", choices=("auto", "memory", "ondisk"), default="auto",
+                   help="where the index's inverted lists live: auto (default: on disk when the index exceeds the "
+                   "memory budget), memory, or ondisk (IVF only: built in blocks, merged into index.ivfdata)")
     p.add_argument("--max-pixels", type=int, help="largest image accepted, in pixels (default 128000000)")
     p.add_argument("--shards", metavar="URI", help="where embedding shards go (default HOME/shards); a shared "
                    "filesystem or bucket such as gs://bucket/shards when a remote runner's workers write them")
@@ -72,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("tag", help="zero-shot tag every indexed image",
-                       description="Score every indexed image against LABELS; store all scores under a new "
-                       "tag run and print each image's best labels.")  # fmt: skip
+                       description="Score every indexed image against LABELS; store all scores (or each "
+                       "image's --store-top best) under a new tag run and print each image's best labels.")  # fmt: skip
     p.add_argument("--labels", required=True, metavar="FILE_OR_LIST",
                    help="'cat,dog,car', a file with one label per line, or a YAML/JSON vocabulary")
     p.add_argument("--templates", default="short", metavar="NAME_OR_FILE",
@@ -83,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="zeroshot (cosine to label prompts) or zlap (label propagation over the kNN graph)")
     p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
                    help="print only labels whose calibrated confidence is at least P (0..1; all are stored)")
+    p.add_argument("--store-top", type=int, metavar="N",
+                   help="store only each image's N best labels by raw score (default: every label)")
     _common(p)
 
     p.add_argument("--thresholds", metavar="FILE", help="per-label confidence thresholds (JSON, e.g. from eval --save-thresholds)")
@@ -191,13 +199,19 @@ def beam_args(args: argparse.Namespace, extra: Sequence[str]) -> tuple[str, ...]
 
 def cmd_index(archive: Any, args: argparse.Namespace, extra: list[str]) -> int:
     options: dict[str, Any] = {"model": args.model, "pretrained": args.pretrained, "batch_size": args.batch_size,
-               "shard_size": args.shard_size, "chunk_size": args.chunk_size, "index_type": args.index_type, "shards_root": args.shards,
-               "memory_budget": args.memory_budget,
+               "shard_size": args.shard_size, "chunk_size": args.chunk_size,
+               "decode_processes": args.decode_processes, "index_type": args.index_type, "shards_root": args.shards,
+               "memory_budget": args.memory_budget, "index_storage": args.index_storage,
                "dry_run": args.dry_run,
                "progress": not args.no_progress and not args.json and sys.stderr.isatty(),
                "beam_args": beam_args(args, extra)}  # fmt: skip
     if args.max_pixels:
         options["max_pixels"] = args.max_pixels
+    for name in ("batch_size", "chunk_size", "shard_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.decode_processes is not None and args.decode_processes < 0:
+        raise InputError("--decode-processes must be 0 or more")
     start = time.perf_counter()
     result = archive.index(args.paths, **options)
     if args.json:
@@ -242,7 +256,7 @@ def cmd_tag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
 
     thresholds = load_thresholds(args.thresholds) if args.thresholds else None
     result = archive.tag(args.labels, top=args.top, method=args.method, min_confidence=args.min_confidence,
-                         templates=args.templates, thresholds=thresholds)
+                         templates=args.templates, thresholds=thresholds, store_top=args.store_top)
     if args.json:
         _print_json(result.top)
         return 0
@@ -251,7 +265,8 @@ def cmd_tag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
         by_uri.setdefault(row["uri"], []).append(f"{row['label']} ({row['confidence']:.2f})")
     for uri, labels in by_uri.items():
         print(f"{uri}: {', '.join(labels)}")
-    print(f"tag run {result.run_id}: {result.images} images x {len(result.labels)} labels stored", file=sys.stderr)
+    stored = f"{len(result.labels)} labels" if args.store_top is None else f"best {args.store_top} of {len(result.labels)} labels"
+    print(f"tag run {result.run_id}: {result.images} images x {stored} stored", file=sys.stderr)
     return 0
 
 

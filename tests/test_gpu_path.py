@@ -1,0 +1,166 @@
+"""The GPU-facing parts of the pipeline: decode threads, batch sizes, and (on a GPU) fp16 encoding.
+
+Without a GPU these check the rules and that the multi-threaded in-process run that a GPU gets by
+default produces exactly what the single-threaded one does; with one, the CUDA tests also run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.handler import CPU_BATCH_SIZE, GPU_BATCH_SIZE, default_batch_size, encode_pixels
+from pipeline.preprocess import split_transform
+from pipeline.runners import gpu_defaults
+from vistag import Archive
+from vistag.models import load_model, parse_model_spec
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_gpu_defaults_add_decode_threads_only_for_the_in_process_runner_on_a_gpu(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert gpu_defaults([], "cuda", 100) == [
+        "--runner=FnApiRunner", "--direct_num_workers=16", "--direct_running_mode=multi_threading",
+    ]  # fmt: skip
+    assert "--direct_num_workers=3" in gpu_defaults([], "cuda:1", 3)  # never more threads than chunks
+    assert gpu_defaults([], "cpu", 100) == ["--runner=FnApiRunner"]
+    assert gpu_defaults(["--direct_num_workers=4"], "cuda", 100) == ["--direct_num_workers=4", "--runner=FnApiRunner"]
+    assert gpu_defaults(["--runner=DataflowRunner"], "cuda", 100) == ["--runner=DataflowRunner"]
+
+
+def test_default_batch_size_depends_on_the_device():
+    assert default_batch_size("cpu") == CPU_BATCH_SIZE == 32
+    assert default_batch_size("cuda") == default_batch_size("cuda:1") == GPU_BATCH_SIZE == 256
+
+
+def _embeddings(archive: Archive) -> dict[str, np.ndarray]:
+    from indexer import index as versions
+    from query.tagging import corpus_matrix
+
+    version = versions.current_version(archive.home)
+    ids, xb = corpus_matrix(archive.home, archive.catalog, version)
+    uris = {r["id"]: r["uri"] for r in archive.catalog.images(ids.tolist(), status=None)}
+    return {uris[i]: x for i, x in zip(ids.tolist(), xb, strict=True)}
+
+
+def test_decode_threads_embed_exactly_what_one_thread_does(tmp_path, corpus, tiny_model):
+    """The run a GPU gets by default (in-process, several decode threads, one shared model) stores
+    the same vectors, images and failures as the single-threaded run."""
+    threads = ("--direct_num_workers=2", "--direct_running_mode=multi_threading")
+    runs = {}
+    for name, extra, pool in [("one", (), 0), ("threads", threads, 0), ("pool", threads, 2)]:
+        with Archive(tmp_path / name, device="cpu") as archive:
+            result = archive.index([corpus.root], model=tiny_model, batch_size=8, chunk_size=16, beam_args=extra,
+                                   decode_processes=pool)  # fmt: skip
+            runs[name] = (result.to_dict(), _embeddings(archive), sorted(f["uri"] for f in archive.failures()))
+    one, one_vecs, one_failed = runs["one"]
+    assert one["embedded"] == len(one_vecs) > 16 and one_failed  # several chunks ran, bad files failed
+    for name in ("threads", "pool"):
+        many, many_vecs, many_failed = runs[name]
+        assert (many["embedded"], many["failed"], many_failed) == (one["embedded"], one["failed"], one_failed)
+        assert many_vecs.keys() == one_vecs.keys()
+        for uri, vec in one_vecs.items():
+            np.testing.assert_allclose(many_vecs[uri], vec, atol=1e-6)
+
+
+@cuda
+def test_fp16_gpu_encoding_matches_cpu(tiny_model):
+    cpu = load_model(parse_model_spec(tiny_model), "cpu")
+    gpu = load_model(parse_model_spec(tiny_model), "cuda")
+    split = split_transform(cpu.identity)
+    pixels = np.random.default_rng(0).integers(0, 256, (37, *split.shape), dtype=np.uint8)
+    dim = cpu.identity.embed_dim
+    ref = encode_pixels(cpu, pixels, split.normalize, 8, dim)
+    got = encode_pixels(gpu, pixels, split.normalize, 16, dim)  # other batch size: same rows
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-3)
+    assert float(np.min(np.sum(got * ref, axis=1))) > 0.999  # cosine to the fp32 CPU rows
+
+
+@cuda
+def test_index_on_gpu_end_to_end(tmp_path, corpus, tiny_model):
+    with Archive(tmp_path / "gpu", device="cuda") as archive:
+        result = archive.index([corpus.root], model=tiny_model, chunk_size=16)
+        hits = archive.similar(str(corpus.good[0]), k=1)
+    assert result.embedded == len(corpus.good) and result.failed == len(corpus.bad)
+    assert hits[0].uri.endswith(corpus.good[0].name) and hits[0].score > 0.99
+
+
+def test_input_dtype_of_a_half_precision_model_is_half():
+    """OpenCLIP's fp16 models keep some parameters in float32; the tower's input must be half."""
+    import open_clip
+
+    from vistag.models import input_dtype
+
+    model, _, _ = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None, precision="fp16")
+    assert next(model.parameters()).dtype == torch.float32  # why the first parameter cannot tell
+    assert input_dtype(model) == torch.float16
+    assert input_dtype(open_clip.create_model("ViT-B-32", pretrained=None)) == torch.float32
+
+
+def _decoders(model: str, known_file: str | None = None):
+    from pipeline.stages import EntryDecoder
+
+    identity = load_model(parse_model_spec(model), "cpu").identity.to_dict()
+    return EntryDecoder(identity, known_file), EntryDecoder(identity, known_file).setup()
+
+
+def test_decode_pool_gives_what_the_worker_thread_gives(tmp_path, corpus, tiny_model):
+    """Same outcomes (failures with reasons, known content, rows) and the same pixels."""
+    import hashlib
+
+    from pipeline.decode_pool import acquire_pool, release_pool
+    from pipeline.inputs import expand_inputs
+    from pipeline.stages import ImageKey, decode_entries
+
+    entries = expand_inputs([str(corpus.root)]).entries
+    known = tmp_path / "known.txt"
+    known.write_text(hashlib.sha256(corpus.good[1].read_bytes()).hexdigest() + "\n")
+    config, local = _decoders(tiny_model, str(known))
+    want_outcomes, want = decode_entries(entries, local)
+    pool = acquire_pool(config, 2)
+    try:
+        assert acquire_pool(config, 2) is pool  # one pool per configuration, shared by threads
+        release_pool(pool)
+        got_outcomes, got = pool.decode(entries, local)
+        assert pool.decode([], local)[1].shape == (0, *local.shape)
+    finally:
+        release_pool(pool)
+    assert got_outcomes == want_outcomes
+    np.testing.assert_array_equal(got, want)
+    assert len(want) == len(corpus.good) - 1  # the known image is not decoded again
+    assert sum(isinstance(o, dict) for o in want_outcomes) == len(corpus.bad)
+    assert sum(isinstance(o, tuple) and isinstance(o[0], ImageKey) and o[1] < 0 for o in want_outcomes) == 1
+
+
+def test_a_dead_decode_process_costs_nothing(corpus, tiny_model):
+    """A pool process that dies (OOM-killed, say): its tasks are decoded in the worker instead."""
+    import os
+    import signal
+
+    from pipeline.decode_pool import DecodePool
+    from pipeline.inputs import expand_inputs
+    from pipeline.stages import decode_entries
+
+    entries = expand_inputs([str(corpus.root)]).entries
+    config, local = _decoders(tiny_model)
+    want_outcomes, want = decode_entries(entries, local)
+    pool = DecodePool(config, 2)
+    try:
+        pool.decode(entries[:2], local)  # the processes are up
+        for pid in list(pool._executor._processes):
+            os.kill(pid, signal.SIGKILL)
+        got_outcomes, got = pool.decode(entries, local)
+        assert (got_outcomes, got.shape) == (want_outcomes, want.shape)
+        np.testing.assert_array_equal(got, want)
+        again, pixels = pool.decode(entries, local)  # a fresh pool serves the next chunk
+        assert again == want_outcomes and np.array_equal(pixels, want)
+    finally:
+        pool.close()
+
+
+def test_cli_rejects_bad_decode_processes(cli, tmp_path, corpus, tiny_model):
+    out = cli("index", str(corpus.root), "--home", tmp_path, "--model", tiny_model, "--decode-processes", "-1")
+    assert out.code == 2 and "--decode-processes must be 0 or more" in out.err
