@@ -3,6 +3,7 @@ queries, each against exact search (the baseline) in the same run; in-memory and
 
     python bench/bench_index.py [--vectors 200000] [--dim 512]
         [--types Flat,IVF-SQ8,IVF-PQ,HNSW32,IVF-SQ8-disk] [--ondisk-budget 1G] [--tmp DIR]
+        [--autofaiss-python /tmp/af/bin/python] [--autofaiss-memory 4G]
 
 Vectors are clustered (1,000 clusters, generated in parallel threads as float32); 200 text-like
 queries sit away from the image clusters (a shared offset: CLIP's modality gap), 200 image
@@ -125,8 +126,9 @@ class AnonPeak:
         self.peak = max(self.peak, _status("RssAnon"))
 
 
-def prepare(n: int, d: int, tmp: Path, ivf: bool) -> dict:
-    """Exact top-10 of the queries, and the IVF coarse centroids trained once (run in a child)."""
+def prepare(n: int, d: int, tmp: Path, ivf: bool, save: bool = False) -> dict:
+    """Exact top-10 of the queries, and the IVF coarse centroids trained once (run in a child);
+    with ``save``, also the vectors and queries as .npy files (for the autofaiss comparison)."""
     import faiss
 
     from indexer.index import blas_for_few_queries, empty_index
@@ -135,6 +137,11 @@ def prepare(n: int, d: int, tmp: Path, ivf: bool) -> dict:
     t0 = time.perf_counter()
     xb, xt, xi = data(n, d)
     gen_s = time.perf_counter() - t0
+    if save:
+        (tmp / "embeddings").mkdir(exist_ok=True)
+        np.save(tmp / "embeddings" / "xb.npy", xb)  # autofaiss reads every .npy of this folder
+        np.save(tmp / "queries-text.npy", xt)
+        np.save(tmp / "queries-image.npy", xi)
     t0 = time.perf_counter()
     for kind, xq in (("text", xt), ("image", xi)):
         with blas_for_few_queries():
@@ -225,11 +232,15 @@ def main() -> None:
     ap.add_argument("--ondisk-budget", type=parse_size, default=2**30,
                     help="memory budget of the on-disk builds: sets their block size (default 1G)")  # fmt: skip
     ap.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()), help="where index files are written")
+    ap.add_argument("--autofaiss-python", metavar="PYTHON",
+                    help="also build the index autofaiss chooses, with this Python (a separate environment: "
+                    "autofaiss needs numpy<2), on the same vectors and queries")
+    ap.add_argument("--autofaiss-memory", default="4G", help="autofaiss max_index_memory_usage (default 4G)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         if args.child.startswith("prepare"):
-            result = prepare(args.vectors, args.dim, args.tmp, ivf=args.child == "prepare-ivf")
+            result = prepare(args.vectors, args.dim, args.tmp, ivf="ivf" in args.child, save="save" in args.child)
         else:
             result = one(args.child, args.vectors, args.dim, args.ondisk_budget, args.tmp)
         print(json.dumps(result))
@@ -239,7 +250,9 @@ def main() -> None:
         kinds.remove("HNSW32")
         print("HNSW32 left out above 2,000,000 vectors (name it in --types to include it)", flush=True)
     kinds.sort(key=lambda k: k != "Flat")  # the baseline first: every row shows its ratio to it
-    unknown = set(kinds) - set(TYPES)
+    if args.autofaiss_python:
+        kinds.append("autofaiss")
+    unknown = set(kinds) - set(TYPES) - {"autofaiss"}
     if unknown:
         ap.error(f"unknown types {sorted(unknown)}; known: {', '.join(TYPES)}")
     work = Path(tempfile.mkdtemp(prefix="bench-index-", dir=args.tmp))
@@ -252,6 +265,8 @@ def main() -> None:
 def _child(args: argparse.Namespace, kind: str, work: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--vectors", str(args.vectors), "--dim", str(args.dim),
            "--ondisk-budget", str(args.ondisk_budget), "--tmp", str(work)]  # fmt: skip
+    if kind == "autofaiss":
+        cmd = [args.autofaiss_python, str(ROOT / "bench" / "autofaiss_child.py"), str(work), args.autofaiss_memory]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
@@ -261,7 +276,8 @@ def _child(args: argparse.Namespace, kind: str, work: Path) -> dict:
 
 
 def run(args: argparse.Namespace, kinds: list[str], work: Path) -> None:
-    prep = _child(args, "prepare-ivf" if any(TYPES[k][0].startswith("IVF") for k in kinds) else "prepare", work)
+    ivf = any(TYPES[k][0].startswith("IVF") for k in kinds if k in TYPES)
+    prep = _child(args, "prepare" + ("-ivf" if ivf else "") + ("-save" if args.autofaiss_python else ""), work)
     print(f"{args.vectors} vectors x {args.dim}-d, clustered; {QUERIES} text-like and {QUERIES} image queries; k=10; "
           f"{os.cpu_count()} cores; data generated in {prep['gen_s']:.1f}s; exact baseline (400 queries, all cores) "
           f"{prep['exact_s']:.1f}s; IVF{prep['nlist']} coarse quantizer trained once on {prep['train_n']} vectors: "
@@ -272,6 +288,9 @@ def run(args: argparse.Namespace, kinds: list[str], work: Path) -> None:
     for kind in kinds:
         r = _child(args, kind, work)
         results.append(r)
+        if kind == "autofaiss":
+            print(f"autofaiss chose {r['factory']} with {r['search']} "
+                  f"(max_index_memory_usage {args.autofaiss_memory}, max_index_query_time_ms 10)", flush=True)
         base = next((x for x in results if x["type"] == "Flat"), results[0])
         load = f"{r['load_mb']:.0f}{'m' if r['mapped'] else ''}"
         print(f"{r['type']:13} {r['factory']:18} {r['build_s']:8.1f} {r['rss_added_mb']:8.0f} {r['anon_added_mb']:8.0f} "
