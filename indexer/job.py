@@ -42,6 +42,7 @@ class IndexConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     index_type: str | None = None
     memory_budget: int | None = None
+    latency_target_ms: float | None = None  # exact search while one query is estimated within it
     index_storage: str = "auto"  # "auto", "memory" or "ondisk" (see indexer.planner)
     shards_root: str | None = None
     dry_run: bool = False
@@ -91,7 +92,7 @@ def _run_locked(home: Home, catalog: Catalog, config: IndexConfig) -> IndexResul
     if config.dry_run:
         live = len(plan.unchanged) + len(plan.work) - len(plan.missing)
         choice = plan_index(max(live, 0), identity.embed_dim, memory_budget=config.memory_budget, override=config.index_type,
-                            storage=config.index_storage)  # fmt: skip
+                            storage=config.index_storage, latency_ms=config.latency_target_ms)  # fmt: skip
         return IndexResult(plan, index_plan=choice.describe())
     if not listing.entries and not catalog.image_states():
         raise EmptyCorpus(f"no image files found in {', '.join(config.inputs)}")
@@ -208,7 +209,7 @@ def _maybe_rebuild(
         return None
     locations = catalog.vector_locations(model_id)
     choice = plan_index(len(locations), identity.embed_dim, memory_budget=config.memory_budget, override=config.index_type,
-                        storage=config.index_storage)  # fmt: skip
+                        storage=config.index_storage, latency_ms=config.latency_target_ms)  # fmt: skip
     staging = versions.new_staging(home, identity) if choice.ondisk else None  # becomes the version folder
     index = versions.build_from_store(home, locations, identity.embed_dim, choice, folder=staging)
     search: dict[str, Any] = {"plan": choice.describe(), "params": choice.search, "rerank": choice.rerank}

@@ -3,7 +3,10 @@
 Plan (printable, unit-tested, decided before anything is built), from the vector count ``n``,
 the dimension ``d`` and an optional memory budget:
 
-- ``Flat`` (exact) up to ``EXACT_MAX`` vectors when the full vectors fit the budget;
+- ``Flat`` (exact) up to ``EXACT_MAX`` vectors when the full vectors fit the budget; with a
+  latency target instead, exact whenever one query's exact search is estimated to take at most
+  the target (its cost per vector measured on this machine, see :func:`exact_ms_per_vector`), so
+  a generous target keeps millions of vectors exact and a tight one goes approximate sooner;
 - ``IVF<nlist>,SQ8`` above that: 8-bit scalar codes (d bytes a vector, a quarter of Flat). On
   clustered 512-d data with text-like queries (offset from the image clusters, the modality gap)
   it kept recall@10 at 0.99 for text and image queries alike at nprobe 16, built 4x faster than
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -85,11 +89,44 @@ def _nlist(n: int) -> int:
     return int(min(65536, max(64, 2 ** round(math.log2(4 * math.sqrt(n))))))
 
 
+def exact_ms_per_vector(d: int, sample: int = 50_000) -> float:
+    """Milliseconds one query's exact (Flat, inner product) search costs per stored vector of
+    dimension ``d`` on this machine, one thread: the median of 7 searches over ``sample`` random
+    vectors (measured once per process and dimension, well under a second)."""
+    if d not in _EXACT_COST:
+        import faiss
+
+        xb = np.random.default_rng(0).standard_normal((sample, d), dtype=np.float32)
+        index = faiss.IndexFlatIP(d)
+        index.add(xb)
+        q = xb[:1].copy()
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            index.search(q, 10)
+            times = []
+            for _ in range(7):
+                start = time.perf_counter()
+                index.search(q, 10)
+                times.append(time.perf_counter() - start)
+        finally:
+            faiss.omp_set_num_threads(threads)
+        _EXACT_COST[d] = sorted(times)[len(times) // 2] * 1000 / sample
+    return _EXACT_COST[d]
+
+
+_EXACT_COST: dict[int, float] = {}
+
+
 def plan_index(
     n: int, d: int, *, memory_budget: int | None = None, override: str | None = None, exact_max: int = EXACT_MAX,
-    storage: str = "auto", machine_memory: int | None = None,
+    storage: str = "auto", machine_memory: int | None = None, latency_ms: float | None = None,
+    exact_cost: Callable[[int], float] = exact_ms_per_vector,
 ) -> IndexChoice:  # fmt: skip
     """Pick the index for ``n`` vectors of dimension ``d`` within ``memory_budget`` bytes.
+
+    ``latency_ms``: a target for one query; exact search is kept while its estimated latency
+    (``n * exact_cost(d)``) stays within it, instead of up to ``exact_max`` vectors.
 
     ``storage``: ``"auto"`` (in memory unless the index exceeds the budget, see the module),
     ``"memory"`` or ``"ondisk"``. Without a budget, on-disk storage is chosen when the codes
@@ -97,7 +134,30 @@ def plan_index(
     """
     if storage not in STORAGES:
         raise InputError(f"index storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+    if latency_ms is not None:
+        if not latency_ms > 0:
+            raise InputError(f"latency target must be more than 0 ms, got {latency_ms}")
+        if not override:
+            per_vector = exact_cost(d)
+            estimate = n * per_vector
+            exact_max = int(latency_ms / per_vector) if per_vector > 0 else n
+            choice = _plan_factory(n, d, memory_budget, None, exact_max, storage)
+            note = (f"exact search estimated at {estimate:.1f} ms a query "
+                    f"({'within' if choice.exact else 'over'} the {latency_ms:g} ms target)")  # fmt: skip
+            if choice.exact:
+                choice = replace(choice, reason=note)
+            elif not choice.reason.startswith("even PQ") and "budget" not in choice.reason:
+                choice = replace(choice, reason=f"{note}: inverted lists with 8-bit codes")
+            return _placed(choice, n, d, memory_budget, storage, machine_memory, override)
     choice = _plan_factory(n, d, memory_budget, override, exact_max, storage)
+    return _placed(choice, n, d, memory_budget, storage, machine_memory, override)
+
+
+def _placed(
+    choice: IndexChoice, n: int, d: int, memory_budget: int | None, storage: str, machine_memory: int | None,
+    override: str | None,
+) -> IndexChoice:  # fmt: skip
+    """``choice`` kept in memory or moved on disk, as ``storage`` and the memory limit decide."""
     if storage == "memory":
         return choice
     limit = memory_budget if memory_budget is not None else (machine_memory or _machine_memory()) // 2
@@ -108,7 +168,7 @@ def plan_index(
     if not choice.factory.startswith("IVF"):
         if override:
             raise InputError(f"on-disk storage needs an IVF index type, not {override!r}")
-        choice = _plan_factory(n, d, None, f"IVF{_nlist(n)},SQ8", exact_max, storage)
+        choice = _plan_factory(n, d, None, f"IVF{_nlist(n)},SQ8", EXACT_MAX, storage)
     return _on_disk(choice, n, d, limit, memory_budget is not None, "asked for with --index-storage ondisk")
 
 

@@ -122,3 +122,45 @@ def test_approximate_index_end_to_end(corpus, tiny_model, tmp_path, factory):
 def test_untrainable_index_type_is_a_clear_error(corpus, tiny_model, tmp_path, cli):
     res = cli("index", corpus.root, "--home", tmp_path / "h", "--model", tiny_model, "--index-type", "IVF4,PQ4x8")
     assert res.code == 2 and "cannot train IVF4,PQ4x8" in res.err and res.err.count("\n") == 1
+
+
+def _cost(d: int) -> float:
+    return 1e-4  # ms per stored vector: 100,000 vectors -> 10 ms
+
+
+def test_latency_target_decides_between_exact_and_inverted_lists():
+    from indexer.planner import plan_index
+
+    near = plan_index(150_000, 512, latency_ms=20, exact_cost=_cost)  # 15 ms: exact beyond EXACT_MAX
+    assert near.exact and "15.0 ms" in near.reason and "within the 20 ms target" in near.reason
+    far = plan_index(50_000, 512, latency_ms=1, exact_cost=_cost)  # 5 ms: approximate below EXACT_MAX
+    assert far.factory.startswith("IVF") and far.factory.endswith(",SQ8") and "over the 1 ms target" in far.reason
+    # the memory budget still wins over a generous latency target, and overrides win over both
+    tight = plan_index(150_000, 512, latency_ms=1000, memory_budget=100 * 2**20, exact_cost=_cost)
+    assert not tight.exact and tight.memory_bytes <= 100 * 2**20
+    assert plan_index(1000, 512, latency_ms=1e-9, override="Flat", exact_cost=_cost).exact
+
+
+def test_latency_target_must_be_positive():
+    from indexer.planner import plan_index
+    from vistag.errors import InputError
+
+    for bad in (0, -5.0, float("nan")):
+        with pytest.raises(InputError, match="latency target"):
+            plan_index(1000, 64, latency_ms=bad, exact_cost=_cost)
+
+
+def test_exact_cost_is_measured_once_per_dimension():
+    from indexer import planner
+
+    first = planner.exact_ms_per_vector(64, sample=4000)
+    assert 0 < first < 1  # under a millisecond per 64-d vector on any machine
+    assert planner.exact_ms_per_vector(64) == first  # cached
+
+
+def test_cli_dry_run_reports_the_latency_estimate(cli, corpus, tiny_model, tmp_path):
+    res = cli("index", corpus.root, "--home", tmp_path / "h", "--model", tiny_model, "--dry-run", "--latency-target", "50")
+    assert res.code == 0, res.err
+    assert "exact search estimated at" in res.out and "within the 50 ms target" in res.out
+    bad = cli("index", corpus.root, "--home", tmp_path / "h", "--model", tiny_model, "--dry-run", "--latency-target", "0")
+    assert bad.code == 2 and "latency target must be more than 0 ms" in bad.err

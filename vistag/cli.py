@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-budget", metavar="SIZE", type=parse_size,
                    help="memory the index may take, e.g. 512M or 8G (default: no limit); decides between exact, "
                    "8-bit and product-quantised codes")
+    p.add_argument("--latency-target", metavar="MS", type=float,
+                   help="target for one query's search in milliseconds: exact search is kept while its latency, "
+                   "estimated on this machine, stays within it (default: exact up to 100,000 vectors)")
     p.add_argument("--index-storage", choices=("auto", "memory", "ondisk"), default="auto",
                    help="where the index's inverted lists live: auto (default: on disk when the index exceeds the "
                    "memory budget), memory, or ondisk (IVF only: built in blocks, merged into index.ivfdata)")
@@ -201,7 +204,8 @@ def cmd_index(archive: Any, args: argparse.Namespace, extra: list[str]) -> int:
     options: dict[str, Any] = {"model": args.model, "pretrained": args.pretrained, "batch_size": args.batch_size,
                "shard_size": args.shard_size, "chunk_size": args.chunk_size,
                "decode_processes": args.decode_processes, "index_type": args.index_type, "shards_root": args.shards,
-               "memory_budget": args.memory_budget, "index_storage": args.index_storage,
+               "memory_budget": args.memory_budget,
+               "latency_target_ms": args.latency_target, "index_storage": args.index_storage,
                "dry_run": args.dry_run,
                "progress": not args.no_progress and not args.json and sys.stderr.isatty(),
                "beam_args": beam_args(args, extra)}  # fmt: skip
