@@ -8,6 +8,8 @@ pixels straight into a shared-memory buffer of the chunk, so only small metadata
 boundaries. The worker's threads share one pool (one per decoder configuration and process), and
 the one model copy stays in the worker.
 
+Each chunk's buffer is checked against the free space of ``/dev/shm`` first (containers often
+give it 64 MiB): without room for it the chunk is decoded in the worker's thread, with a warning.
 Pool processes start with ``forkserver`` (never ``fork``: the worker holds CUDA and threads). A
 pool process that dies (killed for memory, say) fails only the tasks in flight: they are decoded
 again in the worker's own thread and the pool is replaced.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -31,6 +34,7 @@ from pipeline.stages import EntryDecoder, ImageKey, Outcome, decode_entries
 
 log = logging.getLogger(__name__)
 PRELOAD = ["pipeline.stages", "open_clip", "torchvision.transforms"]
+SHM_DIR = "/dev/shm"
 TASK_SIZE = 16  # entries per task: enough to amortise the round trip, small enough to balance
 
 _POOLS: dict[tuple[Any, ...], DecodePool] = {}
@@ -85,6 +89,7 @@ class DecodePool:
         self.processes = processes
         self.users = 0
         self._lock = threading.Lock()
+        self._warned = False
         self._executor = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
@@ -99,7 +104,12 @@ class DecodePool:
         if not entries:
             return [], np.zeros((0, *local.shape), np.uint8)
         shape = local.shape
-        buffer = shared_memory.SharedMemory(create=True, size=len(entries) * int(np.prod(shape)))
+        size = len(entries) * int(np.prod(shape))
+        if shm_free() < 2 * size:  # writing past a full tmpfs kills the writer (SIGBUS): never try
+            self._warn_once(f"shared memory ({SHM_DIR}) has less than {2 * size >> 20} MiB free: decoding in "
+                            "the worker thread instead (a container needs e.g. docker run --shm-size=2g)")  # fmt: skip
+            return decode_entries(entries, local)
+        buffer = shared_memory.SharedMemory(create=True, size=size)
         try:
             with self._lock:
                 executor = self._executor
@@ -133,6 +143,11 @@ class DecodePool:
                 result.append(outcome)
         return result, batch
 
+    def _warn_once(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning(message)
+
     def _decode_here(
         self, part: Sequence[FileEntry], first: int, buffer: shared_memory.SharedMemory, local: EntryDecoder
     ) -> list[Any]:  # fmt: skip
@@ -161,6 +176,15 @@ class DecodePool:
     def close(self) -> None:
         with self._lock:
             self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def shm_free() -> int:
+    """Bytes free in the filesystem behind POSIX shared memory (``/dev/shm`` on Linux)."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return 1 << 62  # no such folder (not Linux): the system decides
+    return st.f_bavail * st.f_frsize
 
 
 def _key(decoder: EntryDecoder, processes: int) -> tuple[Any, ...]:

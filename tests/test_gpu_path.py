@@ -164,3 +164,24 @@ def test_a_dead_decode_process_costs_nothing(corpus, tiny_model):
 def test_cli_rejects_bad_decode_processes(cli, tmp_path, corpus, tiny_model):
     out = cli("index", str(corpus.root), "--home", tmp_path, "--model", tiny_model, "--decode-processes", "-1")
     assert out.code == 2 and "--decode-processes must be 0 or more" in out.err
+
+
+def test_no_room_in_shared_memory_decodes_in_the_worker(monkeypatch, corpus, tiny_model, caplog):
+    """A container's small /dev/shm: the chunk is decoded in the thread, with one warning."""
+    from pipeline import decode_pool
+    from pipeline.inputs import expand_inputs
+    from pipeline.stages import decode_entries
+
+    entries = expand_inputs([str(corpus.root)]).entries
+    config, local = _decoders(tiny_model)
+    want_outcomes, want = decode_entries(entries, local)
+    pool = decode_pool.DecodePool(config, 1)
+    monkeypatch.setattr(decode_pool, "shm_free", lambda: 1000)
+    caplog.set_level("WARNING", logger="pipeline.decode_pool")
+    try:
+        for _ in range(2):
+            got_outcomes, got = pool.decode(entries, local)
+            assert got_outcomes == want_outcomes and np.array_equal(got, want)
+    finally:
+        pool.close()
+    assert sum("shared memory" in r.getMessage() for r in caplog.records) == 1
