@@ -141,13 +141,10 @@ def plan_index(
             per_vector = exact_cost(d)
             estimate = n * per_vector
             exact_max = int(latency_ms / per_vector) if per_vector > 0 else n
-            choice = _plan_factory(n, d, memory_budget, None, exact_max, storage)
-            note = (f"exact search estimated at {estimate:.1f} ms a query "
-                    f"({'within' if choice.exact else 'over'} the {latency_ms:g} ms target)")  # fmt: skip
-            if choice.exact:
-                choice = replace(choice, reason=note)
-            elif not choice.reason.startswith("even PQ") and "budget" not in choice.reason:
-                choice = replace(choice, reason=f"{note}: inverted lists with 8-bit codes")
+            note = f"exact search estimated at {estimate:.1f} ms a query"
+            why = (f"{note} (within the {latency_ms:g} ms target)",
+                   f"{note} (over the {latency_ms:g} ms target): inverted lists with 8-bit codes")  # fmt: skip
+            choice = _plan_factory(n, d, memory_budget, None, exact_max, storage, why)
             return _placed(choice, n, d, memory_budget, storage, machine_memory, override)
     choice = _plan_factory(n, d, memory_budget, override, exact_max, storage)
     return _placed(choice, n, d, memory_budget, storage, machine_memory, override)
@@ -173,23 +170,27 @@ def _placed(
 
 
 def _plan_factory(
-    n: int, d: int, memory_budget: int | None, override: str | None, exact_max: int, storage: str
-) -> IndexChoice:
+    n: int, d: int, memory_budget: int | None, override: str | None, exact_max: int, storage: str,
+    why: tuple[str, str] | None = None,
+) -> IndexChoice:  # fmt: skip
     """The in-memory choice; for ``storage="auto"`` with a budget, one that falls back to on disk
-    (8-bit codes) instead of failing when even PQ codes exceed the budget."""
+    (8-bit codes) instead of failing when even PQ codes exceed the budget. ``why``: the reasons
+    given for exact search within ``exact_max`` and for inverted lists above it."""
+    within, over = why or (f"exact search: {n} vectors <= {exact_max}",
+                           f"{n} vectors > {exact_max}: inverted lists with 8-bit codes")  # fmt: skip
     if override:
         rerank = RERANK if "PQ" in override else 0
         return IndexChoice(override, "asked for with --index-type", _estimate(override, n, d), rerank=rerank,
                            train_size=_train_size(n, override))  # fmt: skip
     flat = n * d * 4 + n * 8
     if n <= exact_max and (memory_budget is None or flat <= memory_budget):
-        return IndexChoice("Flat", f"exact search: {n} vectors <= {exact_max}", flat)
+        return IndexChoice("Flat", within, flat)
     nlist = _nlist(n)
     sq8 = n * (d + 8) + nlist * d * 4
     sq8_choice = IndexChoice(f"IVF{nlist},SQ8", "", sq8, {"nprobe": 16}, train_size=_train_size(n, "IVF"))
     if memory_budget is None or sq8 <= memory_budget:
-        why = f"{n} vectors > {exact_max}: inverted lists with 8-bit codes" if n > exact_max else "Flat exceeds the budget"
-        return IndexChoice(sq8_choice.factory, why, sq8, sq8_choice.search, train_size=sq8_choice.train_size)
+        reason = over if n > exact_max else "Flat exceeds the budget"
+        return IndexChoice(sq8_choice.factory, reason, sq8, sq8_choice.search, train_size=sq8_choice.train_size)
     m = max(8, d // 8)
     while d % m:
         m -= 1
