@@ -36,9 +36,9 @@ from pipeline.runners import (
     DEFAULT_RUNNER,
     close_result,
     dask_cluster,
+    feeds_local_gpu,
     gpu_defaults,
     local_cluster,
-    normalize_args,
     pipeline_options,
 )
 from pipeline.stages import ChunkMeta, ImageKey, ReadDecodeFn, WriteShardFn
@@ -139,9 +139,8 @@ def local_gpu_config(config: PipelineConfig, device: str, chunks: int) -> tuple[
     entries are decoded in the worker's own thread unless ``decode_processes`` asks for a pool.
     """
     processes = config.decode_processes
-    auto = gpu_defaults(config.beam_args, device, chunks) != normalize_args(config.beam_args)
     if processes is None:
-        processes = (os.cpu_count() or 1) if auto else 0
+        processes = (os.cpu_count() or 1) if feeds_local_gpu(config.beam_args, device) else 0
     threads = POOL_THREADS if processes else None
     return replace(config, decode_processes=processes), gpu_defaults(config.beam_args, device, chunks, threads)
 

@@ -79,6 +79,16 @@ def is_dask(beam_args: Sequence[str]) -> bool:
     return _option_value(normalize_args(beam_args), "--runner") == DASK_RUNNER
 
 
+def feeds_local_gpu(beam_args: Sequence[str], device: str) -> bool:
+    """Whether the in-process runner feeds a GPU with worker threads left to vistag's choice."""
+    args = normalize_args(beam_args)
+    return (
+        str(device).startswith("cuda")
+        and _option_value(args, "--runner") == DEFAULT_RUNNER
+        and _option_value(args, "--direct_num_workers") is None
+    )
+
+
 def gpu_defaults(beam_args: Sequence[str], device: str, chunks: int, threads: int | None = None) -> list[str]:
     """``beam_args`` plus, for the in-process runner feeding a GPU, worker threads.
 
@@ -91,11 +101,7 @@ def gpu_defaults(beam_args: Sequence[str], device: str, chunks: int, threads: in
     ``--direct_num_workers`` is given.
     """
     args = normalize_args(beam_args)
-    if (
-        not str(device).startswith("cuda")
-        or _option_value(args, "--runner") != DEFAULT_RUNNER
-        or _option_value(args, "--direct_num_workers") is not None
-    ):
+    if not feeds_local_gpu(args, device):
         return args
     threads = max(1, min(threads or os.cpu_count() or 1, chunks))
     return [*args, f"--direct_num_workers={threads}", "--direct_running_mode=multi_threading"]
