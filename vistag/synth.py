@@ -288,6 +288,19 @@ def caption(shapes: Sequence[ShapeSpec], rng: np.random.Generator) -> str:
 
 # --------------------------------------------------------------------------- corpus
 
+def stretched(rng: np.random.Generator, side: int, fraction: float) -> tuple[int, int]:
+    """(width, height) of an image of base size ``side``: square, or, for a ``fraction`` of the
+    draws, 1.2-1.6 times wider or taller (the shapes stay inside the central square)."""
+    width = height = side
+    if rng.random() < fraction:
+        stretch = int(round(side * rng.uniform(1.2, 1.6)))
+        if rng.random() < 0.5:
+            width = stretch
+        else:
+            height = stretch
+    return width, height
+
+
 def make_corpus(
     directory,
     n: int,
@@ -320,13 +333,7 @@ def make_corpus(
     for i in range(n):
         fmt = str(formats[int(rng.integers(len(formats)))]).lower().lstrip(".")
         side = int(image_sizes[int(rng.integers(len(image_sizes)))])
-        width = height = side
-        if rng.random() < 0.25:
-            stretch = int(round(side * rng.uniform(1.2, 1.6)))
-            if rng.random() < 0.5:
-                width = stretch
-            else:
-                height = stretch
+        width, height = stretched(rng, side, 0.25)
         specs = [random_spec(rng, pool)]
         if two_shape_fraction > 0 and rng.random() < two_shape_fraction:
             while True:
