@@ -20,21 +20,14 @@ from pathlib import Path
 import faiss
 import numpy as np
 from autofaiss import build_index
-
-
-def _kib(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
+from bench_index import _reset_peak, _status  # numpy and the standard library only: fine under numpy<2
 
 
 def main() -> None:
     work, memory = Path(sys.argv[1]), sys.argv[2]
     xt, xi = np.load(work / "queries-text.npy"), np.load(work / "queries-image.npy")
     truth = {"text": np.load(work / "truth-text.npy"), "image": np.load(work / "truth-image.npy")}
-    Path("/proc/self/clear_refs").write_text("5")
-    rss0 = _kib("VmRSS")
+    rss0 = _reset_peak()
     start = time.perf_counter()
     index, infos = build_index(
         embeddings=str(work / "embeddings"), index_path=str(work / "autofaiss.index"),
@@ -42,7 +35,7 @@ def main() -> None:
         current_memory_available="16G", metric_type="ip", max_index_query_time_ms=10, verbose=30,
     )  # fmt: skip
     build = time.perf_counter() - start
-    peak = _kib("VmHWM")
+    peak = _status("VmHWM")
     recall = {}
     for kind, xq in (("text", xt), ("image", xi)):
         got = index.search(xq, 10)[1]
