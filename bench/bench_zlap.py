@@ -40,6 +40,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from query.zlap import ZLaPInductive, build_graph, propagate_labels  # noqa: E402
+from vistag import faiss_gpu  # noqa: E402
 
 GB = 1 << 30
 
@@ -136,15 +137,16 @@ def image_knn(
     """Image-vs-image kNN (self included): exact ``faiss.knn`` or IVF-Flat; returns ((D, I), facts)."""
     import faiss
 
-    if mode == "exact":
-        return faiss.knn(x, x, k, metric=faiss.METRIC_INNER_PRODUCT), {}
+    if mode.startswith("exact"):  # as vistag's graph: on the GPU where FAISS has one
+        return faiss_gpu.knn(x, x, k), {}
     nlist = args.nlist or int(4 * np.sqrt(len(x)))
     nprobe = min(args.nprobe, nlist)
     quantizer = faiss.IndexFlatIP(x.shape[1])
     index = faiss.IndexIVFFlat(quantizer, x.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
     n_train = min(len(x), 40 * nlist)
     t0 = time.perf_counter()
-    index.train(x[np.sort(np.random.default_rng(0).choice(len(x), n_train, replace=False))])
+    with faiss_gpu.ivf_training(index):
+        index.train(x[np.sort(np.random.default_rng(0).choice(len(x), n_train, replace=False))])
     train_s = time.perf_counter() - t0
     index.add(x)
     index.nprobe = nprobe
@@ -225,7 +227,11 @@ def run_case(n: int, c: int, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     x, q, t, y, _ = synth(n, args.queries, c, args.dim, args.seed)
     synth_s = time.perf_counter() - t0
-    mode = args.graph_knn if args.graph_knn != "auto" else ("exact" if n <= args.ivf_above else "ivf")
+    exact = n <= args.ivf_above or faiss_gpu.exact_graph_on_gpu(n)  # as vistag's graph (indexer.graph)
+    mode = args.graph_knn if args.graph_knn != "auto" else ("exact" if exact else "ivf")
+    if mode == "exact" and faiss_gpu.use_gpu():
+        mode = "exact-gpu"
+
     ((dist, idx), ivf), knn_s, knn_gb, knn_up = measure(lambda: image_knn(x, min(args.k, n), mode, args))
     lap, asm_s, asm_gb, asm_up = measure(lambda: build_graph(x, t, k=args.k, knn=(dist, idx)))
     solve = lambda: propagate_labels(lap, c, chunk=args.chunk, workers=args.workers, return_info=True)  # noqa: E731
@@ -274,7 +280,7 @@ def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> N
 
 
 LEGEND = """\
-knn_s          image kNN graph alone (faiss; 'exact' = faiss.knn, 'ivf' = IVF-Flat: train + add + search)
+knn_s          image kNN graph alone (faiss; 'exact' = faiss.knn ('exact-gpu': on the GPU), 'ivf' = IVF-Flat: train + add + search)
 graph_s/GB     kNN + image->text kNN + assembly of L
 trans_s/GB     transductive solve, all C classes, block CG (cg_it = max CG iterations)
 pre_s          sparse-inductive precompute solve (streamed argmax); fit_s = fit incl. graph assembly

@@ -5,7 +5,9 @@ Computed from the version's own vectors and index, then stored beside it as
 never touched), so later tag runs on the same version reuse it. Exact inner-product search
 (``faiss.knn``) when the version's index is exact (``Flat``, up to ``EXACT_MAX`` vectors: an
 exact all-pairs search of 100k x 512-d takes about a minute on 2 cores), the version's own ANN
-index (HNSW, IVF) above: the propagation graph then has the ANN index's recall. ANN candidates
+index (HNSW, IVF) above: the propagation graph then has the ANN index's recall. Where FAISS has
+a GPU (:mod:`vistag.faiss_gpu`) the graph is exact up to ``GPU_EXACT_MAX`` images whatever the
+index, brute force on the GPU. ANN candidates
 (``k`` times the version's re-rank factor, at most ``10 k``) are re-scored exactly with the
 vectors (SQ8/PQ codes only approximate the similarities), each image is put first as its own
 neighbour (as exact search does, and as ZLaP's graph expects), and rows are searched
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from indexer.index import IndexVersion
+from vistag import faiss_gpu
 
 GRAPH_K = 10
 SEARCH_ROWS = 65_536  # images searched in the ANN index at once
@@ -59,11 +62,9 @@ def knn_graph(version: IndexVersion, ids: np.ndarray, xb: np.ndarray, k: int = G
 
 
 def _compute(version: IndexVersion, ids: np.ndarray, xb: np.ndarray, k: int) -> KnnGraph:
-    import faiss
-
     xb = np.ascontiguousarray(xb, dtype=np.float32)
-    if version.manifest["index_type"] == "Flat":
-        D, I = faiss.knn(xb, xb, k, metric=faiss.METRIC_INNER_PRODUCT)
+    if version.manifest["index_type"] == "Flat" or faiss_gpu.exact_graph_on_gpu(len(ids)):
+        D, I = faiss_gpu.knn(xb, xb, k)
         return KnnGraph(ids, D.astype(np.float32), I.astype(np.int64))
     index = version.load()
     n = len(ids)

@@ -36,6 +36,7 @@ from indexer.catalog import Catalog
 from indexer.home import Home
 from indexer.planner import IndexChoice
 from pipeline import shards
+from vistag import faiss_gpu
 from vistag.errors import IndexNotFound, InputError, ModelMismatch
 from vistag.models import ModelIdentity
 
@@ -50,7 +51,8 @@ def build_index(xb: np.ndarray, ids: np.ndarray, index_type: str) -> Any:
     """Build an inner-product index over ``xb`` (n, d) float32 with int64 ``ids`` (n,), in memory."""
     index = empty_index(int(xb.shape[1]), index_type)
     if not index.is_trained:
-        index.train(np.ascontiguousarray(xb, dtype=np.float32))
+        with faiss_gpu.ivf_training(index):
+            index.train(np.ascontiguousarray(xb, dtype=np.float32))
     if len(xb):
         index.add_with_ids(np.ascontiguousarray(xb, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
     return index
@@ -105,7 +107,8 @@ def build_from_chunks(
         if not len(xt):
             raise InputError(f"cannot train {choice.factory} without vectors")
         try:
-            index.train(xt)
+            with faiss_gpu.ivf_training(index):  # the coarse k-means on the GPU where FAISS has one
+                index.train(xt)
         except RuntimeError as err:
             reason = str(err).splitlines()[-1].split("Error: ")[-1]
             raise InputError(f"cannot train {choice.factory} on {len(xt)} vectors: {reason}") from err

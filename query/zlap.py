@@ -33,6 +33,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
+from vistag import faiss_gpu
 from vistag.errors import VistagError
 
 __all__ = [
@@ -181,10 +182,9 @@ def _check_knn(knn: object, n_rows: int, width: int, n_db: int) -> KnnPair:
 
 
 def _knn(xq: np.ndarray, xb: np.ndarray, k: int) -> KnnPair:
-    """Exact inner-product kNN: (D, I) of shape (len(xq), k), float64 and int64."""
-    import faiss  # lazy: no import-time work
-
-    dist, idx = faiss.knn(xq, xb, k, metric=faiss.METRIC_INNER_PRODUCT)
+    """Exact inner-product kNN: (D, I) of shape (len(xq), k), float64 and int64 (on the GPU where
+    FAISS has one, see :mod:`vistag.faiss_gpu`)."""
+    dist, idx = faiss_gpu.knn(xq, xb, k)
     return dist.astype(np.float64), idx.astype(np.int64)
 
 
