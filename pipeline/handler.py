@@ -6,6 +6,11 @@ things a handler does: ``load_model`` builds the model once per worker process (
 threads and bundles by RunInference), ``run_inference`` turns pixels into L2-normalised
 embeddings.
 
+On a machine with several GPUs (device ``cuda`` with no index, and more than one visible), the
+process holds one model copy per GPU (:class:`Replicas`): each chunk goes to a copy whose GPU is
+free, so the worker threads keep every GPU busy. ``cuda:N`` pins the run to one GPU;
+``CUDA_VISIBLE_DEVICES`` chooses which GPUs are seen.
+
 Each example is a whole chunk of images, (N, 3, H, W) uint8, already batched by the stage before,
 so the job runs it with ``with_no_batching()``: RunInference applies no ``BatchElements`` and nothing
 is ever buffered until the end of a bundle (Beam's Dask runner drops what a DoFn emits from
@@ -16,6 +21,7 @@ is ever buffered until the end of a bundle (Beam's Dask runner drops what a DoFn
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -24,7 +30,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from vistag.errors import ModelMismatch
-from vistag.models import LoadedModel, ModelIdentity, load_model
+from vistag.models import LoadedModel, ModelIdentity, load_model, pick_device
 
 CPU_BATCH_SIZE = 32
 GPU_BATCH_SIZE = 256
@@ -32,9 +38,45 @@ GPU_BATCH_SIZE = 256
 # others keep decoding while one thread feeds the GPU, and activations are never held twice.
 _GPU_LOCKS: dict[int, threading.Lock] = {}
 _GPU_LOCKS_GUARD = threading.Lock()
+_LOCK_TYPE = type(_GPU_LOCKS_GUARD)
 
 
-class OpenClipImageHandler(ModelHandler[np.ndarray, PredictionResult, LoadedModel]):
+class Replicas:
+    """One model copy per device, each used by one thread at a time where it is a GPU."""
+
+    def __init__(self, models: Sequence[LoadedModel]):
+        if not models:
+            raise ValueError("Replicas needs at least one model")
+        self.models = list(models)
+        self._turn = itertools.count()
+
+    @property
+    def device(self) -> str:
+        return self.models[0].device
+
+    def pick(self) -> LoadedModel:
+        """A copy whose GPU lock is free right now, else the next in turn (one copy: that one)."""
+        if len(self.models) == 1:
+            return self.models[0]
+        start = next(self._turn)
+        order = [self.models[(start + i) % len(self.models)] for i in range(len(self.models))]
+        for model in order:
+            if not _busy(model):
+                return model
+        return order[0]
+
+
+def replica_devices(device: str) -> list[str]:
+    """The devices that get a model copy: every visible GPU for ``cuda`` (no index), else ``device``."""
+    if device != "cuda":
+        return [device]
+    import torch
+
+    count = torch.cuda.device_count()
+    return [f"cuda:{i}" for i in range(count)] if count > 1 else [device]
+
+
+class OpenClipImageHandler(ModelHandler[np.ndarray, PredictionResult, Replicas]):
     """Embeds chunks of pixels (N, 3, H, W) uint8 into (N, D) float32 rows with an OpenCLIP image tower."""
 
     def __init__(self, identity: ModelIdentity, *, batch_size: int | None = None, device: str | None = None):
@@ -44,18 +86,25 @@ class OpenClipImageHandler(ModelHandler[np.ndarray, PredictionResult, LoadedMode
         self._device = device
         self._normalize: Callable[[Any], Any] | None = None
 
-    def load_model(self) -> LoadedModel:
+    def load_model(self) -> Replicas:
         identity = ModelIdentity.from_dict(self._identity_dict)
-        loaded = load_model(identity.spec(), self._device)
-        if loaded.identity.key != identity.key:
-            raise ModelMismatch(
-                f"worker loaded {loaded.identity.model} with key {loaded.identity.key}, "
-                f"expected {identity.key}: the model files changed during the run"
-            )
-        return loaded
+        models = []
+        for device in self.devices():
+            loaded = load_model(identity.spec(), device)
+            if loaded.identity.key != identity.key:
+                raise ModelMismatch(
+                    f"worker loaded {loaded.identity.model} with key {loaded.identity.key}, "
+                    f"expected {identity.key}: the model files changed during the run"
+                )
+            models.append(loaded)
+        return Replicas(models)
+
+    def devices(self) -> list[str]:
+        """The devices this worker process loads a model copy on (see :func:`replica_devices`)."""
+        return replica_devices(pick_device(self._device))
 
     def run_inference(
-        self, batch: Sequence[np.ndarray], model: LoadedModel, inference_args: dict[str, Any] | None = None
+        self, batch: Sequence[np.ndarray], model: Replicas, inference_args: dict[str, Any] | None = None
     ) -> Iterable[PredictionResult]:
         if self._normalize is None:
             from pipeline.preprocess import split_transform
@@ -63,7 +112,9 @@ class OpenClipImageHandler(ModelHandler[np.ndarray, PredictionResult, LoadedMode
             self._normalize = split_transform(ModelIdentity.from_dict(self._identity_dict)).normalize
         dim = int(self._identity_dict["embed_dim"])
         size = self._batch_size or default_batch_size(model.device)
-        return [PredictionResult(None, encode_pixels(model, pixels, self._normalize, size, dim)) for pixels in batch]
+        return [
+            PredictionResult(None, encode_pixels(model.pick(), pixels, self._normalize, size, dim)) for pixels in batch
+        ]
 
     def batch_elements_kwargs(self) -> dict[str, int]:
         # Each example is a chunk already; were this handler ever batched, each batch holds one
@@ -122,6 +173,12 @@ def _device_lock(model: LoadedModel) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
     with _GPU_LOCKS_GUARD:
         return _GPU_LOCKS.setdefault(id(model.model), threading.Lock())
+
+
+def _busy(model: LoadedModel) -> bool:
+    """Whether another thread is running ``model`` on its GPU now (a CPU model is never busy)."""
+    lock = _device_lock(model)
+    return isinstance(lock, _LOCK_TYPE) and lock.locked()
 
 
 def encode_images(model: LoadedModel, batch: Sequence[Any]) -> np.ndarray:

@@ -28,7 +28,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunIn
 
 from pipeline import shards
 from pipeline.decode import DEFAULT_MAX_PIXELS
-from pipeline.handler import OpenClipImageHandler
+from pipeline.handler import OpenClipImageHandler, replica_devices
 from pipeline.inputs import expand_inputs
 from pipeline.progress import shard_progress
 from pipeline.runners import (
@@ -141,7 +141,7 @@ def local_gpu_config(config: PipelineConfig, device: str, chunks: int) -> tuple[
     processes = config.decode_processes
     if processes is None:
         processes = (os.cpu_count() or 1) if feeds_local_gpu(config.beam_args, device) else 0
-    threads = POOL_THREADS if processes else None
+    threads = max(POOL_THREADS, 2 * len(replica_devices(device))) if processes else None  # 2 per model copy at least
     return replace(config, decode_processes=processes), gpu_defaults(config.beam_args, device, chunks, threads)
 
 

@@ -185,3 +185,73 @@ def test_no_room_in_shared_memory_decodes_in_the_worker(monkeypatch, corpus, tin
     finally:
         pool.close()
     assert sum("shared memory" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_replica_devices_one_copy_per_visible_gpu(monkeypatch):
+    from pipeline.handler import replica_devices
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert replica_devices("cuda") == ["cuda:0", "cuda:1", "cuda:2"]
+    assert replica_devices("cuda:1") == ["cuda:1"]  # pinned to one GPU
+    assert replica_devices("cpu") == ["cpu"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert replica_devices("cuda") == ["cuda"]
+
+
+def test_replicas_hand_a_chunk_to_a_free_gpu():
+    from pipeline.handler import Replicas, _device_lock
+    from vistag.models import LoadedModel
+
+    identity = None
+    gpus = [LoadedModel(torch.nn.Linear(1, 1), None, None, identity, f"cuda:{i}") for i in range(3)]
+    replicas = Replicas(gpus)
+    assert replicas.device == "cuda:0"
+    assert {id(replicas.pick()) for _ in range(6)} == {id(m) for m in gpus}  # all free: in turn
+    with _device_lock(gpus[0]), _device_lock(gpus[2]):
+        assert all(replicas.pick() is gpus[1] for _ in range(5))  # the only free one
+        with _device_lock(gpus[1]):
+            assert replicas.pick() in gpus  # all busy: one of them, in turn
+    with pytest.raises(ValueError):
+        Replicas([])
+
+
+def test_more_worker_threads_for_more_model_copies(monkeypatch):
+    from pipeline.job import POOL_THREADS, PipelineConfig, local_gpu_config
+
+    monkeypatch.setattr("os.cpu_count", lambda: 32)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    config = PipelineConfig(worklist="w", total=100, output="o", model={})
+    _, args = local_gpu_config(config, "cuda", 100)
+    assert "--direct_num_workers=16" in args  # two chunks in flight per GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    _, args = local_gpu_config(config, "cuda", 100)
+    assert f"--direct_num_workers={POOL_THREADS}" in args
+
+
+def test_two_model_copies_share_the_chunks_and_embed_what_one_does(tmp_path, corpus, tiny_model, monkeypatch):
+    """A process with two model copies (as on a 2-GPU machine; here two CPU copies) sends chunks
+    to both and stores exactly the vectors of a one-copy run."""
+    import pipeline.handler as handler
+    from vistag import models
+
+    threads = ("--direct_num_workers=2", "--direct_running_mode=multi_threading")
+    with Archive(tmp_path / "one", device="cpu") as archive:
+        archive.index([corpus.root], model=tiny_model, batch_size=4, chunk_size=8, beam_args=threads)
+        one = _embeddings(archive)
+    used: list[int] = []
+    real_encode = handler.encode_pixels
+
+    def encode(model, *args):
+        used.append(id(model.model))
+        return real_encode(model, *args)
+
+    monkeypatch.setattr(handler, "replica_devices", lambda device: [device, device])
+    monkeypatch.setattr(handler, "load_model", lambda spec, device: models._load(spec, device))  # fresh copies
+    monkeypatch.setattr(handler, "encode_pixels", encode)
+    with Archive(tmp_path / "two", device="cpu") as archive:
+        archive.index([corpus.root], model=tiny_model, batch_size=4, chunk_size=8, beam_args=threads)
+        two = _embeddings(archive)
+    assert len(set(used)) == 2 and len(used) >= 3  # several chunks, and both copies embedded some
+    assert two.keys() == one.keys()
+    for uri, vec in one.items():
+        np.testing.assert_allclose(two[uri], vec, atol=1e-6)
