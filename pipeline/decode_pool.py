@@ -17,11 +17,12 @@ again in the worker's own thread and the pool is replaced.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import shared_memory
@@ -173,9 +174,30 @@ class DecodePool:
                 broken.shutdown(wait=False, cancel_futures=True)
                 self._executor = self._start()
 
+    def prewarm(self) -> threading.Thread:
+        """Start the fork server and every process in a background thread, so their imports and
+        set-up overlap the runner's start and the model's load instead of delaying the first chunk."""
+
+        def start() -> None:
+            with self._lock:
+                executor = self._executor
+            try:
+                for future in [executor.submit(_ready) for _ in range(self.processes)]:
+                    future.result()
+            except Exception as err:  # noqa: BLE001 - closed or broken meanwhile: the run handles it
+                log.debug("decode pool prewarm stopped: %s", err)
+
+        thread = threading.Thread(target=start, name="vistag-decode-prewarm", daemon=True)
+        thread.start()
+        return thread
+
     def close(self) -> None:
         with self._lock:
             self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _ready() -> int:
+    return os.getpid()
 
 
 def shm_free() -> int:
@@ -212,3 +234,15 @@ def release_pool(pool: DecodePool) -> None:
             if value is pool:
                 del _POOLS[key]
     pool.close()
+
+
+@contextlib.contextmanager
+def prewarmed(decoder: EntryDecoder, processes: int) -> Iterator[DecodePool]:
+    """Hold ``decoder``'s pool for the block, started at once in the background (see
+    :meth:`DecodePool.prewarm`): an in-process run's decode steps then find it ready."""
+    pool = acquire_pool(decoder, processes)
+    pool.prewarm()
+    try:
+        yield pool
+    finally:
+        release_pool(pool)

@@ -19,7 +19,7 @@ import argparse
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -38,10 +38,11 @@ from pipeline.runners import (
     dask_cluster,
     feeds_local_gpu,
     gpu_defaults,
+    is_in_process,
     local_cluster,
     pipeline_options,
 )
-from pipeline.stages import ChunkMeta, ImageKey, ReadDecodeFn, WriteShardFn
+from pipeline.stages import ChunkMeta, EntryDecoder, ImageKey, ReadDecodeFn, WriteShardFn
 from pipeline.worklist import (
     DEFAULT_CHUNK_SIZE,
     WORKLIST_FILE,
@@ -174,11 +175,25 @@ def run_config(
             _finish(test_pipeline.run(), config.timeout_s)
         else:
             config, beam_args = local_gpu_config(config, pick_device(config.device), len(chunks.chunks))
-            with dask_cluster(beam_args) as args:
+            with dask_cluster(beam_args) as args, _prewarmed_pool(config, args):
                 p = beam.Pipeline(options=pipeline_options(args))
                 build(p, config, chunks=chunks, handler=handler)
                 _finish(p.run(), config.timeout_s)
     return shards.list_shards(config.output)
+
+
+@contextlib.contextmanager
+def _prewarmed_pool(config: PipelineConfig, beam_args: Sequence[str]) -> Iterator[None]:
+    """On the in-process runner, the run's decode pool started before the pipeline (see
+    :func:`pipeline.decode_pool.prewarmed`); elsewhere the workers start their own."""
+    if not config.decode_processes or not is_in_process(beam_args):
+        yield
+        return
+    from pipeline.decode_pool import prewarmed
+
+    decoder = EntryDecoder(config.model, config.known_hashes_file, config.max_pixels)
+    with prewarmed(decoder, config.decode_processes):
+        yield
 
 
 def _parser() -> argparse.ArgumentParser:

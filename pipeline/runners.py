@@ -79,6 +79,11 @@ def is_dask(beam_args: Sequence[str]) -> bool:
     return _option_value(normalize_args(beam_args), "--runner") == DASK_RUNNER
 
 
+def is_in_process(beam_args: Sequence[str]) -> bool:
+    """Whether ``beam_args`` choose the in-process runner (the default)."""
+    return _option_value(normalize_args(beam_args), "--runner") == DEFAULT_RUNNER
+
+
 def feeds_local_gpu(beam_args: Sequence[str], device: str) -> bool:
     """Whether the in-process runner feeds a GPU with worker threads left to vistag's choice."""
     args = normalize_args(beam_args)

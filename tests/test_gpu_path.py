@@ -6,6 +6,8 @@ default produces exactly what the single-threaded one does; with one, the CUDA t
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -255,3 +257,50 @@ def test_two_model_copies_share_the_chunks_and_embed_what_one_does(tmp_path, cor
     assert two.keys() == one.keys()
     for uri, vec in one.items():
         np.testing.assert_allclose(two[uri], vec, atol=1e-6)
+
+
+def test_prewarmed_pool_is_started_before_the_first_chunk_and_closed_after(corpus, tiny_model):
+    from pipeline import decode_pool
+    from pipeline.inputs import expand_inputs
+    from pipeline.stages import decode_entries
+
+    config, local = _decoders(tiny_model)
+    with decode_pool.prewarmed(config, 2) as pool:
+        assert decode_pool.acquire_pool(config, 2) is pool  # what the job's decode step gets
+        deadline = time.monotonic() + 60
+        while len(pool._executor._processes or {}) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(pool._executor._processes) == 2  # up with no chunk submitted
+        entries = expand_inputs([str(corpus.root)]).entries
+        got, pixels = pool.decode(entries, local)
+        decode_pool.release_pool(pool)
+        want, want_pixels = decode_entries(entries, local)
+        assert got == want
+        np.testing.assert_array_equal(pixels, want_pixels)
+        assert decode_pool._POOLS  # still held by the block
+    assert not decode_pool._POOLS  # the last user closed it
+
+
+def test_job_prewarms_the_pool_only_on_the_in_process_runner(monkeypatch):
+    import contextlib
+
+    from pipeline import decode_pool, job
+
+    started = []
+
+    @contextlib.contextmanager
+    def fake(decoder, processes):
+        started.append(processes)
+        yield
+
+    monkeypatch.setattr(decode_pool, "prewarmed", fake)
+    config = job.PipelineConfig(worklist="w", total=1, output="o", model={"key": "k"}, decode_processes=3)
+    for args, want in [([], [3]), (["--runner=DirectRunner"], []), (["--runner=DataflowRunner"], [])]:
+        started.clear()
+        with job._prewarmed_pool(config, args):
+            pass
+        assert started == want, args
+    started.clear()
+    with job._prewarmed_pool(job.replace(config, decode_processes=0), []):
+        pass
+    assert started == []
