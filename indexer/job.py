@@ -20,6 +20,7 @@ from pipeline import shards
 from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.inputs import FileEntry, expand_inputs
 from pipeline.job import DEFAULT_CHUNK_SIZE, KNOWN_HASHES_FILE, PipelineConfig, run_config, write_worklist
+from vistag import faiss_gpu
 from vistag.errors import EmptyCorpus, IndexNotFound, PipelineError
 from vistag.faults import crash_point
 from vistag.models import ModelIdentity, load_model, parse_model_spec
@@ -83,6 +84,7 @@ def run_index(home: Home, config: IndexConfig) -> IndexResult:
 
 
 def _run_locked(home: Home, catalog: Catalog, config: IndexConfig) -> IndexResult:
+    faiss_on_gpu = faiss_gpu.use_gpu()  # a bad VISTAG_FAISS_GPU stops the run before any work
     identity = load_model(parse_model_spec(config.model, config.pretrained), "cpu").identity
     model_id = catalog.model_id(identity)
     if not config.dry_run:
@@ -93,7 +95,8 @@ def _run_locked(home: Home, catalog: Catalog, config: IndexConfig) -> IndexResul
         live = len(plan.unchanged) + len(plan.work) - len(plan.missing)
         choice = plan_index(max(live, 0), identity.embed_dim, memory_budget=config.memory_budget, override=config.index_type,
                             storage=config.index_storage, latency_ms=config.latency_target_ms)  # fmt: skip
-        return IndexResult(plan, index_plan=choice.describe())
+        where = f"; FAISS on {faiss_gpu.gpu_count()} GPU(s)" if faiss_on_gpu and not choice.exact else ""
+        return IndexResult(plan, index_plan=choice.describe() + where)
     if not listing.entries and not catalog.image_states():
         raise EmptyCorpus(f"no image files found in {', '.join(config.inputs)}")
     run_id = catalog.start_run("index", model_id, {"inputs": config.inputs, "model": identity.model})

@@ -40,6 +40,16 @@ def test_plan_rules():
     assert "re-rank" in tight.describe() and "MiB" in big.describe()
 
 
+def test_plan_says_why_not_hnsw():
+    big = plan_index(1_000_000, 512)
+    assert big.passed_over.startswith("HNSW32") and "text queries" in big.passed_over
+    assert "; not HNSW32" in big.describe()
+    budget = plan_index(1_000_000, 512, memory_budget=800 * 2**20)  # SQ8 fits, HNSW's vectors do not
+    assert budget.factory.endswith("SQ8") and "exceed the memory budget" in budget.passed_over
+    assert plan_index(50_000, 512).passed_over == ""  # exact: nothing was weighed against it
+    assert plan_index(10, 512, override="HNSW32,Flat").passed_over == ""
+
+
 @pytest.mark.parametrize("factory", ["IVF128,SQ8", "HNSW16,Flat"])
 def test_tuning_reaches_target_recall_for_text_and_image_queries(factory):
     xb, xt, xi = synthetic()
