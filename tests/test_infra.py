@@ -6,6 +6,7 @@ import configparser
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -62,7 +63,23 @@ def test_beam_option_files(name, runner):
 
 
 def test_local_multiprocess_options_really_run(corpus, tiny_model, tmp_path, cli):
-    res = cli("index", corpus.root, "--home", tmp_path / "home", "--model", tiny_model,
+    """Two SDK worker processes (as on a distributed runner: pickled steps, a model per process)
+    store what the default in-process run stores."""
+    from indexer import index as versions
+    from query.tagging import corpus_matrix
+    from vistag import Archive
+
+    res = cli("index", corpus.root, "--home", tmp_path / "home", "--model", tiny_model, "--chunk-size", "8",
               f"@{INFRA / 'beam' / 'local-multiprocess.args'}", "--json")  # fmt: skip
     assert res.code == 0, res.err
     assert res.json()["embedded"] == len(corpus.good) and res.json()["failed"] == len(corpus.bad)
+    assert cli("index", corpus.root, "--home", tmp_path / "one", "--model", tiny_model, "--json").code == 0
+    vectors = []
+    for home in ("home", "one"):
+        with Archive(tmp_path / home) as archive:
+            ids, xb = corpus_matrix(archive.home, archive.catalog, versions.current_version(archive.home))
+            uris = {r["id"]: r["uri"] for r in archive.catalog.images(ids.tolist(), status=None)}
+            vectors.append({uris[i]: x for i, x in zip(ids.tolist(), xb, strict=True)})
+    assert vectors[0].keys() == vectors[1].keys() and len(vectors[0]) == len(corpus.good)
+    for uri, x in vectors[1].items():
+        np.testing.assert_allclose(vectors[0][uri], x, atol=1e-6)
