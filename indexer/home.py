@@ -7,6 +7,7 @@ Layout::
     HOME/index/<model key>/v<NNNNNN>/    index versions (index.faiss + manifest.json)
     HOME/index/CURRENT                   pointer to the published version, replaced atomically
     HOME/lock                            held (flock) by the one writer
+    HOME/models/identities.json          model identities by spec and weights (see vistag.models.model_identity)
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ class Home:
     @property
     def current_pointer(self) -> Path:
         return self.index_root / "CURRENT"
+
+    @property
+    def model_identities(self) -> Path:
+        """Identities of models used here, so a run with nothing to embed builds no model."""
+        return self.root / "models" / "identities.json"
 
     @property
     def lock_path(self) -> Path:

@@ -23,7 +23,7 @@ from pipeline.job import DEFAULT_CHUNK_SIZE, KNOWN_HASHES_FILE, PipelineConfig, 
 from vistag import faiss_gpu
 from vistag.errors import EmptyCorpus, IndexNotFound, PipelineError
 from vistag.faults import crash_point
-from vistag.models import ModelIdentity, load_model, parse_model_spec
+from vistag.models import ModelIdentity, model_identity, parse_model_spec
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ def run_index(home: Home, config: IndexConfig) -> IndexResult:
 
 def _run_locked(home: Home, catalog: Catalog, config: IndexConfig) -> IndexResult:
     faiss_on_gpu = faiss_gpu.use_gpu()  # a bad VISTAG_FAISS_GPU stops the run before any work
-    identity = load_model(parse_model_spec(config.model, config.pretrained), "cpu").identity
+    spec = parse_model_spec(config.model, config.pretrained)
+    identity = model_identity(spec, home.model_identities, record=not config.dry_run)
     model_id = catalog.model_id(identity)
     if not config.dry_run:
         recover(home, catalog)

@@ -68,3 +68,50 @@ def test_changed_local_weights_change_the_key(tmp_path):
     a = load_model(parse_model_spec("local-dir:" + str(make_tiny_model(tmp_path / "a", seed=1))), "cpu")
     b = load_model(parse_model_spec("local-dir:" + str(make_tiny_model(tmp_path / "b", seed=2))), "cpu")
     assert a.identity.key != b.identity.key
+
+
+def test_identity_cache_skips_building_the_model_until_the_weights_change(tmp_path, monkeypatch):
+    import shutil
+
+    from tests.conftest import make_tiny_model
+    from vistag import models
+
+    folder = make_tiny_model(tmp_path / "m", seed=3)
+    spec = parse_model_spec("local-dir:" + str(folder))
+    builds = []
+    real = models._load
+    monkeypatch.setattr(models, "_load", lambda s, d: builds.append(s) or real(s, d))
+    monkeypatch.setattr(models, "_CACHE", {})  # the process's own model cache would hide builds
+    cache = tmp_path / "home" / "models" / "identities.json"
+    dry = models.model_identity(spec, cache, record=False)
+    assert len(builds) == 1 and not cache.exists()  # a dry run writes nothing
+    first = models.model_identity(spec, cache)
+    assert first == dry and cache.exists()
+    models._CACHE.clear()
+    again = models.model_identity(spec, cache)
+    assert len(builds) == 1 and again == first and again.key == first.key  # from the file: no build
+    # other weights in the same folder: another fingerprint, so the model is built again
+    other = make_tiny_model(tmp_path / "other", seed=4)
+    for weights in other.glob("*.safetensors"):
+        shutil.copy(weights, folder / weights.name)
+    models._CACHE.clear()
+    changed = models.model_identity(spec, cache)
+    assert len(builds) == 2 and changed.key != first.key
+    cache.write_text("{not json")  # a damaged cache is rebuilt, never an error
+    models._CACHE.clear()
+    assert models.model_identity(spec, cache) == changed and len(builds) == 3
+
+
+def test_no_change_index_run_builds_no_model(tmp_path, corpus, tiny_model, monkeypatch):
+    from vistag import Archive, models
+
+    with Archive(tmp_path / "home", device="cpu") as archive:
+        archive.index([corpus.root], model=tiny_model)
+    builds = []
+    real = models._load
+    monkeypatch.setattr(models, "_load", lambda s, d: builds.append(s) or real(s, d))
+    monkeypatch.setattr(models, "_CACHE", {})
+    with Archive(tmp_path / "home", device="cpu") as archive:
+        result = archive.index([corpus.root], model=tiny_model)
+    assert result.embedded == 0 and result.plan.counts()["new"] == 0 and result.plan.counts()["unchanged"] > 0
+    assert builds == []

@@ -194,6 +194,40 @@ def _fingerprint(spec: ModelSpec) -> str:
     return digest.hexdigest()[:16] if paths else ""
 
 
+def model_identity(spec: ModelSpec, cache_file: Path | None = None, record: bool = True) -> ModelIdentity:
+    """``spec``'s identity without building the model when ``cache_file`` (JSON) already holds it
+    for the same spec, weights fingerprint and OpenCLIP version; else the model is loaded on the
+    CPU once and its identity recorded there. A run with nothing to embed (a nightly re-index of
+    an unchanged archive) then never builds a model: ViT-L-14 takes over 5 s and 1.7 GB to build
+    on a CPU. Workers still check the identity of the model they load against this one.
+    ``record=False`` reads the cache but never writes it (a dry run changes nothing)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        open_clip_version = version("open_clip_torch")
+    except PackageNotFoundError:
+        open_clip_version = "?"
+    key = json.dumps([spec.schema, spec.name, spec.pretrained, _fingerprint(spec), open_clip_version])
+    cached: dict[str, Any] = {}
+    if cache_file is not None:
+        try:
+            cached = json.loads(cache_file.read_text())
+            return ModelIdentity.from_dict(cached[key])
+        except (OSError, ValueError, KeyError, TypeError):
+            cached = cached if isinstance(cached, dict) else {}
+    identity = load_model(spec, "cpu").identity
+    if cache_file is not None and record:
+        cached[key] = identity.to_dict()
+        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(cached, indent=1, sort_keys=True))
+            os.replace(tmp, cache_file)
+        except OSError:  # a read-only home still runs; it just builds the model next time too
+            tmp.unlink(missing_ok=True)
+    return identity
+
+
 @dataclass
 class LoadedModel:
     """An OpenCLIP model ready for inference, with its transform, tokenizer and identity."""
