@@ -227,17 +227,21 @@ class Catalog:
         return out
 
     def images(self, ids: Sequence[int] | None = None, status: str | None = "indexed") -> list[dict[str, Any]]:
-        """Image rows by id (in the given order) or all of them, optionally of one status."""
+        """Image rows by id (in the given order) or all of them, optionally of one status.
+
+        By id, the status is checked on the rows found rather than in SQL: PostgreSQL, with
+        statistics older than a bulk insert, otherwise intersects the primary key with a scan of
+        the status index over every image (0.9 ms a search at 50,000 images, growing with them)."""
         query = sa.select(t.images)
-        if status:
-            query = query.where(t.images.c.status == status)
         with self.engine.connect() as conn:
             if ids is None:
+                if status:
+                    query = query.where(t.images.c.status == status)
                 return [dict(r) for r in conn.execute(query.order_by(t.images.c.id)).mappings()]
             found: dict[int, dict[str, Any]] = {}
             for chunk in _chunks([int(i) for i in ids]):
                 found.update({r["id"]: dict(r) for r in conn.execute(query.where(t.images.c.id.in_(chunk))).mappings()})
-        return [found[int(i)] for i in ids if int(i) in found]
+        return [found[int(i)] for i in ids if int(i) in found and (not status or found[int(i)]["status"] == status)]
 
     def image(self, id_or_uri: int | str) -> dict[str, Any]:
         column = t.images.c.id if isinstance(id_or_uri, int) else t.images.c.uri

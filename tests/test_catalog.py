@@ -45,6 +45,10 @@ def test_models_runs_and_images(catalog):
     assert catalog.counts() == {"indexed": 2, "failed": 0, "deleted": 0}
     assert catalog.set_status(["/x/2.jpg"], "deleted", run) == 1
     assert catalog.counts()["deleted"] == 1
+    one, two = rows[0]["id"], rows[1]["id"]
+    assert [r["id"] for r in catalog.images([two, one])] == [one]  # by id: indexed ones only
+    assert [r["id"] for r in catalog.images([two, one], status=None)] == [two, one]  # in the order asked
+    assert [r["id"] for r in catalog.images([two, one], status="deleted")] == [two]
     catalog.finish_run(run, "ok", {"embedded": 2, "failed": 0})
     (latest,) = catalog.runs()
     assert latest["status"] == "ok" and latest["embedded"] == 2 and latest["finished"] >= latest["started"]
