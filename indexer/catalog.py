@@ -25,6 +25,7 @@ from vistag.errors import CatalogError, InputError, LockHeld, NotFound
 from vistag.models import ModelIdentity
 
 CHUNK = 500
+COPY_MIN = 100  # rows from which PostgreSQL inserts go through COPY (see _insert_many)
 WRITER_LOCK_KEY = 0x76697374  # "vist": the advisory lock id of vistag's one writer
 _MIGRATION_LOCK = threading.Lock()
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -60,6 +61,31 @@ def _engine(url: str) -> Engine:
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _insert_many(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert ``rows`` into ``table`` in ``conn``'s transaction. On PostgreSQL through psycopg,
+    batches of ``COPY_MIN`` rows or more go through ``COPY ... FROM STDIN`` (one stream instead of
+    INSERT statements); its errors surface as SQLAlchemy's (``IntegrityError``...), as an INSERT's
+    would. Rows are grouped by their columns, so columns a row leaves out keep their defaults."""
+    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg" or len(rows) < COPY_MIN:
+        conn.execute(table.insert(), list(rows))
+        return
+    import psycopg
+
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row), []).append(row)
+    quote = conn.dialect.identifier_preparer.quote
+    raw = conn.connection.driver_connection
+    for columns, group in groups.items():
+        statement = f"COPY {quote(table.name)} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
+        try:
+            with raw.cursor() as cur, cur.copy(statement) as copy:
+                for row in group:
+                    copy.write_row([row[c] for c in columns])
+        except psycopg.Error as err:
+            raise sa.exc.DBAPIError.instance(statement, None, err, psycopg.Error, dialect=conn.dialect) from err
 
 
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
@@ -195,7 +221,7 @@ class Catalog:
                 fresh = [r | {"first_run": run_id, "last_run": run_id, "updated": now}
                          for r in chunk if r["uri"] not in existing]  # fmt: skip
                 if fresh:
-                    conn.execute(t.images.insert(), fresh)
+                    _insert_many(conn, t.images, fresh)
                 updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
                 for r in chunk:
                     if r["uri"] in existing:
@@ -279,7 +305,7 @@ class Catalog:
                 )
                 fresh = {(r["sha256"], r["model_id"]): r for r in chunk if (r["sha256"], r["model_id"]) not in have}
                 if fresh:
-                    conn.execute(t.embeddings.insert(), list(fresh.values()))
+                    _insert_many(conn, t.embeddings, list(fresh.values()))
                 added += len(fresh)
         return added
 
@@ -322,7 +348,7 @@ class Catalog:
         now = time.time()
         for chunk in _chunks(rows):
             with self.engine.begin() as conn:
-                conn.execute(t.failures.insert(), [dict(r) | {"run_id": run_id, "created": now} for r in chunk])
+                _insert_many(conn, t.failures, [dict(r) | {"run_id": run_id, "created": now} for r in chunk])
 
     def failures(self, limit: int | None = None) -> list[dict[str, Any]]:
         query = sa.select(t.failures).order_by(t.failures.c.id.desc())
@@ -379,7 +405,7 @@ class Catalog:
     def add_tags(self, rows: Sequence[dict[str, Any]]) -> None:
         for chunk in _chunks(rows, 5000):
             with self.engine.begin() as conn:
-                conn.execute(t.tags.insert(), list(chunk))
+                _insert_many(conn, t.tags, list(chunk))
 
     def tags(self, run_id: int | None = None, image_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """Tag rows (image_id, label, score, confidence, rank, method, run_id) of one run (default: latest)."""

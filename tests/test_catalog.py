@@ -124,3 +124,39 @@ def test_catalog_from_the_previous_schema_version_is_upgraded_with_its_data(tmp_
     assert tag["label"] == "cat" and tag["score"] == 0.25 and tag["confidence"] is None
     assert catalog.images()[0]["uri"] == "/a.jpg"
     catalog.close()
+
+
+def test_bulk_writes_round_trip_and_fail_whole(catalog):
+    """Batches large enough for PostgreSQL's COPY path (COPY_MIN rows and more) store exactly what
+    row-by-row INSERTs store, keep column defaults, and fail as a whole with SQLAlchemy's error."""
+    from indexer.catalog import COPY_MIN
+
+    n = 3 * COPY_MIN
+    mid = catalog.model_id(IDENTITY)
+    run = catalog.start_run("index", mid)
+    evil = "tab\\there\nnew line, quote ' \" and \\N"  # what COPY's text format escapes
+    images = [_img(f"/bulk/{i:04d}{evil if i == 7 else ''}.jpg", f"{i:064x}", size=i, mtime=i + 0.5)
+              for i in range(n)]  # fmt: skip
+    catalog.upsert_images(images, run)
+    stored = catalog.images()
+    assert [(r["uri"], r["sha256"], r["size"], r["mtime"]) for r in stored] == [
+        (r["uri"], r["sha256"], r["size"], r["mtime"]) for r in images
+    ]
+    assert all(r["first_run"] == run and r["width"] == 3 for r in stored)
+    rows = [{"sha256": f"{i:064x}", "model_id": mid, "shard_dir": "s", "shard": "x", "row": i, "run_id": run}
+            for i in range(n)]  # fmt: skip
+    assert catalog.add_embeddings(rows + rows[:5]) == n  # duplicates of content: stored once
+    assert [loc[3] for loc in catalog.vector_locations(mid)] == list(range(n))
+    catalog.add_failures([{"uri": f"/bad/{i}", "stage": "decode", "reason": evil} for i in range(n)], run)
+    assert len(catalog.failures()) == n and catalog.failures(1)[0]["reason"] == evil
+    (label,) = catalog.label_ids(["cat"])
+    tags = [{"image_id": r["id"], "label_id": label, "score": 0.5, "rank": 0, "method": "zeroshot", "run_id": run}
+            for r in stored]  # fmt: skip
+    catalog.add_tags(tags)  # no "confidence": the column's default (NULL)
+    got = catalog.tags(run)
+    assert len(got) == n and {t["confidence"] for t in got} == {None}
+    bad = [_img(f"/bulk2/{i}.jpg") for i in range(n)]
+    bad[n // 2]["status"] = None  # NOT NULL violation in the middle of the batch
+    with pytest.raises(sa.exc.IntegrityError):
+        catalog.upsert_images(bad, run)
+    assert not [r for r in catalog.images(status=None) if r["uri"].startswith("/bulk2/")]
