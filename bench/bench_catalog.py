@@ -4,6 +4,7 @@
 
 For each database (SQLite file; PostgreSQL when Debian's server binaries are installed, started
 on loopback for the run): rows/s of ``Catalog.upsert_images`` (new rows, then updates), of
+``Catalog.add_tags`` (one tag row per image, as a tag run stores them), of
 ``Catalog.image_states`` (the planner's full read), and of ``Catalog.images(ids)`` (search
 joins, 10 ids a call); the baseline is a raw ``executemany`` insert of the same rows into a
 plain table on the same database, measured in the same run.
@@ -54,6 +55,13 @@ def measure(url: str, n: int) -> dict[str, float]:
     start = time.perf_counter()
     catalog.upsert_images([r | {"size": 1} for r in data[: n // 10]], run)
     out["upsert_images (update)"] = (n // 10) / (time.perf_counter() - start)
+    ids = [r["id"] for r in catalog.images(status=None)]
+    label = catalog.label_ids(["bench"])[0]
+    tags = [{"image_id": i, "label_id": label, "score": 0.5, "confidence": 0.9, "rank": 0, "method": "zeroshot",
+             "run_id": run} for i in ids]  # fmt: skip
+    start = time.perf_counter()
+    catalog.add_tags(tags)
+    out["add_tags (insert)"] = len(tags) / (time.perf_counter() - start)
     start = time.perf_counter()
     states = catalog.image_states()
     out["image_states (plan read)"] = len(states) / (time.perf_counter() - start)
