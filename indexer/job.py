@@ -222,7 +222,8 @@ def _maybe_rebuild(
         params = {k: v for k, v in tuning.search.items() if k != "rerank"}
         search |= {"params": params, "rerank": tuning.search.get("rerank", 0), "text_recall_at_10": tuning.text_recall,
                    "image_recall_at_10": tuning.image_recall, "recall_queries": tuning.queries}  # fmt: skip
-    version = versions.write_version(home, identity, index, choice.factory, run_id, catalog_state=state, search=search)
+    version = versions.write_version(home, identity, index, choice.factory, run_id, catalog_state=state, search=search,
+                                     locations=locations)  # fmt: skip
     catalog.add_index_version(model_id, home.relative(version.path), choice.factory, int(index.ntotal), run_id)
     crash_point("version-written")
     versions.publish(home, version)

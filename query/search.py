@@ -56,6 +56,7 @@ class Searcher:
         self._lock = threading.Lock()
         self._version: versions.IndexVersion | None = None
         self._index: Any = None
+        self._vectors: versions.VectorTable | None = None
         self._model: LoadedModel | None = None
 
     def version(self) -> versions.IndexVersion:
@@ -65,6 +66,7 @@ class Searcher:
             if self._version is None or path != self._version.path:
                 version = versions.current_version(self.home)
                 self._index = version.load(self.mmap)
+                self._vectors = versions.VectorTable.load(self.home, version)
                 self._version = version
             return self._version
 
@@ -89,14 +91,14 @@ class Searcher:
         k = _check_k(k)
         version = self.version()
         with self._lock:
-            index = self._index
+            index, table = self._index, self._vectors
         xq = np.ascontiguousarray(xq, dtype=np.float32)
         k = min(k, max(index.ntotal, 1))
         if version.rerank:  # lossy codes: re-score candidates with the stored vectors
-            D, I = versions.rerank_search(
-                index, xq, k, version.rerank,
-                lambda ids: versions.stored_vectors(self.home, self.catalog, version.identity, ids),
+            fetch = table.fetch if table is not None else (  # versions written before the table: the catalog
+                lambda ids: versions.stored_vectors(self.home, self.catalog, version.identity, ids)
             )
+            D, I = versions.rerank_search(index, xq, k, version.rerank, fetch)
         else:
             D, I = index.search(xq, k)
         return [self._join(d, i) for d, i in zip(D, I, strict=True)]

@@ -113,18 +113,36 @@ def test_build_from_store_and_exact_search_stream_the_shards(tmp_path):
 
 
 @pytest.mark.parametrize("factory", ["IVF4,SQ8", "IVF4,PQ4x4"])
-def test_approximate_index_end_to_end(corpus, tiny_model, tmp_path, factory):
-    """--index-type builds, tunes with text queries from the model, and serves (re-ranking PQ)."""
+def test_approximate_index_end_to_end(corpus, tiny_model, tmp_path, factory, monkeypatch):
+    """--index-type builds, tunes with text queries from the model, and serves (re-ranking PQ,
+    with the version's own vector table: no catalog query per search)."""
     from vistag import Archive
+    from vistag.errors import IndexNotFound
 
     with Archive(tmp_path / "home") as archive:
         archive.index([corpus.root], model=tiny_model, index_type=factory)
-        manifest = versions.current_version(archive.home).manifest
-        search = manifest["search"]
+        version = versions.current_version(archive.home)
+        manifest, search = version.manifest, version.manifest["search"]
         assert manifest["index_type"] == factory and "nprobe" in search["params"]
         assert search["text_recall_at_10"] >= 0.95 and search["image_recall_at_10"] >= 0.95
         assert search["recall_queries"]["text"] >= 60
         assert (search["rerank"] > 0) == ("PQ" in factory)
+        table = versions.VectorTable.load(archive.home, version)
+        assert (table is not None) == ("PQ" in factory)
+        if table is not None:
+            ids = [r["id"] for r in archive.catalog.images()][::-1]
+            want = versions.stored_vectors(archive.home, archive.catalog, version.identity, ids)
+            np.testing.assert_array_equal(table.fetch(np.array(ids)), want)
+            with pytest.raises(IndexNotFound):
+                table.fetch(np.array([max(ids) + 1000]))
+
+            def no_sql(*args):
+                raise AssertionError("re-ranking went to the catalog")
+
+            with monkeypatch.context() as m:
+                m.setattr(versions, "stored_vectors", no_sql)
+                hits = archive.searcher.search_vectors(want[:1], k=3)[0]
+            assert hits[0].id == ids[0] and hits[0].score == pytest.approx(1.0, abs=1e-5)
         hit = archive.similar(corpus.good[2], k=1)[0]
         assert hit.uri == str(corpus.good[2]) and hit.score == pytest.approx(1.0, abs=1e-3 if "PQ" not in factory else 1e-5)
 
