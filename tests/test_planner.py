@@ -143,6 +143,12 @@ def test_approximate_index_end_to_end(corpus, tiny_model, tmp_path, factory, mon
                 m.setattr(versions, "stored_vectors", no_sql)
                 hits = archive.searcher.search_vectors(want[:1], k=3)[0]
             assert hits[0].id == ids[0] and hits[0].score == pytest.approx(1.0, abs=1e-5)
+            for name in (table.IDS, table.AT, table.NAMES):  # a version written before the table
+                (version.path / name).unlink()
+            from query.search import Searcher
+
+            old = Searcher(archive.home, archive.catalog).search_vectors(want[:1], k=3)[0]
+            assert [(h.id, h.score) for h in old] == [(h.id, h.score) for h in hits]  # through the catalog
         hit = archive.similar(corpus.good[2], k=1)[0]
         assert hit.uri == str(corpus.good[2]) and hit.score == pytest.approx(1.0, abs=1e-3 if "PQ" not in factory else 1e-5)
 
