@@ -115,3 +115,16 @@ def test_no_change_index_run_builds_no_model(tmp_path, corpus, tiny_model, monke
         result = archive.index([corpus.root], model=tiny_model)
     assert result.embedded == 0 and result.plan.counts()["new"] == 0 and result.plan.counts()["unchanged"] > 0
     assert builds == []
+
+
+def test_local_dir_without_weights_is_refused(tmp_path, cli):
+    """OpenCLIP would build such a model with random weights and every image would be re-embedded as noise."""
+    from tests.conftest import make_tiny_model
+
+    folder = make_tiny_model(tmp_path / "m")
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(ModelLoadError, match="no weights file"):
+        parse_model_spec(f"local-dir:{folder}")
+    out = cli("index", tmp_path, "--home", tmp_path / "h", "--model", f"local-dir:{folder}")
+    assert out.code != 0 and "no weights file" in out.err and len(out.err.strip().splitlines()) == 1

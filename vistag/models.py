@@ -85,6 +85,9 @@ class ModelIdentity:
         return parse_model_spec(self.model, self.pretrained)
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")  # what OpenCLIP loads from a local-dir folder
+
+
 def parse_model_spec(model: str | None = None, pretrained: str | None = None) -> ModelSpec:
     """Parse a model spec and pretrained tag; raise :class:`ModelLoadError` with a clear reason."""
     import open_clip
@@ -94,6 +97,9 @@ def parse_model_spec(model: str | None = None, pretrained: str | None = None) ->
         path = Path(model.removeprefix("local-dir:")).expanduser()
         if not (path / "open_clip_config.json").is_file():
             raise ModelLoadError(f"local-dir model {path} has no open_clip_config.json")
+        if not any(p.suffix in WEIGHT_SUFFIXES for p in path.iterdir()):
+            # OpenCLIP would build the model with random weights: every image re-embedded as noise
+            raise ModelLoadError(f"local-dir model {path} has no weights file (*.safetensors, *.bin or *.pth)")
         return ModelSpec("local-dir", str(path.resolve()), None)
     if model.startswith("hf-hub:"):
         repo = model.removeprefix("hf-hub:").strip("/")
