@@ -36,6 +36,7 @@ from vistag.errors import EmptyCorpus, InputError
 
 METHODS = ("zeroshot", "zlap")
 CHUNK = 8192  # images scored, calibrated, ranked and stored together: memory O(CHUNK x C)
+FULL_ROWS_MAX = 100_000_000  # tag rows a run stores without --store-top unless --store-all (about 15 min on SQLite)
 ROW_BATCH = 50_000  # tag rows per catalog.add_tags call
 # label embeddings (C, D), negative prompt embeddings (M, D), owning label of each negative (M,)
 TextSet = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -55,6 +56,7 @@ class TagConfig:
     alpha: float = 0.3
     thresholds: dict[str, float] | None = None  # per-label confidence cuts (e.g. fitted by `eval`)
     store_top: int | None = None  # store only each image's best N labels (None: every label)
+    store_all: bool = False  # store every label even past FULL_ROWS_MAX rows
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -70,6 +72,8 @@ class TagConfig:
         if self.k < 2 or self.k >= GRAPH_K:
             raise InputError(f"ZLaP k must be from 2 to {GRAPH_K - 1}")
         n = self.store_top
+        if n is not None and self.store_all:
+            raise InputError("--store-top and --store-all exclude each other")
         if n is not None:
             if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
                 raise InputError(f"--store-top must be a whole number of labels, at least 1 (got {n!r})")
@@ -161,6 +165,12 @@ def score_corpus(
     inductive table). The calibration is fitted on :func:`query.calibration.sample_rows`."""
     config.check()
     version = searcher.version()
+    rows = int(version.manifest.get("count", 0)) * len(config.labels)
+    if config.store_top is None and not config.store_all and rows > FULL_ROWS_MAX:
+        raise InputError(
+            f"storing every score would write {rows:,} tag rows ({rows // len(config.labels):,} images x "
+            f"{len(config.labels):,} labels): pass --store-top N to keep each image's N best, or --store-all"
+        )
     text = encode_text(catalog, searcher, config)
     ids, xb = corpus_matrix(home, catalog, version)
     if not len(ids):
@@ -188,6 +198,12 @@ def tag_corpus(
     (or each image's ``config.store_top`` best), ``chunk`` images at a time."""
     config.check()
     version = searcher.version()
+    rows = int(version.manifest.get("count", 0)) * len(config.labels)
+    if config.store_top is None and not config.store_all and rows > FULL_ROWS_MAX:
+        raise InputError(
+            f"storing every score would write {rows:,} tag rows ({rows // len(config.labels):,} images x "
+            f"{len(config.labels):,} labels): pass --store-top N to keep each image's N best, or --store-all"
+        )
     params = asdict(config) | {"labels": list(config.names), "vocabulary": [asdict(x) for x in config.labels],
                                "model_key": version.identity.key}  # fmt: skip
     cuts = [max(config.min_confidence, (config.thresholds or {}).get(n, 0.0)) for n in config.names]

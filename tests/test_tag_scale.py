@@ -237,3 +237,31 @@ def test_ann_graph_rescores_exactly_and_puts_self_first(tmp_path):
     recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(got.I, i_true, strict=True)])
     assert recall > 0.95  # nprobe = nlist: only SQ8's ordering errors, fixed by re-scoring
     assert (tmp_path / "knn-5.npz").exists()
+
+
+def test_storing_every_score_past_the_limit_needs_store_all(home_copy, cli, monkeypatch):
+    """A full run above FULL_ROWS_MAX tag rows is refused before it starts, with the way out."""
+    monkeypatch.setattr(tagging, "FULL_ROWS_MAX", 10)
+    home, _ = home_copy
+    with Archive(home) as archive:
+        images = int(tagging_version_count(archive))
+        runs = len(archive.catalog.runs())
+        with pytest.raises(InputError, match=f"{images * len(LABELS):,} tag rows .* --store-top N"):
+            archive.tag(LABELS)
+        assert len(archive.catalog.runs()) == runs  # nothing was started
+        with pytest.raises(InputError, match="exclude each other"):
+            archive.tag(LABELS, store_top=2, store_all=True)
+        full = archive.tag(LABELS, store_all=True)
+        assert len(archive.catalog.tags(full.run_id)) == images * len(LABELS)
+        best = archive.tag(LABELS, store_top=1)
+        assert len(archive.catalog.tags(best.run_id)) == images
+    res = cli("tag", "--labels", ",".join(LABELS), "--home", home)
+    assert res.code == 2 and "--store-all" in res.err and res.err.count("\n") == 1
+    res = cli("tag", "--labels", ",".join(LABELS), "--home", home, "--store-all", "--json")
+    assert res.code == 0 and len(res.json()) > 0
+
+
+def tagging_version_count(archive):
+    from indexer import index as versions
+
+    return versions.current_version(archive.home).manifest["count"]

@@ -89,7 +89,7 @@ class Archive:
     def tag(
         self, labels: str | Sequence[str | Label], top: int = 3, *, method: str = "zeroshot",
         min_confidence: float = 0.0, templates: str | Sequence[str] = DEFAULT_TEMPLATES,
-        store_top: int | None = None, **zlap: Any,
+        store_top: int | None = None, store_all: bool = False, **zlap: Any,
     ) -> TagResult:  # fmt: skip
         """Tag every indexed image with ``labels`` (a list, a comma-separated string, a label file
         or a YAML/JSON vocabulary; see :mod:`query.vocab`). ``templates``: a list of prompt
@@ -98,9 +98,12 @@ class Archive:
         ``method``: ``"zeroshot"`` or ``"zlap"`` (label propagation over the kNN graph; ``zlap``
         keywords ``k``, ``gamma``, ``alpha``). All scores are stored, or with ``store_top`` N
         only each image's N best labels (ranks 0..N-1); the result lists each image's ``top``
-        labels whose calibrated confidence is at least ``min_confidence``.
+        labels whose calibrated confidence is at least ``min_confidence``. Storing every score
+        of more than 100 million (image, label) pairs is refused (:class:`InputError`) unless
+        ``store_all``.
         """
-        config = self._tag_config(labels, method, top, min_confidence, templates, {**zlap, "store_top": store_top})
+        extra = {**zlap, "store_top": store_top, "store_all": store_all}
+        config = self._tag_config(labels, method, top, min_confidence, templates, extra)
         return tag_corpus(self.home, self.catalog, self.searcher, config)
 
     def evaluate(

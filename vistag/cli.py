@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print only labels whose calibrated confidence is at least P (0..1; all are stored)")
     p.add_argument("--store-top", type=int, metavar="N",
                    help="store only each image's N best labels by raw score (default: every label)")
+    p.add_argument("--store-all", action="store_true",
+                   help="store every label even when that is over 100 million tag rows (refused otherwise)")
     _common(p)
 
     p.add_argument("--thresholds", metavar="FILE", help="per-label confidence thresholds (JSON, e.g. from eval --save-thresholds)")
@@ -260,7 +262,8 @@ def cmd_tag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
 
     thresholds = load_thresholds(args.thresholds) if args.thresholds else None
     result = archive.tag(args.labels, top=args.top, method=args.method, min_confidence=args.min_confidence,
-                         templates=args.templates, thresholds=thresholds, store_top=args.store_top)
+                         templates=args.templates, thresholds=thresholds, store_top=args.store_top,
+                         store_all=args.store_all)
     if args.json:
         _print_json(result.top)
         return 0
