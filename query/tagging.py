@@ -165,12 +165,6 @@ def score_corpus(
     inductive table). The calibration is fitted on :func:`query.calibration.sample_rows`."""
     config.check()
     version = searcher.version()
-    rows = int(version.manifest.get("count", 0)) * len(config.labels)
-    if config.store_top is None and not config.store_all and rows > FULL_ROWS_MAX:
-        raise InputError(
-            f"storing every score would write {rows:,} tag rows ({rows // len(config.labels):,} images x "
-            f"{len(config.labels):,} labels): pass --store-top N to keep each image's N best, or --store-all"
-        )
     text = encode_text(catalog, searcher, config)
     ids, xb = corpus_matrix(home, catalog, version)
     if not len(ids):

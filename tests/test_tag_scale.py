@@ -242,13 +242,17 @@ def test_ann_graph_rescores_exactly_and_puts_self_first(tmp_path):
 def test_storing_every_score_past_the_limit_needs_store_all(home_copy, cli, monkeypatch):
     """A full run above FULL_ROWS_MAX tag rows is refused before it starts, with the way out."""
     monkeypatch.setattr(tagging, "FULL_ROWS_MAX", 10)
-    home, _ = home_copy
+    home, corpus = home_copy
+    truth = home.parent / "truth.csv"
+    truth.write_text("uri,label\n" + "".join(f"{p},{LABELS[i % 4]}\n" for i, p in enumerate(corpus.good)))
     with Archive(home) as archive:
         images = int(tagging_version_count(archive))
         runs = len(archive.catalog.runs())
         with pytest.raises(InputError, match=f"{images * len(LABELS):,} tag rows .* --store-top N"):
             archive.tag(LABELS)
         assert len(archive.catalog.runs()) == runs  # nothing was started
+        report = archive.evaluate(str(truth), LABELS, methods=("zeroshot",))  # stores nothing: no limit
+        assert report["methods"]["zeroshot"]["images"] > 0
         with pytest.raises(InputError, match="exclude each other"):
             archive.tag(LABELS, store_top=2, store_all=True)
         full = archive.tag(LABELS, store_all=True)
