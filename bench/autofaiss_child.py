@@ -20,14 +20,15 @@ from pathlib import Path
 import faiss
 import numpy as np
 from autofaiss import build_index
-from bench_index import _reset_peak, _status  # numpy and the standard library only: fine under numpy<2
+from procmem import reset_peak, status  # the standard library only: fine under numpy<2
 
 
 def main() -> None:
     work, memory = Path(sys.argv[1]), sys.argv[2]
     xt, xi = np.load(work / "queries-text.npy"), np.load(work / "queries-image.npy")
     truth = {"text": np.load(work / "truth-text.npy"), "image": np.load(work / "truth-image.npy")}
-    rss0 = _reset_peak()
+    reset_peak()
+    rss0 = status("VmRSS")
     start = time.perf_counter()
     index, infos = build_index(
         embeddings=str(work / "embeddings"), index_path=str(work / "autofaiss.index"),
@@ -35,7 +36,7 @@ def main() -> None:
         current_memory_available="16G", metric_type="ip", max_index_query_time_ms=10, verbose=30,
     )  # fmt: skip
     build = time.perf_counter() - start
-    peak = _status("VmHWM")
+    peak = status("VmHWM")
     recall = {}
     for kind, xq in (("text", xt), ("image", xi)):
         got = index.search(xq, 10)[1]

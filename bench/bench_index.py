@@ -41,12 +41,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import procmem  # beside this file (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -86,44 +86,6 @@ def data(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndar
     xt += 0.05 * rng.standard_normal(xt.shape, dtype=np.float32)
     xt /= np.linalg.norm(xt, axis=1, keepdims=True)
     return xb, xt.astype(np.float32), xb[np.sort(rng.choice(n, QUERIES, replace=False))].copy()
-
-
-def _status(key: str) -> int:
-    """A /proc/self/status figure in KiB (VmRSS now, VmHWM peak, RssAnon)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def _reset_peak() -> int:
-    """Reset the peak-RSS mark (Linux clear_refs 5) and return the current RSS in KiB."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-    return _status("VmRSS")
-
-
-class AnonPeak:
-    """Peak anonymous resident memory (KiB) while the block runs, sampled every 10 ms (FAISS
-    releases the GIL, so the sampler keeps running during builds)."""
-
-    def __enter__(self) -> AnonPeak:
-        self.start = self.peak = _status("RssAnon")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, _status("RssAnon"))
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _status("RssAnon"))
 
 
 def prepare(n: int, d: int, tmp: Path, ivf: bool, save: bool = False) -> dict:
@@ -177,15 +139,16 @@ def one(kind: str, n: int, d: int, ondisk_budget: int, tmp: Path) -> dict:
     centroids = np.load(tmp / "centroids.npy") if factory.startswith("IVF") else None
     folder = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-", dir=tmp))
     ids = np.arange(n, dtype=np.int64)
-    rss0 = _reset_peak()
-    with AnonPeak() as anon:
+    procmem.reset_peak()
+    rss0 = procmem.status("VmRSS")
+    with procmem.Sampled("RssAnon") as anon:
         start = time.perf_counter()
         pick = np.sort(np.random.default_rng(0).choice(n, max(choice.train_size, 1), replace=False))
         step = min(versions.BUILD_CHUNK, choice.block) if choice.ondisk else versions.BUILD_CHUNK
         chunks = ((ids[s : s + step], xb[s : s + step]) for s in range(0, n, step))
         built = versions.build_from_chunks(d, choice, lambda: xb[pick], chunks, folder, centroids)
         build = time.perf_counter() - start
-    peak = _status("VmHWM")
+    peak = procmem.status("VmHWM")
     path = folder / versions.INDEX_FILE
     lists = versions.ondisk_lists(built)
     if lists is not None:
@@ -193,9 +156,9 @@ def one(kind: str, n: int, d: int, ondisk_budget: int, tmp: Path) -> dict:
     faiss.write_index(built, str(path))
     del built, lists
     disk = sum(f.stat().st_size for f in folder.iterdir())
-    before = _status("RssAnon")
+    before = procmem.status("RssAnon")
     served = versions.read_index(path, storage)  # as the searcher loads it
-    load_mb = (_status("RssAnon") - before) / 1024
+    load_mb = (procmem.status("RssAnon") - before) / 1024
     mapped = any(str(folder) in line for line in Path("/proc/self/maps").read_text().splitlines())
 
     def search(xq: np.ndarray, k: int, rerank: int) -> np.ndarray:

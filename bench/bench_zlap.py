@@ -29,7 +29,6 @@ import argparse
 import os
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,61 +38,33 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import procmem  # noqa: E402 - beside this file
+
 from query.zlap import ZLaPInductive, build_graph, propagate_labels  # noqa: E402
 from vistag import faiss_gpu  # noqa: E402
 
 GB = 1 << 30
 
 
-def _status(field: str) -> int:
-    """A /proc/self/status field in bytes (0 where unavailable)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def _rss() -> int:
-    return _status("VmRSS")
-
-
-def _reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return _status("VmHWM") > 0
-    except OSError:
-        return False
+    return procmem.status("VmRSS") * 1024
 
 
 class Peak:
-    """Peak RSS of a phase: VmHWM after a reset, else a 10 ms sampling thread."""
+    """Peak RSS of a phase in bytes: VmHWM after a reset, else sampled every 10 ms."""
 
     def __enter__(self) -> Peak:
-        self.start = _rss()
-        self.exact = _reset_peak()
-        self.peak, self._stop = self.start, threading.Event()
-        if not self.exact:
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+        self.start = self.peak = _rss()
+        self.exact = procmem.reset_peak()
+        self._sampled = None if self.exact else procmem.Sampled("VmRSS").__enter__()
         return self
 
-    def _sample(self) -> None:
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, _rss())
-
     def __exit__(self, *exc: object) -> None:
-        if self.exact:
-            self.peak = max(_status("VmHWM"), self.start)
+        if self._sampled is None:
+            self.peak = max(procmem.status("VmHWM") * 1024, self.start)
         else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, _rss())
+            self._sampled.__exit__(*exc)
+            self.peak = max(self._sampled.peak * 1024, self.start)
 
 
 def measure(fn: Callable[[], Any]) -> tuple[Any, float, float, float]:
@@ -358,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
         print("product path (vistag tag --method zlap without text encoding and SQL):")
         print_table(rows, PRODUCT)
     print(LEGEND)
-    print(f"process peak RSS {max(_status('VmHWM'), _rss()) / GB:.2f} GB (since the last phase's reset); "
+    print(f"process peak RSS {max(procmem.status('VmHWM') * 1024, _rss()) / GB:.2f} GB (since the last phase's reset); "
           f"total wall time {time.perf_counter() - start:.0f} s")  # fmt: skip
 
 
