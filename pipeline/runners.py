@@ -86,11 +86,10 @@ def is_in_process(beam_args: Sequence[str]) -> bool:
 
 def feeds_local_gpu(beam_args: Sequence[str], device: str) -> bool:
     """Whether the in-process runner feeds a GPU with worker threads left to vistag's choice."""
-    args = normalize_args(beam_args)
     return (
         str(device).startswith("cuda")
-        and _option_value(args, "--runner") == DEFAULT_RUNNER
-        and _option_value(args, "--direct_num_workers") is None
+        and is_in_process(beam_args)
+        and _option_value(beam_args, "--direct_num_workers") is None
     )
 
 
