@@ -10,76 +10,44 @@ the one model copy stays in the worker.
 
 Each chunk's buffer is checked against the free space of ``/dev/shm`` first (containers often
 give it 64 MiB): without room for it the chunk is decoded in the worker's thread, with a warning.
-Pool processes start with ``forkserver`` (never ``fork``: the worker holds CUDA and threads). A
-pool process that dies (killed for memory, say) fails only the tasks in flight: they are decoded
-again in the worker's own thread and the pool is replaced.
+Pool processes start with ``forkserver`` (never ``fork``: the worker holds CUDA and threads).
+
+The processes (see :mod:`pipeline.decode_procs`) each have their own pipe. One that dies costs
+only its task, whose entries are decoded again one by one in processes (so a file that crashes
+the decoder never takes the worker down: after ``MAX_LOSSES`` deaths on it alone it is recorded as
+a ``decode`` failure), and is replaced; a task that runs out of time is tried again entry by entry,
+and an entry that still does is recorded as a ``decode`` failure. When no process can start,
+chunks are decoded in the callers' threads (one warning).
+Closing takes a few seconds at most, whatever state the processes are in.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
-import multiprocessing
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import shared_memory
 from typing import Any
 
 import numpy as np
 
+from pipeline import decode_procs
+from pipeline.decode_procs import Dispatcher, ProcessLost, Task, TimedOut, Unserved
 from pipeline.inputs import FileEntry
 from pipeline.stages import EntryDecoder, ImageKey, Outcome, decode_entries
 
 log = logging.getLogger(__name__)
-PRELOAD = ["pipeline.stages", "open_clip", "torchvision.transforms"]
 SHM_DIR = "/dev/shm"
 TASK_SIZE = 16  # entries per task: enough to amortise the round trip, small enough to balance
+MAX_LOSSES = 3  # deaths of the decode process on one entry alone before it is a failure
 
 _POOLS: dict[tuple[Any, ...], DecodePool] = {}
 _POOLS_LOCK = threading.Lock()
-
-# in each pool process: its decoder and the shared-memory buffer it last wrote to
-_decoder: EntryDecoder | None = None
-_buffers: dict[str, shared_memory.SharedMemory] = {}
-
-
-def _init(decoder: EntryDecoder) -> None:
-    global _decoder
-    _decoder = decoder.setup()
-
-
-def _attach(name: str) -> shared_memory.SharedMemory:
-    """The chunk buffer ``name``, attached once; the creator alone unlinks it."""
-    if name not in _buffers:
-        for old in list(_buffers):
-            _buffers.pop(old).close()
-        try:
-            _buffers[name] = shared_memory.SharedMemory(name=name, track=False)  # Python >= 3.13
-        except TypeError:  # older: registered with the creator's resource tracker, which forkserver
-            _buffers[name] = shared_memory.SharedMemory(name=name)  # children share; a set, so no harm
-    return _buffers[name]
-
-
-def _decode_task(name: str, first: int, count: int, entries: Sequence[FileEntry]) -> list[Any]:
-    """Decode ``entries`` into slots ``first``... of the chunk buffer ``name``; per entry a failure
-    row, a key (already embedded) or (key, slot)."""
-    assert _decoder is not None
-    shape = _decoder.shape
-    pixels = np.ndarray((count, *shape), np.uint8, buffer=_attach(name).buf)
-    out: list[Any] = []
-    for slot, entry in enumerate(entries, start=first):
-        outcome = _decoder.one(entry)
-        if isinstance(outcome, tuple):
-            key, arr = outcome
-            pixels[slot] = arr
-            out.append((key, slot))
-        else:
-            out.append(outcome)
-    del pixels  # no view may outlive the task: the buffer closes when the next chunk's arrives
-    return out
+_OPEN: set[DecodePool] = set()  # closed at interpreter exit if nobody did
+_OPEN_LOCK = threading.Lock()
 
 
 class DecodePool:
@@ -89,42 +57,27 @@ class DecodePool:
         self._decoder = decoder
         self.processes = processes
         self.users = 0
-        self._lock = threading.Lock()
-        self._warned = False
-        self._executor = self._start()
-
-    def _start(self) -> ProcessPoolExecutor:
-        context = multiprocessing.get_context("forkserver")
-        # import Beam, torch and OpenCLIP once in the fork server rather than in every process
-        # (16 processes importing them at once took longer than decoding 10,000 images)
-        context.set_forkserver_preload(PRELOAD)
-        return ProcessPoolExecutor(self.processes, mp_context=context, initializer=_init, initargs=(self._decoder,))
+        self._warned: set[str] = set()
+        self._dispatcher = Dispatcher(decoder, processes, lambda message: self._warn_once("start", message))
+        _opened(self)
 
     def decode(self, entries: Sequence[FileEntry], local: EntryDecoder) -> tuple[list[Outcome], np.ndarray]:
         """Like :func:`pipeline.stages.decode_entries`, with the work spread over the pool."""
         if not entries:
             return [], np.zeros((0, *local.shape), np.uint8)
+        if not self._dispatcher.usable:
+            return decode_entries(entries, local)
         shape = local.shape
         size = len(entries) * int(np.prod(shape))
         if shm_free() < 2 * size:  # writing past a full tmpfs kills the writer (SIGBUS): never try
-            self._warn_once(f"shared memory ({SHM_DIR}) has less than {2 * size >> 20} MiB free: decoding in "
+            self._warn_once("shm", f"shared memory ({SHM_DIR}) has less than {2 * size >> 20} MiB free: decoding in "
                             "the worker thread instead (a container needs e.g. docker run --shm-size=2g)")  # fmt: skip
             return decode_entries(entries, local)
         buffer = shared_memory.SharedMemory(create=True, size=size)
         try:
-            with self._lock:
-                executor = self._executor
-            tasks: list[tuple[int, Sequence[FileEntry], Future[list[Any]]]] = []
-            for first in range(0, len(entries), TASK_SIZE):
-                part = entries[first : first + TASK_SIZE]
-                tasks.append((first, part, executor.submit(_decode_task, buffer.name, first, len(entries), part)))
-            outcomes: list[Any] = []
-            for first, part, future in tasks:
-                try:
-                    outcomes.extend(future.result())
-                except BrokenProcessPool:
-                    outcomes.extend(self._decode_here(part, first, buffer, local))
-                    self._replace(executor)
+            tasks = [self._submit(buffer, first, entries[first : first + TASK_SIZE], len(entries))
+                     for first in range(0, len(entries), TASK_SIZE)]  # fmt: skip
+            outcomes = [o for task in tasks for o in self._collect(task, buffer, local, len(entries))]
             pixels = np.ndarray((len(entries), *shape), np.uint8, buffer=buffer.buf)
             slots = [o[1] for o in outcomes if isinstance(o, tuple)]
             batch = pixels[slots].copy() if slots else np.zeros((0, *shape), np.uint8)
@@ -132,28 +85,55 @@ class DecodePool:
         finally:
             buffer.close()
             buffer.unlink()
-        result: list[Outcome] = []
-        row = 0
-        for outcome in outcomes:
-            if isinstance(outcome, ImageKey):
-                result.append((outcome, -1))
-            elif isinstance(outcome, tuple):
-                result.append((outcome[0], row))
-                row += 1
-            else:
-                result.append(outcome)
-        return result, batch
+        return _numbered(outcomes), batch
 
-    def _warn_once(self, message: str) -> None:
-        if not self._warned:
-            self._warned = True
+    def _submit(
+        self, buffer: shared_memory.SharedMemory, first: int, part: Sequence[FileEntry], count: int
+    ) -> Task:
+        task = Task(first, part, (buffer.name, first, count, part))
+        self._dispatcher.submit(task)
+        return task
+
+    def _collect(
+        self, task: Task, buffer: shared_memory.SharedMemory, local: EntryDecoder, count: int, losses: int = 0
+    ) -> list[Any]:
+        """``task``'s outcomes: from its process; after a death or a timeout, each entry again alone
+        in a process (an entry that crashes or hangs its decoder must not do so to the worker);
+        an entry that still does is a ``decode`` failure; when no process serves, decoded here."""
+        try:
+            return task.future.result()
+        except TimedOut:
+            if len(task.part) > 1:
+                return self._alone(task, buffer, local, count, 0)
+            reason = f"decoding took longer than {decode_procs.IMAGE_TIMEOUT_S:g} s"
+            return [{"uri": task.part[0].uri, "stage": "decode", "reason": reason}]
+        except ProcessLost as err:
+            log.warning("a decode process died (%s); decoding its %d images again", err, len(task.part))
+            if len(task.part) > 1:
+                return self._alone(task, buffer, local, count, 0)
+            if losses + 1 < MAX_LOSSES:
+                return self._alone(task, buffer, local, count, losses + 1)
+            reason = f"the decode process died {MAX_LOSSES} times on this file ({err})"
+            return [{"uri": task.part[0].uri, "stage": "decode", "reason": reason}]
+        except Unserved:
+            return self._decode_here(task.part, task.first, buffer, local)
+
+    def _alone(
+        self, task: Task, buffer: shared_memory.SharedMemory, local: EntryDecoder, count: int, losses: int
+    ) -> list[Any]:
+        """Each entry of ``task`` again, alone, in a process."""
+        alone = [self._submit(buffer, task.first + i, [entry], count) for i, entry in enumerate(task.part)]
+        return [o for t in alone for o in self._collect(t, buffer, local, count, losses)]
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
             log.warning(message)
 
     def _decode_here(
         self, part: Sequence[FileEntry], first: int, buffer: shared_memory.SharedMemory, local: EntryDecoder
     ) -> list[Any]:  # fmt: skip
-        """A task whose process died, decoded again in this thread into the same slots."""
-        log.warning("a decode process died; decoding %d images in the worker instead", len(part))
+        """A task no process decoded, decoded in this thread into the same slots."""
         outcomes, batch = decode_entries(part, local)
         pixels = np.ndarray((first + len(part), *local.shape), np.uint8, buffer=buffer.buf)
         out: list[Any] = []
@@ -168,36 +148,53 @@ class DecodePool:
         del pixels
         return out
 
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
-        with self._lock:
-            if self._executor is broken:
-                broken.shutdown(wait=False, cancel_futures=True)
-                self._executor = self._start()
-
-    def prewarm(self) -> threading.Thread:
-        """Start the fork server and every process in a background thread, so their imports and
+    def prewarm(self) -> None:
+        """Start the fork server and every process now, in the background, so that their imports and
         set-up overlap the runner's start and the model's load instead of delaying the first chunk."""
+        self._dispatcher.start()
 
-        def start() -> None:
-            with self._lock:
-                executor = self._executor
-            try:
-                for future in [executor.submit(_ready) for _ in range(self.processes)]:
-                    future.result()
-            except Exception as err:  # noqa: BLE001 - closed or broken meanwhile: the run handles it
-                log.debug("decode pool prewarm stopped: %s", err)
-
-        thread = threading.Thread(target=start, name="vistag-decode-prewarm", daemon=True)
-        thread.start()
-        return thread
+    def pids(self) -> list[int]:
+        """Process ids of the pool's processes that are up."""
+        return self._dispatcher.pids()
 
     def close(self) -> None:
-        with self._lock:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the processes (a few seconds at most, whatever their state); pending tasks are
+        decoded by their callers."""
+        with _OPEN_LOCK:
+            _OPEN.discard(self)
+        self._dispatcher.close()
 
 
-def _ready() -> int:
-    return os.getpid()
+def _numbered(outcomes: list[Any]) -> list[Outcome]:
+    """Per-entry task outcomes -> :func:`decode_entries`' outcomes (rows numbered in order)."""
+    result: list[Outcome] = []
+    row = 0
+    for outcome in outcomes:
+        if isinstance(outcome, ImageKey):
+            result.append((outcome, -1))
+        elif isinstance(outcome, tuple):
+            result.append((outcome[0], row))
+            row += 1
+        else:
+            result.append(outcome)
+    return result
+
+
+def _opened(pool: DecodePool) -> None:
+    with _OPEN_LOCK:
+        if not _OPEN:
+            atexit.unregister(_close_open)
+            atexit.register(_close_open)  # after multiprocessing's hook, so it runs before it
+        _OPEN.add(pool)
+
+
+def _close_open() -> None:
+    """At interpreter exit: close the pools nobody closed (multiprocessing would join their processes
+    with no time limit)."""
+    with _OPEN_LOCK:
+        pools = list(_OPEN)
+    for pool in pools:
+        pool.close()
 
 
 def shm_free() -> int:

@@ -6,8 +6,6 @@ default produces exactly what the single-threaded one does; with one, the CUDA t
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -102,91 +100,9 @@ def test_input_dtype_of_a_half_precision_model_is_half():
     assert input_dtype(open_clip.create_model("ViT-B-32", pretrained=None)) == torch.float32
 
 
-def _decoders(model: str, known_file: str | None = None):
-    from pipeline.stages import EntryDecoder
-
-    identity = load_model(parse_model_spec(model), "cpu").identity.to_dict()
-    return EntryDecoder(identity, known_file), EntryDecoder(identity, known_file).setup()
-
-
-def test_decode_pool_gives_what_the_worker_thread_gives(tmp_path, corpus, tiny_model):
-    """Same outcomes (failures with reasons, known content, rows) and the same pixels."""
-    import hashlib
-
-    from pipeline.decode_pool import acquire_pool, release_pool
-    from pipeline.inputs import expand_inputs
-    from pipeline.stages import ImageKey, decode_entries
-
-    entries = expand_inputs([str(corpus.root)]).entries
-    known = tmp_path / "known.txt"
-    known.write_text(hashlib.sha256(corpus.good[1].read_bytes()).hexdigest() + "\n")
-    config, local = _decoders(tiny_model, str(known))
-    want_outcomes, want = decode_entries(entries, local)
-    pool = acquire_pool(config, 2)
-    try:
-        assert acquire_pool(config, 2) is pool  # one pool per configuration, shared by threads
-        release_pool(pool)
-        got_outcomes, got = pool.decode(entries, local)
-        assert pool.decode([], local)[1].shape == (0, *local.shape)
-    finally:
-        release_pool(pool)
-    assert got_outcomes == want_outcomes
-    np.testing.assert_array_equal(got, want)
-    assert len(want) == len(corpus.good) - 1  # the known image is not decoded again
-    assert sum(isinstance(o, dict) for o in want_outcomes) == len(corpus.bad)
-    assert sum(isinstance(o, tuple) and isinstance(o[0], ImageKey) and o[1] < 0 for o in want_outcomes) == 1
-
-
-def test_a_dead_decode_process_costs_nothing(corpus, tiny_model):
-    """A pool process that dies (OOM-killed, say): its tasks are decoded in the worker instead."""
-    import os
-    import signal
-
-    from pipeline.decode_pool import DecodePool
-    from pipeline.inputs import expand_inputs
-    from pipeline.stages import decode_entries
-
-    entries = expand_inputs([str(corpus.root)]).entries
-    config, local = _decoders(tiny_model)
-    want_outcomes, want = decode_entries(entries, local)
-    pool = DecodePool(config, 2)
-    try:
-        pool.decode(entries[:2], local)  # the processes are up
-        for pid in list(pool._executor._processes):
-            os.kill(pid, signal.SIGKILL)
-        got_outcomes, got = pool.decode(entries, local)
-        assert (got_outcomes, got.shape) == (want_outcomes, want.shape)
-        np.testing.assert_array_equal(got, want)
-        again, pixels = pool.decode(entries, local)  # a fresh pool serves the next chunk
-        assert again == want_outcomes and np.array_equal(pixels, want)
-    finally:
-        pool.close()
-
-
 def test_cli_rejects_bad_decode_processes(cli, tmp_path, corpus, tiny_model):
     out = cli("index", str(corpus.root), "--home", tmp_path, "--model", tiny_model, "--decode-processes", "-1")
     assert out.code == 2 and "--decode-processes must be 0 or more" in out.err
-
-
-def test_no_room_in_shared_memory_decodes_in_the_worker(monkeypatch, corpus, tiny_model, caplog):
-    """A container's small /dev/shm: the chunk is decoded in the thread, with one warning."""
-    from pipeline import decode_pool
-    from pipeline.inputs import expand_inputs
-    from pipeline.stages import decode_entries
-
-    entries = expand_inputs([str(corpus.root)]).entries
-    config, local = _decoders(tiny_model)
-    want_outcomes, want = decode_entries(entries, local)
-    pool = decode_pool.DecodePool(config, 1)
-    monkeypatch.setattr(decode_pool, "shm_free", lambda: 1000)
-    caplog.set_level("WARNING", logger="pipeline.decode_pool")
-    try:
-        for _ in range(2):
-            got_outcomes, got = pool.decode(entries, local)
-            assert got_outcomes == want_outcomes and np.array_equal(got, want)
-    finally:
-        pool.close()
-    assert sum("shared memory" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_replica_devices_one_copy_per_visible_gpu(monkeypatch):
@@ -257,28 +173,6 @@ def test_two_model_copies_share_the_chunks_and_embed_what_one_does(tmp_path, cor
     assert two.keys() == one.keys()
     for uri, vec in one.items():
         np.testing.assert_allclose(two[uri], vec, atol=1e-6)
-
-
-def test_prewarmed_pool_is_started_before_the_first_chunk_and_closed_after(corpus, tiny_model):
-    from pipeline import decode_pool
-    from pipeline.inputs import expand_inputs
-    from pipeline.stages import decode_entries
-
-    config, local = _decoders(tiny_model)
-    with decode_pool.prewarmed(config, 2) as pool:
-        assert decode_pool.acquire_pool(config, 2) is pool  # what the job's decode step gets
-        deadline = time.monotonic() + 60
-        while len(pool._executor._processes or {}) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(pool._executor._processes) == 2  # up with no chunk submitted
-        entries = expand_inputs([str(corpus.root)]).entries
-        got, pixels = pool.decode(entries, local)
-        decode_pool.release_pool(pool)
-        want, want_pixels = decode_entries(entries, local)
-        assert got == want
-        np.testing.assert_array_equal(pixels, want_pixels)
-        assert decode_pool._POOLS  # still held by the block
-    assert not decode_pool._POOLS  # the last user closed it
 
 
 def test_job_prewarms_the_pool_only_on_the_in_process_runner(monkeypatch):
