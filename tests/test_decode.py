@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import io
+import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.decode import DecodeError, crop_aspect, decode_image
+from pipeline import decode
+from pipeline.decode import (
+    MAX_GIF_COMMENT_BLOCKS,
+    MAX_JPEG_SCANS,
+    MAX_JPEG_SEGMENTS,
+    DecodeError,
+    crop_aspect,
+    decode_image,
+    to_rgb,
+)
+from tests.hostile import (
+    comment_bomb_gif,
+    deflate_tiff,
+    scan_bomb_jpeg,
+    segment_bomb_jpeg,
+    set_jpeg_size,
+    sixteen_bit_png,
+)
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -100,3 +121,133 @@ def test_jpeg_draft_keeps_enough_resolution():
     big = encode(Image.new("RGB", (2000, 1000)), "JPEG")
     out = decode_image(big, draft_size=224)
     assert min(out.image.size) >= 224 and out.width == 2000
+
+
+def test_jpeg_scans_are_limited_before_decoding():
+    assert scan_bomb_jpeg(64, 48, 0).count(b"\xff\xda") == 10
+    assert decode_image(scan_bomb_jpeg(64, 48, MAX_JPEG_SCANS - 10)).width == 64  # exactly at the limit
+    with pytest.raises(DecodeError, match="too many JPEG scans: over 100"):
+        decode_image(scan_bomb_jpeg(64, 48, MAX_JPEG_SCANS - 9))
+    with pytest.raises(DecodeError, match="scans"):
+        decode_image(scan_bomb_jpeg(64, 48, 20_000), draft_size=32)
+
+
+def test_jpeg_scan_limit_shrinks_with_pixels():
+    """100 MP: 4e9 scan-pixels allow 40 scans; refused from the header, nothing is decoded."""
+    with pytest.raises(DecodeError, match="over 40 for 100000000 pixels"):
+        decode_image(set_jpeg_size(scan_bomb_jpeg(64, 48, 31), 10_000, 10_000))
+
+
+def test_jpeg_scans_counted_like_libjpeg():
+    com = b"\xff\xfe" + struct.pack(">H", 2 + 400) + b"\xff\xda\xff\xd9" * 100  # markers inside a comment
+    plain = scan_bomb_jpeg(64, 48, 0)
+    assert decode_image(plain[:2] + com + plain[2:]).width == 64  # skipped by its length
+    assert decode_image(plain + scan_bomb_jpeg(64, 48, 500)).width == 64  # after the first EOI: not decoded
+    with pytest.raises(DecodeError, match="scans"):  # an EOI inside a comment does not end the count
+        decode_image(scan_bomb_jpeg(64, 48, 500, before=com))
+
+
+def test_jpeg_marker_segments_are_limited():
+    assert decode_image(segment_bomb_jpeg(MAX_JPEG_SEGMENTS - 50)).width == 64
+    with pytest.raises(DecodeError, match="too many JPEG marker segments"):
+        decode_image(segment_bomb_jpeg(MAX_JPEG_SEGMENTS + 1))
+
+
+def test_gif_comment_sub_blocks_are_limited():
+    assert decode_image(comment_bomb_gif(MAX_GIF_COMMENT_BLOCKS - 1)).width == 64
+    with pytest.raises(DecodeError, match="too many GIF comment sub-blocks"):
+        decode_image(comment_bomb_gif(MAX_GIF_COMMENT_BLOCKS))
+
+
+def test_decoded_bytes_are_limited_not_only_pixels():
+    """8000 pixels pass a 10,000-pixel limit; as 16-bit RGBA they decode through 64,000 bytes > 4 x 10,000."""
+    assert decode_image(deflate_tiff(100, 80, (8, 8, 8)), max_pixels=10_000).width == 100
+    with pytest.raises(DecodeError, match="decompression bomb: 100x80 RGBA decodes to 64000 bytes"):
+        decode_image(deflate_tiff(100, 80, (16, 16, 16, 16)), max_pixels=10_000)
+    assert decode_image(deflate_tiff(100, 80, (16, 16, 16, 16)), max_pixels=16_000).width == 100
+
+
+def _float64_levels(img: Image.Image) -> np.ndarray:
+    """The conversion before strips: float64 of the whole image, /257 for 16-bit ranges, x255 for 0..1."""
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
+        arr = arr / 257.0
+    elif img.mode == "F" and arr.max(initial=0) <= 1.0:
+        arr = arr * 255.0
+    return np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8)
+
+
+def _high_depth_images() -> dict[str, Image.Image]:
+    rng = np.random.default_rng(0)
+    floats = rng.random((97, 131), dtype=np.float32)
+    odd = floats.copy()
+    odd[5, 5], odd[6, 6], odd[7, 7] = np.nan, np.inf, -np.inf
+    return {
+        "I;16": Image.fromarray(np.arange(65536, dtype=np.uint16).reshape(256, 256)),
+        "I;16B": Image.fromarray(rng.integers(0, 65536, (97, 131)).astype(">u2")),
+        "I wide": Image.fromarray(rng.integers(-100_000, 100_000, (97, 131), dtype=np.int32)),
+        "I narrow": Image.fromarray(rng.integers(-50, 256, (97, 131), dtype=np.int32)),
+        "F 0..1": Image.fromarray(floats),
+        "F wide": Image.fromarray(floats * 600 - 100),
+        "F nan inf": Image.fromarray(odd),
+    }
+
+
+@pytest.mark.parametrize("name", list(_high_depth_images()))
+def test_high_depth_strips_match_whole_image_float64(name, monkeypatch):
+    monkeypatch.setattr(decode, "STRIP_PIXELS", 100)  # many strips, each part of a row
+    img = _high_depth_images()[name]
+    out = np.asarray(to_rgb(img))
+    assert out.shape == (img.height, img.width, 3)
+    assert np.array_equal(out[..., 0], _float64_levels(img)) and np.array_equal(out[..., 0], out[..., 2])
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F", "L", "RGB", "RGBA", "P", "1", "CMYK"])
+def test_draft_size_reduces_every_mode(mode):
+    fmt = "TIFF" if mode in ("F", "CMYK", "I") else "PNG"
+    value = {"I;16": 40000, "I": 40000, "F": 0.5, "RGBA": (200, 100, 50, 255), "1": 1}.get(mode, 128)
+    out = decode_image(encode(Image.new(mode, (1000, 800), value), fmt), draft_size=224)
+    assert out.image.size == (333, 266) and (out.width, out.height) == (1000, 800)  # 800 // 224 = 3
+    expected = {"I;16": 155, "I": 155, "F": 127, "RGBA": 200, "1": 255}.get(mode)
+    if expected is not None:
+        assert np.asarray(out.image)[100, 100, 0] == expected
+
+
+@pytest.mark.parametrize("mode", ["I;16", "F", "RGB", "P"])
+def test_draft_size_keeps_small_images(mode):
+    fmt = "TIFF" if mode == "F" else "PNG"
+    assert decode_image(encode(Image.new(mode, (300, 100)), fmt), draft_size=224).image.size == (300, 100)
+
+
+def test_sixteen_bit_reduce_averages_blocks():
+    arr = np.zeros((448, 448), np.uint16)
+    arr[::2, ::2] = 65535  # one pixel in four
+    out = decode_image(encode(Image.fromarray(arr), "PNG"), draft_size=224)
+    assert out.image.size == (224, 224) and set(np.unique(np.asarray(out.image))) == {63}  # 16384 // 257
+
+
+@pytest.fixture(scope="session")
+def png_40mp_16bit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("decode") / "ramp-40mp-16bit.png"
+    path.write_bytes(sixteen_bit_png(8000, 5000))
+    return path
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from /proc")
+@pytest.mark.parametrize("draft_size, bound_mb", [(0, 400), (224, 200)])
+def test_sixteen_bit_40mp_decodes_in_bounded_memory(png_40mp_16bit, draft_size, bound_mb):
+    """Peak RSS of a fresh process decoding it (the float64 conversion peaked at 1025 MB)."""
+    code = (  # VmHWM, not ru_maxrss: Linux carries the parent's ru_maxrss over fork and exec
+        "import re, sys, numpy as np\n"
+        "from pipeline.decode import decode_image\n"
+        f"out = decode_image(open(sys.argv[1], 'rb').read(), draft_size={draft_size})\n"
+        "row = np.asarray(out.image.crop((0, 0, out.image.width, 1)))[0, :, 0]\n"
+        "peak = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+        "print(out.image.size[0], int(row[0]), int(row[-1]), peak)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(png_40mp_16bit)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    width, first, last, peak_kb = map(int, run.stdout.split())
+    assert width == (8000 if draft_size == 0 else 8000 // 22) and first == 0 and last >= 254
+    assert peak_kb < bound_mb * 1024
