@@ -8,25 +8,31 @@ Errors: library code raises typed :class:`vistag.errors.VistagError`; :data:`HTT
 type to a status code in one place, and every error body is ``{"error": message}``.
 
 Safety: files are read only for catalog rows looked up by integer id, never from a path in the
-request; k, query length, request bodies, uploads (bytes and pixels) are bounded; uploads stay in
-memory and are never stored; writes need ``Authorization: Bearer TOKEN`` and are off without a
-configured token; a loopback-bound server answers only loopback host names (DNS rebinding).
+request, and only from a regular file whose bytes still hash to the row's sha256; renders and
+request bodies have time limits; k, query length, request bodies, uploads (bytes and pixels),
+metric label values and open connections are bounded; uploads stay in memory and are never stored;
+writes need ``Authorization: Bearer TOKEN`` and are off without a configured token; a
+loopback-bound server answers only loopback host names and its own address (DNS rebinding).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import io
+import ipaddress
 import logging
 import math
 import os
 import re
 import socket
+import stat
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -85,6 +91,7 @@ MULTIPART_OVERHEAD = 64 * 1024
 MIN_TOKEN_CHARS = 16
 MAX_ID = 2**63 - 1
 RENDER_SLOTS = 2  # thumbnails rendered at once
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 FAISS_THREADS = 1  # OpenMP threads per FAISS search of a request (see Service._search)
 
 
@@ -100,12 +107,17 @@ class ServiceConfig:
     max_pixels: int = 40_000_000
     max_labels: int = 1000
     thumbnail_sizes: tuple[int, ...] = (128, 256, 512)
+    render_timeout_s: float = 10.0  # a thumbnail request waits this long in all (render slot + render)
+    body_timeout_s: float = 30.0  # a request body must arrive within this long (else 408)
+    max_connections: int = 100  # open connections; beyond, uvicorn answers 503
     write_token: str | None = None
     allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_k <= MAX_K:
             raise InputError(f"--max-k must be from 1 to {MAX_K}, got {self.max_k}")
+        if not (self.render_timeout_s > 0 and self.body_timeout_s > 0 and self.max_connections >= 1):
+            raise InputError("time limits must be positive and max_connections at least 1")
         if self.write_token is not None and len(self.write_token) < MIN_TOKEN_CHARS:
             raise InputError(f"the write token must have at least {MIN_TOKEN_CHARS} characters")
 
@@ -134,10 +146,19 @@ class Busy(VistagError):
     """Another write operation is running."""
 
 
+class FileChanged(VistagError):
+    """The file at an indexed path no longer has the bytes that were indexed."""
+
+
+class Overloaded(VistagError):
+    """A bounded wait ran out: every render slot stayed busy, or a render took too long."""
+
+
 HTTP_STATUS: dict[type[VistagError], int] = {
     PayloadTooLarge: 413, UnsupportedMedia: 415, InputError: 400, NotFound: 404, Unauthorized: 401,
-    WritesDisabled: 403, Busy: 409, LockHeld: 409, IndexNotFound: 503, EmptyCorpus: 503,
-    ModelLoadError: 503, ModelMismatch: 503, CatalogError: 503, ShardFormatError: 500, VistagError: 500,
+    WritesDisabled: 403, Busy: 409, LockHeld: 409, FileChanged: 409, Overloaded: 503, IndexNotFound: 503,
+    EmptyCorpus: 503, ModelLoadError: 503, ModelMismatch: 503, CatalogError: 503, ShardFormatError: 500,
+    VistagError: 500,
 }  # fmt: skip
 
 
@@ -220,22 +241,23 @@ def matching_ids(catalog: Catalog, filters: Filters, tag_run: int | None) -> np.
 
 
 def top_tags(catalog: Catalog, tag_run: int | None, ids: Sequence[int], ranks: int) -> dict[int, list[dict]]:
-    """image id -> its ``ranks`` best tags of ``tag_run``: [{label, score, rank, method}] best first."""
+    """image id -> its ``ranks`` best tags of ``tag_run``: [{label, score, confidence, rank, method}]
+    best first; confidence is calibrated in [0, 1], or None for runs that stored none."""
     if tag_run is None or not ids:
         return {}
     tg = t.tags
     query = (
-        sa.select(tg.c.image_id, t.labels.c.name, tg.c.score, tg.c.rank, tg.c.method)
+        sa.select(tg.c.image_id, t.labels.c.name, tg.c.score, tg.c.confidence, tg.c.rank, tg.c.method)
         .join(t.labels, t.labels.c.id == tg.c.label_id)
         .where(tg.c.run_id == tag_run, tg.c.image_id.in_([int(i) for i in ids]), tg.c.rank < ranks)
         .order_by(tg.c.image_id, tg.c.rank)
     )
     out: dict[int, list[dict]] = {}
     with catalog.engine.connect() as conn:
-        for image_id, label, score, rank, method in conn.execute(query):
-            out.setdefault(int(image_id), []).append(
-                {"label": label, "score": round(float(score), 6), "rank": int(rank), "method": method}
-            )
+        for image_id, label, score, confidence, rank, method in conn.execute(query):
+            conf = None if confidence is None else round(float(confidence), 6)
+            tag = {"label": label, "score": round(float(score), 6), "confidence": conf}
+            out.setdefault(int(image_id), []).append(tag | {"rank": int(rank), "method": method})
     return out
 
 
@@ -286,13 +308,25 @@ def read_catalog_file(uri: str, max_bytes: int = MAX_SOURCE_BYTES) -> bytes:
             with FileSystems.open(uri, compression_type="uncompressed") as fh:
                 data = fh.read(max_bytes + 1)
         else:
-            with open(uri.removeprefix("file://"), "rb") as fh:
-                data = fh.read(max_bytes + 1)
-    except Exception as err:  # any filesystem's error: vanished, permission, I/O
+            data = _read_regular_file(uri.removeprefix("file://"), max_bytes + 1)
+    except Exception as err:  # any filesystem's error: vanished, not a file, permission, I/O
         raise NotFound(f"the image file can no longer be read ({type(err).__name__})") from err
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"the image file is larger than {max_bytes} bytes")
     return data
+
+
+def _read_regular_file(path: str, max_bytes: int) -> bytes:
+    """At most ``max_bytes`` of ``path``; opened without blocking (a FIFO or device put at an indexed
+    path would block ``open`` or ``read`` forever), :class:`OSError` unless it is a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"not a regular file: {path}")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read(max_bytes)
+    finally:
+        os.close(fd)
 
 
 def render_thumbnail(data: bytes, size: int) -> bytes:
@@ -328,12 +362,14 @@ class ThumbnailCache:
             return None
 
     def render(self, row: dict[str, Any], size: int) -> bytes:
-        """Render the thumbnail of a catalog image row and cache it (written atomically)."""
+        """Render the thumbnail of a catalog image row and cache it (written atomically);
+        :class:`FileChanged` if the file's bytes no longer hash to the row's sha256."""
         data = read_catalog_file(row["uri"])
-        jpeg = render_thumbnail(data, size)
         path = self.path(row["sha256"], size)
-        if path is not None and hashlib.sha256(data).hexdigest() == row["sha256"]:
-            self._write(path, jpeg)  # a file changed since indexing is shown but not cached
+        if path is None or hashlib.sha256(data).hexdigest() != row["sha256"]:
+            raise FileChanged("the file changed since it was indexed; re-run `vistag index` to show it")
+        jpeg = render_thumbnail(data, size)
+        self._write(path, jpeg)
         return jpeg
 
     @staticmethod
@@ -371,7 +407,9 @@ class Metrics:
         ProcessCollector(registry=r)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
+        """``method`` is any token a client sent: others than :data:`HTTP_METHODS` count as "other"."""
+        method = method if method in HTTP_METHODS else "other"
+        self.requests.labels(method, route, str(int(status))).inc()
         self.request_latency.labels(method, route).observe(seconds)
 
     def render(self) -> bytes:
@@ -469,10 +507,32 @@ class Service:
         """JPEG bytes; at most RENDER_SLOTS renders at once (a large image decodes to 100s of MB)."""
         jpeg = self.thumbnails.cached(row["sha256"], size)
         self.metrics.thumbnails.labels("miss" if jpeg is None else "hit").inc()
-        if jpeg is None:
-            with self._render_slots:
-                jpeg = self.thumbnails.render(row, size)
-        return jpeg
+        return jpeg if jpeg is not None else self._render(row, size)
+
+    def _render(self, row: dict[str, Any], size: int) -> bytes:
+        """Render in a daemon thread that holds a render slot until it ends; the request waits at most
+        ``render_timeout_s`` in all (:class:`Overloaded` after that: the render goes on and is cached)."""
+        limit = self.config.render_timeout_s
+        deadline = time.monotonic() + limit
+        if not self._render_slots.acquire(timeout=limit):
+            raise Overloaded(f"all {RENDER_SLOTS} thumbnail render slots stayed busy for {limit:g} s")
+        result: Future[bytes] = Future()
+
+        def work() -> None:
+            try:
+                result.set_result(self.thumbnails.render(row, size))
+            except BaseException as err:  # handed to the waiting request, if it still waits
+                result.set_exception(err)
+            finally:
+                self._render_slots.release()
+
+        threading.Thread(target=work, name="vistag-thumbnail", daemon=True).start()
+        try:
+            return result.result(timeout=max(deadline - time.monotonic(), 0.0))
+        except TimeoutError as err:
+            if result.done():  # the render's own error, not the wait's
+                raise
+            raise Overloaded(f"the thumbnail took longer than {limit:g} s to render") from err
 
     def check_size(self, size: int) -> int:
         if size not in self.config.thumbnail_sizes:
@@ -554,7 +614,7 @@ async def read_upload(request: Request, limit: int) -> bytes:
     return data
 
 
-# -- HTTP edge: host check, body cap, security headers, request metrics ---------------------------
+# -- HTTP edge: host check, body caps, security headers, request metrics --------------------------
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -567,7 +627,7 @@ UPLOAD_PATH = "/api/search/image"
 
 
 class EdgeMiddleware:
-    """Outermost ASGI layer: rejects foreign Host headers and oversize bodies, adds security
+    """Outermost ASGI layer: rejects foreign Host headers, oversize and slow bodies, adds security
     headers, and counts and times every request by route template (bounded label values)."""
 
     def __init__(self, app: ASGIApp, service: Service):
@@ -579,20 +639,23 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         start, status = time.perf_counter(), [500]
+        limit = self._body_limit(scope)
+        body = BodyReceiver(receive, scope, limit, self.service.config.body_timeout_s)
 
         async def send_secured(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+                # a body left unread (or half sent) must not keep the connection: close it after this
+                close = [(b"connection", b"close")] if body.pending else []
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS, *close]}
             await send(message)
 
         try:
-            limit = self._body_limit(scope)
             problem = self._problem(scope, limit)
             if problem is not None:
                 await error_response(http_status(problem), str(problem))(scope, receive, send_secured)
             else:
-                await self.app(scope, _capped(receive, limit), send_secured)
+                await self.app(scope, body, send_secured)
         finally:
             route = _route_name(scope)
             self.service.metrics.observe_request(
@@ -609,8 +672,8 @@ class EdgeMiddleware:
 
     def _problem(self, scope: Scope, limit: int) -> VistagError | None:
         headers = dict(scope["headers"])
-        allowed = self.service.config.allowed_hosts
-        if allowed is not None and _host_name(headers.get(b"host", b"").decode("latin-1")) not in allowed:
+        allowed, host = self.service.config.allowed_hosts, headers.get(b"host", b"").decode("latin-1")
+        if allowed is not None and _host_name(host.lower()) not in allowed:
             return InputError("this server does not answer for that Host name")
         length = headers.get(b"content-length", b"0")
         if not length.isdigit():
@@ -627,20 +690,31 @@ def _host_name(host: str) -> str:
     return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
-def _capped(receive: Receive, limit: int) -> Callable[[], Awaitable[Message]]:
-    """``receive`` that fails with 413 once the body (chunked or lying about its length) passes ``limit``."""
-    seen = 0
+class BodyReceiver:
+    """``receive`` of one request whose body fails with 413 once it passes ``limit`` bytes (chunked
+    or lying about its length) and with 408 (connection closed) unless it all arrives within
+    ``seconds`` of the request's start. ``pending``: part of a body is still unread."""
 
-    async def capped() -> Message:
-        nonlocal seen
-        message = await receive()
+    def __init__(self, receive: Receive, scope: Scope, limit: int, seconds: float):
+        headers = dict(scope.get("headers", []))
+        self.receive, self.limit, self.seconds = receive, limit, seconds
+        self.deadline, self.seen = time.monotonic() + seconds, 0
+        length = headers.get(b"content-length", b"0")
+        self.pending = b"transfer-encoding" in headers or length not in (b"", b"0")
+
+    async def __call__(self) -> Message:
+        if not self.pending:  # later calls wait for a disconnect: no deadline
+            return await self.receive()
+        try:
+            message = await asyncio.wait_for(self.receive(), max(self.deadline - time.monotonic(), 0.0))
+        except TimeoutError as err:  # HTTPException: FastAPI lets it through body parsing unchanged
+            raise HTTPException(408, f"the request body did not arrive within {self.seconds:g} s") from err
+        self.pending = message["type"] == "http.request" and message.get("more_body", False)
         if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:  # HTTPException: FastAPI lets it through body parsing unchanged
-                raise HTTPException(413, f"request body larger than {limit} bytes")
+            self.seen += len(message.get("body", b""))
+            if self.seen > self.limit:
+                raise HTTPException(413, f"request body larger than {self.limit} bytes")
         return message
-
-    return capped
 
 
 def _route_name(scope: Scope) -> str:
@@ -653,7 +727,8 @@ def _route_name(scope: Scope) -> str:
 # -- the app --------------------------------------------------------------------------------------
 class TagOut(BaseModel):
     label: str
-    score: float
+    score: float = Field(description="raw score of the tagging method (not comparable across methods)")
+    confidence: float | None = Field(description="calibrated confidence in [0, 1]; null: the run stored none")
     rank: int
     method: str
 
@@ -822,8 +897,8 @@ def _add_read_routes(app: FastAPI, service: Service) -> None:
     def image(image_id: ImageId) -> dict[str, Any]:
         return service.image(image_id)
 
-    @app.get("/api/images/{image_id}/thumbnail", responses=ERRORS, response_class=Response,
-             summary="JPEG thumbnail (cached)")  # fmt: skip
+    @app.get("/api/images/{image_id}/thumbnail", responses=ERRORS | {409: {"model": ErrorOut}},
+             response_class=Response, summary="JPEG thumbnail (cached)")  # fmt: skip
     def thumbnail(
         image_id: ImageId, size: int = 256, if_none_match: Annotated[str | None, Header()] = None
     ) -> Response:
@@ -887,7 +962,11 @@ def listen(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
 
 
 def is_loopback(host: str) -> bool:
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    """Whether ``host`` (a name or address to listen on) is reachable from this machine only."""
+    try:
+        return host in LOOPBACK_HOSTS or host.startswith("127.") or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def warm_up(archive: Any) -> None:
@@ -906,7 +985,13 @@ def serve(archive: Any, config: ServiceConfig, host: str = "127.0.0.1", port: in
 
     sock = sock or listen(host, port)
     warm_up(archive)
-    app = create_app(archive, config)
-    settings = uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=verbose,
-                              server_header=False, proxy_headers=False, timeout_graceful_shutdown=10)  # fmt: skip
-    uvicorn.Server(settings).run(sockets=[sock])
+    uvicorn.Server(uvicorn_config(create_app(archive, config), verbose=verbose)).run(sockets=[sock])
+
+
+def uvicorn_config(app: FastAPI, *, verbose: bool = False) -> Any:
+    """The ``uvicorn.Config`` of an app from :func:`create_app`, with its service's connection limit."""
+    import uvicorn
+
+    return uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=verbose,
+                          server_header=False, proxy_headers=False, timeout_graceful_shutdown=10,
+                          limit_concurrency=app.state.service.config.max_connections)  # fmt: skip

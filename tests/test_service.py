@@ -12,9 +12,11 @@ import http.client
 import io
 import json
 import os
+import random
 import shutil
 import signal
 import socket
+import string
 import struct
 import subprocess
 import sys
@@ -415,13 +417,14 @@ def test_new_index_version_is_served_without_restart(indexed_home, tiny_model, t
 
 @contextlib.contextmanager
 def thread_server(app: object) -> Iterator[int]:
-    """``app`` on uvicorn in a thread of this process, on a free loopback port; yields the port."""
+    """``app`` on uvicorn (the settings ``vistag serve`` uses) in a thread of this process, on a free
+    loopback port; yields the port."""
     import uvicorn
 
-    from query.service import listen
+    from query.service import listen, uvicorn_config
 
     sock = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -437,9 +440,12 @@ def thread_server(app: object) -> Iterator[int]:
 
 
 def test_in_process_app_on_a_home_without_index(tmp_path):
+    from indexer.catalog import Catalog
+    from indexer.home import Home
     from query.service import ServiceConfig, create_app
     from vistag import Archive
 
+    Catalog(Home.resolve(tmp_path / "empty").ensure().db_url).close()  # an archive that never published
     with (
         Archive(tmp_path / "empty") as archive,
         thread_server(create_app(archive, ServiceConfig(max_k=5))) as port,
@@ -476,3 +482,194 @@ def test_config_and_listen_errors():
         parse_time("2024-05-01T02:00:00+02:00") == 1714521600.0 and parse_time("1714521600") == 1714521600.0
     )
     assert not Filters() and Filters.parse("cat", None, None, None)
+
+
+# -- hardening: thumbnails from the indexed bytes only, bounded waits, labels and connections -------
+def thumbnail_of(port: int, image_id: int, size: int = 128) -> Reply:
+    return http_request(port, "GET", f"/api/images/{image_id}/thumbnail?size={size}")
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a new connection; everything the server sends until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT_S) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):  # a server that never answers raises TimeoutError here
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _unblock_fifo(path: Path) -> None:
+    """Let a reader blocked on the FIFO at ``path`` go on (it reads EOF)."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_thumbnails_only_from_the_indexed_regular_file(home_copy, tiny_model, tmp_path):
+    """A FIFO, a symlink to another image and a rewritten file at indexed paths are all refused."""
+    from PIL import Image
+
+    from query.service import ServiceConfig, create_app
+    from vistag import Archive
+
+    home, corpus = home_copy
+    folder = tmp_path / "mutable"
+    folder.mkdir()
+    colours = {"fifo": (200, 0, 0), "link": (0, 200, 0), "changed": (0, 0, 200), "kept": (200, 200, 0)}
+    for name, colour in colours.items():
+        Image.new("RGB", (40, 30), colour).save(folder / f"{name}.png")
+    with Archive(home) as archive:
+        archive.index([corpus.root, folder], model=tiny_model, batch_size=8)
+        rows = {name: archive.catalog.image(str((folder / f"{name}.png").resolve())) for name in colours}
+    ids = {name: row["id"] for name, row in rows.items()}
+    fifo = folder / "fifo.png"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    (folder / "link.png").unlink()
+    (folder / "link.png").symlink_to(next(p for p in corpus.good if p.suffix == ".png"))
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(folder / "changed.png")
+
+    with Archive(home) as archive, thread_server(create_app(archive, ServiceConfig())) as port:
+        try:
+            assert "can no longer be read" in assert_error(thumbnail_of(port, ids["fifo"]), 404)
+        finally:
+            _unblock_fifo(fifo)  # before the fix the render blocked in open() until a writer came
+        for name in ("link", "changed"):
+            assert "changed since it was indexed" in assert_error(thumbnail_of(port, ids[name]), 409)
+        kept = thumbnail_of(port, ids["kept"])  # the other render slot was not lost to the FIFO
+        assert kept.status == 200, kept.body
+        red, green, blue = Image.open(io.BytesIO(kept.body)).convert("RGB").getpixel((5, 5))
+        assert red > 150 and green > 150 and blue < 60  # the yellow that was indexed
+    cached = [p.name for p in (home / "thumbnails").rglob("*.jpg")]
+    assert cached == [f"{rows['kept']['sha256']}-128.jpg"]  # nothing of the refused files
+
+
+def test_slow_renders_and_busy_render_slots_answer_503(home_copy, monkeypatch):
+    """A render past render_timeout_s answers 503 and goes on (cached when done); with both render
+    slots held, the next thumbnail request gets 503 too instead of waiting."""
+    import query.service as service_module
+    from query.service import RENDER_SLOTS, ServiceConfig, create_app
+    from vistag import Archive
+
+    gate, real_render = threading.Event(), service_module.render_thumbnail
+
+    def held_render(data: bytes, size: int) -> bytes:
+        gate.wait(REQUEST_TIMEOUT_S * 2)
+        return real_render(data, size)
+
+    monkeypatch.setattr(service_module, "render_thumbnail", held_render)
+    home, corpus = home_copy
+    config = ServiceConfig(render_timeout_s=0.5)
+    with Archive(home) as archive, thread_server(create_app(archive, config)) as port:
+        ids = [archive.catalog.image(str(p.resolve()))["id"] for p in corpus.good[: RENDER_SLOTS + 1]]
+        try:
+            for image_id in ids[:RENDER_SLOTS]:
+                assert "longer than 0.5 s" in assert_error(thumbnail_of(port, image_id, 512), 503)
+            assert "slots stayed busy" in assert_error(thumbnail_of(port, ids[-1], 512), 503)
+        finally:
+            gate.set()
+        for _ in range(100):  # the held renders end and free their slots
+            reply = thumbnail_of(port, ids[-1], 512)
+            if reply.status == 200:
+                break
+            time.sleep(0.1)
+        assert reply.status == 200
+        assert sorted(p.name for p in (home / "thumbnails").rglob("*-512.jpg")) == sorted(
+            f"{archive.catalog.image(i)['sha256']}-512.jpg" for i in ids
+        )  # the two renders that answered 503 finished and were cached
+
+
+def test_metric_labels_stay_bounded_whatever_the_method(server):
+    rng = random.Random(0)
+    methods = [
+        "".join(rng.choices(string.ascii_uppercase + string.digits, k=rng.randint(3, 12))) for _ in range(300)
+    ]
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=REQUEST_TIMEOUT_S)
+    try:
+        for method in [*methods, "get", "PROPFIND"]:
+            conn.request(method, "/healthz")
+            response = conn.getresponse()
+            response.read()
+            assert response.status in (400, 405), (method, response.status)
+    finally:
+        conn.close()
+    text = server.get("/metrics").body.decode()
+    series = [line for line in text.splitlines() if line.startswith("vistag_http_requests_total{")]
+    labels = {line.split('method="')[1].split('"')[0] for line in series}
+    assert labels <= {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other"}, len(labels)
+    others = sum(float(line.rsplit(" ", 1)[1]) for line in series if 'method="other"' in line)
+    assert others >= len(methods) + 2 and len(series) < 60 and len(text) < 100_000
+
+
+def test_loopback_bind_answers_for_its_own_address(home_copy, monkeypatch):
+    import argparse
+
+    from query.service import create_app
+    from vistag import Archive, cli_serve
+
+    monkeypatch.delenv("VISTAG_WRITE_TOKEN", raising=False)
+    parser = argparse.ArgumentParser()
+    cli_serve.add_parser(parser.add_subparsers(dest="command"))
+
+    def config(host: str) -> Any:
+        return cli_serve.service_config(parser.parse_args(["serve", "--host", host]))
+
+    assert config("0.0.0.0").allowed_hosts is None  # reachable from elsewhere: any Host, as before
+    with (
+        Archive(home_copy[0]) as archive,
+        thread_server(create_app(archive, config("127.0.0.2"))) as port,
+    ):
+        for host in ("127.0.0.2:8000", "127.0.0.2", "localhost:8000", "LOCALHOST"):
+            assert http_request(port, "GET", "/healthz", headers={"Host": host}).status == 200, host
+        assert_error(http_request(port, "GET", "/healthz", headers={"Host": "127.0.0.2.evil.example"}), 400)
+
+
+def test_slow_bodies_get_408_and_connections_are_bounded(home_copy):
+    from query.service import ServiceConfig, create_app
+    from vistag import Archive
+
+    def head(method: str, path: str, length: int, ctype: str = "application/json") -> bytes:
+        return (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {length}\r\n\r\n").encode()  # fmt: skip
+
+    config = ServiceConfig(body_timeout_s=1.0, max_connections=3)
+    with Archive(home_copy[0]) as archive, thread_server(create_app(archive, config)) as port:
+        json_half = head("POST", "/api/search/vector", 200) + b'{"vector": [1.0, '
+        upload_half = head("POST", "/api/search/image", 5000, "multipart/form-data; boundary=x") + b"--x\r\n"
+        for request in (json_half, upload_half):  # the client stops sending: 408, connection closed
+            reply = raw_exchange(port, request)
+            assert reply.startswith(b"HTTP/1.1 408 ") and b"within 1 s" in reply, reply[:300]
+        unread = raw_exchange(port, head("GET", "/healthz", 100) + b"0123456789")
+        assert unread.startswith(b"HTTP/1.1 200 ") and b"connection: close" in unread.lower()
+
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT_S) for _ in range(3)]
+        try:
+            assert http_request(port, "GET", "/healthz").status == 503  # limit_concurrency
+        finally:
+            for sock in idle:
+                sock.close()
+        for _ in range(100):  # the server notices the closed connections
+            if (status := http_request(port, "GET", "/healthz").status) == 200:
+                break
+            time.sleep(0.1)
+        assert status == 200
+
+
+def test_hits_and_details_carry_calibrated_confidence(server):
+    from vistag import Archive
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    labels = {"labels": "red circle,blue square,green star,noise", "top": 3}
+    run = server.post_json("/api/tag", labels, **auth)
+    assert run.status == 200, run.body
+    hits = server.search("q=shape&k=8")["hits"]
+    details = server.get(f"/api/images/{hits[0]['id']}").json()["tags"]
+    with Archive(server.home) as archive:
+        rows = archive.catalog.tags(run.json()["run_id"])
+    stored = {(r["image_id"], r["label"]): r["confidence"] for r in rows}
+    shown = [(h["id"], tag) for h in hits for tag in h["tags"]] + [(hits[0]["id"], tag) for tag in details]
+    assert all(len(h["tags"]) == 3 for h in hits) and len(details) >= 3
+    for image_id, tag in shown:
+        assert {"label", "score", "rank", "method", "confidence"} <= set(tag)  # keys of before stay
+        assert 0 <= tag["confidence"] <= 1
+        assert tag["confidence"] == pytest.approx(stored[(image_id, tag["label"])], abs=1e-6)

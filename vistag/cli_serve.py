@@ -45,7 +45,8 @@ def service_config(args: argparse.Namespace) -> Any:
     from query.service import LOOPBACK_HOSTS, ServiceConfig, is_loopback
 
     token = args.write_token or os.environ.get(ENV_WRITE_TOKEN) or None
-    hosts = LOOPBACK_HOSTS if is_loopback(args.host) else None
+    # a loopback bind answers loopback names and its own address (printed as the URL); others any Host
+    hosts = tuple(dict.fromkeys((*LOOPBACK_HOSTS, args.host.lower()))) if is_loopback(args.host) else None
     return ServiceConfig(max_k=args.max_k, write_token=token, allowed_hosts=hosts)
 
 

@@ -21,6 +21,16 @@ function baseName(uri) {
   return parts[parts.length - 1] || uri;
 }
 
+// tags: the calibrated confidence is what a person reads; the raw score (not comparable across
+// labels or methods: ZLaP's are ~0.001) stays in the tooltip
+function confidenceText(tag) {
+  return tag.confidence == null ? "" : `${Math.round(tag.confidence * 100)}%`;
+}
+
+function rawScoreText(tag) {
+  return `raw ${tag.method} score ${tag.score.toPrecision(3)}`;
+}
+
 function showNotice(message, isError = false) {
   const notice = $("notice");
   notice.textContent = message;
@@ -122,9 +132,9 @@ function renderGrid(hits) {
 function card(hit) {
   const name = baseName(hit.uri);
   const chips = hit.tags.map((tag) => el("span", {
-    className: "chip", textContent: tag.label, title: `${tag.label}: ${tag.score.toFixed(3)} — filter by this tag`,
+    className: "chip", title: `${tag.label}: ${rawScoreText(tag)} — filter by this tag`,
     dataset: { tag: tag.label }, role: "button", tabIndex: 0,
-  }));
+  }, [tag.label, el("span", { className: "conf", textContent: confidenceText(tag) })]));
   return el("div", { className: "card", role: "button", tabIndex: 0, title: hit.uri, dataset: { id: hit.id } }, [
     el("img", { src: `${hit.thumbnail}?size=256`, alt: name, loading: "lazy", width: 256, height: 256 }),
     el("div", { className: "meta" }, [
@@ -157,7 +167,8 @@ async function openDetail(id) {
     $("detail-name").textContent = baseName(image.uri);
     $("detail-meta").replaceChildren(...metaRows(image));
     $("detail-tags").replaceChildren(...(image.tags.length ? image.tags.map((tag) => el("li", {}, [
-      el("span", { textContent: tag.label }), el("span", { textContent: tag.score.toFixed(3) }),
+      el("span", { textContent: tag.label }),
+      el("span", { className: "conf", textContent: confidenceText(tag) || tag.score.toPrecision(3), title: rawScoreText(tag) }),
     ])) : [el("li", { textContent: "No tags yet (no tag run)." })]));
     if (!$("detail").open) $("detail").showModal();
   } catch (error) {
