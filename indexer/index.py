@@ -13,6 +13,12 @@ version folder on every read, so a version folder can be moved or copied whole. 
 :func:`read_index`): on-disk lists are always memory-mapped; other indexes are memory-mapped
 (``IO_FLAG_MMAP_IFC``, read-only) when ``index.faiss`` is at least ``MMAP_MIN_BYTES``, so a
 server maps a large index instead of copying it into its own memory.
+
+Integrity: the manifest (written last) holds the SHA-256 and size of every other file of the
+version (``files``) and the id of the catalog it was built from (``catalog_id``). Files are
+checked when they are loaded: hashed unless the folder's verification stamp (``stamp.json``,
+see :func:`pipeline.shards.verify_files`) vouches for them. A damaged version raises
+:class:`DamagedState`; ``vistag index`` then rebuilds it.
 """
 
 from __future__ import annotations
@@ -38,7 +44,14 @@ from indexer.home import Home
 from indexer.planner import IndexChoice
 from pipeline import shards
 from vistag import faiss_gpu
-from vistag.errors import IndexNotFound, InputError, ModelMismatch
+from vistag.errors import (
+    DamagedIndex,
+    DamagedState,
+    IndexNotFound,
+    InputError,
+    ModelMismatch,
+    ShardFormatError,
+)
 from vistag.models import ModelIdentity
 
 FORMAT_VERSION = 1
@@ -46,6 +59,8 @@ BUILD_CHUNK = 100_000
 INDEX_FILE = "index.faiss"
 ONDISK_FILE = "index.ivfdata"
 MMAP_MIN_BYTES = 256 * 2**20  # index files at least this large are memory-mapped for serving
+STAMP_FILE = "stamp.json"
+VERSION_REPAIR = "`vistag index PATH` rebuilds it from the shards"
 
 
 def build_index(xb: np.ndarray, ids: np.ndarray, index_type: str) -> Any:
@@ -300,6 +315,10 @@ def gather_vectors(home: Home, locations: Sequence[tuple[int, str, str, int]], d
         matrix = shards.read_embeddings(home.absolute(shard_dir), shard)
         positions = np.array([p for p, _ in items], dtype=np.int64)
         rows = np.array([r for _, r in items], dtype=np.int64)
+        if int(rows.max()) >= len(matrix):
+            label = shards.shard_label(home.absolute(shard_dir), shard)
+            message = f"{label} has {len(matrix)} embeddings; the catalog points at row {rows.max()}"
+            raise ShardFormatError(message, label)
         order = np.argsort(rows)
         xb[positions[order]] = matrix[rows[order]]
     return ids, xb
@@ -336,12 +355,18 @@ class VectorTable:
 
     @classmethod
     def load(cls, home: Home, version: IndexVersion) -> VectorTable | None:
-        """The version's table, or None for versions written without one."""
+        """The version's table, or None for versions written without one (or that lost it: the
+        catalog then serves stored vectors); checked against the version's checksums first."""
         if not (version.path / cls.IDS).exists():
             return None
-        names = [(str(a), str(b)) for a, b in json.loads((version.path / cls.NAMES).read_text())]
-        ids = np.load(version.path / cls.IDS, mmap_mode="r")
-        at = np.load(version.path / cls.AT, mmap_mode="r")
+        version.verify([cls.IDS, cls.AT, cls.NAMES])
+        try:
+            names = [(str(a), str(b)) for a, b in json.loads((version.path / cls.NAMES).read_text())]
+            ids = np.load(version.path / cls.IDS, mmap_mode="r")
+            at = np.load(version.path / cls.AT, mmap_mode="r")
+        except (OSError, ValueError, TypeError) as err:
+            raise DamagedState(f"index version {version.name}: unreadable vector table ({err}); "
+                               f"{VERSION_REPAIR}", str(version.path)) from err  # fmt: skip
         return cls(home, ids, at, names, version.identity.embed_dim)
 
     def fetch(self, ids: np.ndarray) -> np.ndarray:
@@ -402,9 +427,27 @@ class IndexVersion:
         on disk, or when ``mmap`` is True, or (None) when the file is large; see :func:`read_index`."""
         from indexer.planner import set_search_params
 
-        index = read_index(self.path / INDEX_FILE, self.storage, mmap)
+        self.verify([INDEX_FILE, ONDISK_FILE])
+        try:
+            index = read_index(self.path / INDEX_FILE, self.storage, mmap)
+        except (RuntimeError, MemoryError, OSError) as err:  # files written before checksums were recorded
+            reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise DamagedState(f"index version {self.name} cannot be read ({reason}); {VERSION_REPAIR}",
+                               str(self.path)) from err  # fmt: skip
         set_search_params(index, self.manifest.get("search", {}).get("params", {}))
         return index
+
+    def verify(self, names: Iterable[str] | None = None, full: bool = False) -> int:
+        """Check the version's files (``names``: those of them) against the manifest's checksums,
+        hashing those the stamp does not vouch for (``full``: all); returns the bytes hashed.
+        Raises :class:`DamagedState`; versions written without checksums are not checked."""
+        files = self.manifest.get("files") or {}
+        if names is not None:
+            files = {n: files[n] for n in names if n in files}
+        if not files:
+            return 0
+        return shards.verify_files(str(self.path), files, f"index version {self.name}", VERSION_REPAIR,
+                                   full=full, stamp=str(self.path / STAMP_FILE))  # fmt: skip
 
     @property
     def rerank(self) -> int:
@@ -424,6 +467,7 @@ def new_staging(home: Home, identity: ModelIdentity) -> Path:
 def write_version(
     home: Home, identity: ModelIdentity, index: Any, index_type: str, run_id: int | None, catalog_state: str = "",
     search: dict[str, Any] | None = None, locations: Sequence[tuple[int, str, str, int]] | None = None,
+    catalog_id: str = "",
 ) -> IndexVersion:
     """Write ``index`` as the next version folder of ``identity``'s model (not yet published).
 
@@ -431,7 +475,8 @@ def write_version(
     :meth:`indexer.catalog.Catalog.live_state`), so a later run can tell whether it is current;
     ``search`` holds how to search it (``params`` such as nprobe, ``rerank``, measured recall).
     ``locations`` (the vectors the index was built from): written as the version's
-    :class:`VectorTable` when its search re-ranks.
+    :class:`VectorTable` when its search re-ranks. ``catalog_id``: the catalog's identity
+    (:meth:`indexer.catalog.Catalog.catalog_id`). The manifest records every file's checksum.
     An on-disk index (see :func:`build_ondisk`) is finished in the staging folder it was built in.
     """
     import faiss
@@ -456,12 +501,13 @@ def write_version(
         "count": int(index.ntotal), "dim": identity.embed_dim, "index_type": index_type,
         "id_map": "faiss id = catalog images.id", "run_id": run_id, "created": time.time(),
         "catalog_state": catalog_state, "search": search or {},
-        "storage": "ondisk" if lists is not None else "memory",
+        "storage": "ondisk" if lists is not None else "memory", "catalog_id": catalog_id,
     }  # fmt: skip
     if lists is not None:
         manifest["ivfdata"] = ONDISK_FILE
     if locations is not None and (search or {}).get("rerank"):
         VectorTable.write(tmp, locations)
+    manifest["files"] = {p.name: shards.checksum_file(str(p)) for p in sorted(tmp.iterdir()) if p.is_file()}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     _fsync_dir(tmp)
     numbers = [int(p.name[1:]) for p in model_root.glob("v[0-9]*") if p.name[1:].isdigit()]
@@ -483,7 +529,10 @@ def _fsync_dir(path: Path) -> None:
 
 def publish(home: Home, version: IndexVersion) -> None:
     """Point CURRENT at ``version`` atomically, then delete versions older than the previous one."""
-    previous = current_version_path(home)
+    try:
+        previous = current_version_path(home)
+    except DamagedState:
+        previous = None
     tmp = home.current_pointer.with_name(f"CURRENT.tmp-{uuid.uuid4().hex[:8]}")
     tmp.write_text(json.dumps({"path": str(version.path.relative_to(home.root))}))
     with open(tmp, "rb") as fh:
@@ -496,11 +545,16 @@ def publish(home: Home, version: IndexVersion) -> None:
 
 
 def current_version_path(home: Home) -> Path | None:
+    """The published version's folder (None: nothing published); :class:`DamagedState` when the
+    pointer cannot be read."""
     try:
         pointer = json.loads(home.current_pointer.read_text())
+        return home.root / pointer["path"]
     except FileNotFoundError:
         return None
-    return home.root / pointer["path"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DamagedIndex(f"{home.current_pointer} is damaged ({err}); {VERSION_REPAIR}",
+                           str(home.current_pointer)) from err  # fmt: skip
 
 
 def current_version(home: Home) -> IndexVersion:
@@ -508,7 +562,15 @@ def current_version(home: Home) -> IndexVersion:
     path = current_version_path(home)
     if path is None or not (path / "manifest.json").exists():
         raise IndexNotFound(f"no index published in {home.root}: run `vistag index PATH` first")
-    manifest = json.loads((path / "manifest.json").read_text())
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError) as err:
+        name = f"{path.parent.name}/{path.name}"
+        message = f"index version {name}: unreadable manifest ({err}); {VERSION_REPAIR}"
+        raise DamagedIndex(message, str(path)) from err
+    if not isinstance(manifest, dict):
+        message = f"index version {path.parent.name}/{path.name}: manifest is not an object; {VERSION_REPAIR}"
+        raise DamagedIndex(message, str(path))
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ModelMismatch(f"index {path} has unknown format version {manifest.get('format_version')}")
     return IndexVersion(path, manifest)

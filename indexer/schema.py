@@ -147,3 +147,10 @@ text_embeddings = Table(
     Column("vector", LargeBinary, nullable=False),
     PrimaryKeyConstraint("model_id", "text_sha256", name="pk_text_embeddings"),
 )
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)

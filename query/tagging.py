@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer import check
 from indexer import index as versions
 from indexer.catalog import Catalog
 from indexer.graph import GRAPH_K, knn_graph
@@ -201,18 +202,20 @@ def tag_corpus(
     params = asdict(config) | {"labels": list(config.names), "vocabulary": [asdict(x) for x in config.labels],
                                "model_key": version.identity.key}  # fmt: skip
     cuts = [max(config.min_confidence, (config.thresholds or {}).get(n, 0.0)) for n in config.names]
-    run_id = catalog.start_run("tag", catalog.model_id(version.identity), params)
-    try:
-        folder = run_dir(home, run_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        scores = score_corpus(home, catalog, searcher, config, folder)
-        shown = store_tags(catalog, scores.chunks(chunk, confidence=False), config.names, config.method, run_id,
-                           store_top=config.store_top, top=config.top, cuts=cuts)  # fmt: skip
-        (folder / "run.json").write_text(json.dumps(params | {"run_id": run_id}, indent=1))
-    except BaseException as err:
-        catalog.finish_run(run_id, "failed", {}, message=f"{type(err).__name__}: {err}")
-        raise
-    catalog.finish_run(run_id, "ok", {"listed": len(scores.ids)})
+    with check.writer(home, catalog):  # one writer per home: a run found running under the lock is dead
+        run_id = catalog.start_run("tag", catalog.model_id(version.identity), params)
+        try:
+            folder = run_dir(home, run_id)
+            folder.mkdir(parents=True, exist_ok=True)
+            scores = score_corpus(home, catalog, searcher, config, folder)
+            blocks = scores.chunks(chunk, confidence=False)
+            shown = store_tags(catalog, blocks, config.names, config.method, run_id,
+                               store_top=config.store_top, top=config.top, cuts=cuts)  # fmt: skip
+            (folder / "run.json").write_text(json.dumps(params | {"run_id": run_id}, indent=1))
+        except BaseException as err:
+            catalog.finish_run(run_id, "failed", {}, message=f"{type(err).__name__}: {err}")
+            raise
+        catalog.finish_run(run_id, "ok", {"listed": len(scores.ids)})
     return TagResult(run_id, config.names, config.method, len(scores.ids), shown)
 
 

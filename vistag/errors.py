@@ -49,10 +49,29 @@ class LockHeld(CatalogError):
     """Another process is writing to this home."""
 
 
-class ShardFormatError(VistagError):
-    """An embedding shard on disk is missing, truncated or of an unknown format version."""
+class DamagedState(VistagError):
+    """A file of the home's state (index version, vector table, embedding shard) is missing, truncated
+    or differs from the checksum recorded when it was written; ``path`` names it. ``vistag index``
+    rebuilds what is damaged from what is intact."""
 
     exit_code = 5
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+
+class DamagedIndex(DamagedState, IndexNotFound):
+    """The published index (its pointer or manifest) cannot be read: to a writer, as if none were
+    published (the next ``vistag index`` publishes a new one); to a reader, exit code 5."""
+
+
+class CatalogMismatch(CatalogError):
+    """The catalog is not the one the published index was built from (deleted, replaced or emptied)."""
+
+
+class ShardFormatError(DamagedState):
+    """An embedding shard on disk is missing, truncated or of an unknown format version."""
 
 
 class NotFound(VistagError):
