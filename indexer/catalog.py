@@ -12,6 +12,7 @@ import hashlib
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,20 @@ class Catalog:
     def display_url(url: str) -> str:
         """The URL with any password masked, for messages and status output."""
         return parse_db_url(url).render_as_string(hide_password=True)
+
+    # identity -------------------------------------------------------------------------------
+    def catalog_id(self) -> str:
+        """This catalog's random identity (``meta`` table), recorded in the index versions built
+        from it; made here if the row is missing."""
+        query = sa.select(t.meta.c.value).where(t.meta.c.key == "catalog_id")
+        with self.engine.connect() as conn:
+            found = conn.execute(query).scalar()
+        if found is not None:
+            return str(found)
+        with contextlib.suppress(sa.exc.IntegrityError), self.engine.begin() as conn:
+            conn.execute(t.meta.insert().values(key="catalog_id", value=uuid.uuid4().hex))
+        with self.engine.connect() as conn:
+            return str(conn.execute(query).scalar())
 
     # models ---------------------------------------------------------------------------------
     def model_id(self, identity: ModelIdentity) -> int:
@@ -289,6 +304,41 @@ class Catalog:
         with self.engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
+    def has_indexed_images(self) -> bool:
+        query = sa.select(t.images.c.id).where(t.images.c.status == "indexed").limit(1)
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
+    def has_embeddings(self, model_id: int) -> bool:
+        query = sa.select(t.embeddings.c.sha256).where(t.embeddings.c.model_id == model_id).limit(1)
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
+    def embedding_shards(self) -> list[tuple[str, str, int]]:
+        """(shard_dir, shard, embeddings recorded) of every shard the embeddings table points into."""
+        e = t.embeddings
+        query = sa.select(e.c.shard_dir, e.c.shard, sa.func.count()).group_by(e.c.shard_dir, e.c.shard)
+        with self.engine.connect() as conn:
+            return sorted((str(d), str(s), int(n)) for d, s, n in conn.execute(query))
+
+    def drop_shard_embeddings(self, shard_dir: str, shard: str) -> int:
+        """Forget the embeddings stored in one shard (it is damaged): their content is embedded again."""
+        e = t.embeddings
+        with self.engine.begin() as conn:
+            gone = conn.execute(e.delete().where(e.c.shard_dir == shard_dir, e.c.shard == shard))
+        return int(gone.rowcount)
+
+    def embedding_sources(self, model_id: int, shas: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """sha256 -> (shard_dir, shard) holding its embedding for this model."""
+        e = t.embeddings
+        out: dict[str, tuple[str, str]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(shas)):
+                query = sa.select(e.c.sha256, e.c.shard_dir, e.c.shard)
+                query = query.where(e.c.model_id == model_id, e.c.sha256.in_(chunk))
+                out.update({sha: (d, s) for sha, d, s in conn.execute(query)})
+        return out
+
     def add_embeddings(self, rows: Sequence[dict[str, Any]]) -> int:
         """Record where each (sha256, model) embedding lives; content already recorded is skipped."""
         added = 0
@@ -349,6 +399,13 @@ class Catalog:
         for chunk in _chunks(rows):
             with self.engine.begin() as conn:
                 _insert_many(conn, t.failures, [dict(r) | {"run_id": run_id, "created": now} for r in chunk])
+
+    def last_failure(self, uri: str) -> dict[str, Any] | None:
+        """The newest failure row recorded for ``uri`` (stage, reason, run_id), or None."""
+        query = sa.select(t.failures).where(t.failures.c.uri == uri).order_by(t.failures.c.id.desc()).limit(1)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return dict(row) if row is not None else None
 
     def failures(self, limit: int | None = None) -> list[dict[str, Any]]:
         query = sa.select(t.failures).order_by(t.failures.c.id.desc())
@@ -429,6 +486,22 @@ class Catalog:
         with self.engine.begin() as conn:
             for chunk in _chunks([int(i) for i in image_ids]):
                 conn.execute(t.tags.delete().where(t.tags.c.run_id == run_id, t.tags.c.image_id.in_(chunk)))
+
+    def delete_tag_run(self, run_id: int) -> int:
+        """Delete the tags of tag run ``run_id`` and mark it ``deleted``; returns the tag rows deleted.
+        :class:`NotFound` unless it is a tag run."""
+        with self.engine.begin() as conn:
+            kind = conn.execute(sa.select(t.runs.c.kind).where(t.runs.c.id == run_id)).scalar()
+            if kind != "tag":
+                raise NotFound(f"no tag run {run_id} (see `vistag runs`)")
+            deleted = conn.execute(t.tags.delete().where(t.tags.c.run_id == run_id)).rowcount
+            conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(status="deleted", finished=time.time()))
+        return int(deleted)
+
+    def drop_run_tags(self, run_id: int) -> int:
+        """Delete every tag row of run ``run_id`` (what a dead tag run stored); returns how many."""
+        with self.engine.begin() as conn:
+            return int(conn.execute(t.tags.delete().where(t.tags.c.run_id == run_id)).rowcount)
 
     def latest_tag_run(self) -> int | None:
         query = sa.select(sa.func.max(t.runs.c.id)).where(t.runs.c.kind == "tag", t.runs.c.status == "ok")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from indexer import check
 from indexer import index as versions
 from indexer.catalog import Catalog
 from indexer.home import Home
@@ -20,10 +23,11 @@ from pipeline import shards
 from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.inputs import FileEntry, expand_inputs
 from pipeline.job import DEFAULT_CHUNK_SIZE, KNOWN_HASHES_FILE, PipelineConfig, run_config, write_worklist
+from pipeline.runners import check_beam_args
 from vistag import faiss_gpu
-from vistag.errors import EmptyCorpus, IndexNotFound, PipelineError
+from vistag.errors import DamagedIndex, EmptyCorpus, IndexNotFound, PipelineError
 from vistag.faults import crash_point
-from vistag.models import ModelIdentity, model_identity, parse_model_spec
+from vistag.models import ModelIdentity, ModelSpec, model_identity, parse_model_spec
 
 log = logging.getLogger(__name__)
 
@@ -65,51 +69,90 @@ class IndexResult:
     index_count: int | None = None
     tag_runs: tuple[int, ...] = ()
     index_plan: str | None = None
+    model_change: str | None = None  # what changes when the run's model is not the published index's
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "plan"}
         return out | {"plan": self.plan.counts()}
 
 
-def run_index(home: Home, config: IndexConfig) -> IndexResult:
-    """Run one index job in ``home`` under the writer lock."""
+def run_index(
+    home: Home, config: IndexConfig, then: Callable[[Catalog, IndexResult], IndexResult] | None = None
+) -> IndexResult:
+    """Run one index job in ``home`` under the writer lock; ``then`` (the catalog, the result) runs
+    under the same lock afterwards (tagging the new images), and its result is returned."""
     home.ensure()
     with WriterLock(home.lock_path):
         catalog = Catalog(home.db_url)
         try:
             with catalog.writer_lock():
-                return _run_locked(home, catalog, config)
+                result = _run_locked(home, catalog, config)
+                return then(catalog, result) if then is not None else result
         finally:
             catalog.close()
 
 
 def _run_locked(home: Home, catalog: Catalog, config: IndexConfig) -> IndexResult:
     faiss_on_gpu = faiss_gpu.use_gpu()  # a bad VISTAG_FAISS_GPU stops the run before any work
-    spec = parse_model_spec(config.model, config.pretrained)
+    check_beam_args(config.beam_args)  # so do unknown Beam options,
+    listing = expand_inputs(config.inputs)  # and missing inputs, before any model work
+    spec = archive_model(home, config)
     identity = model_identity(spec, home.model_identities, record=not config.dry_run)
+    change = model_change(home, identity)
     model_id = catalog.model_id(identity)
     if not config.dry_run:
         recover(home, catalog)
-    listing = expand_inputs(config.inputs)
+        check.repair(home, catalog, identity, model_id)
     plan = make_plan(listing, catalog.image_states(), set(catalog.known_hashes(model_id)))
     if config.dry_run:
         live = len(plan.unchanged) + len(plan.work) - len(plan.missing)
         choice = plan_index(max(live, 0), identity.embed_dim, memory_budget=config.memory_budget, override=config.index_type,
                             storage=config.index_storage, latency_ms=config.latency_target_ms)  # fmt: skip
         where = f"; FAISS on {faiss_gpu.gpu_count()} GPU(s)" if faiss_on_gpu and not choice.exact else ""
-        return IndexResult(plan, index_plan=choice.describe() + where)
+        return IndexResult(plan, index_plan=choice.describe() + where, model_change=change)
     if not listing.entries and not catalog.image_states():
         raise EmptyCorpus(f"no image files found in {', '.join(config.inputs)}")
     run_id = catalog.start_run("index", model_id, {"inputs": config.inputs, "model": identity.model})
+    home.remember(spec.open_clip_name, spec.pretrained)
     crash_point("planned")
     try:
-        result = _execute(home, catalog, config, identity, model_id, plan, run_id)
+        result = replace(_execute(home, catalog, config, identity, model_id, plan, run_id), model_change=change)
     except BaseException as err:
         catalog.finish_run(run_id, "failed", plan.counts(), message=f"{type(err).__name__}: {err}")
         raise
     counts = plan.counts() | {"embedded": result.embedded, "reused": result.reused, "failed": result.failed}
     catalog.finish_run(run_id, "ok", counts)
     return result
+
+
+def archive_model(home: Home, config: IndexConfig) -> ModelSpec:
+    """The run's model: ``config.model``, else the one the home remembers (else, for a home made by
+    an older vistag, the published index's), else the default; never a default over the archive's."""
+    model, pretrained = config.model, config.pretrained
+    if model is None:
+        model, remembered = home.settings.model, home.settings.pretrained
+        if model is None:
+            with contextlib.suppress(IndexNotFound):
+                published = versions.current_version(home).identity
+                model, remembered = published.model, published.pretrained
+        pretrained = pretrained or remembered
+    return parse_model_spec(model, pretrained)
+
+
+def model_change(home: Home, identity: ModelIdentity) -> str | None:
+    """A sentence when ``identity`` is not the published index's model, else None."""
+    try:
+        published = versions.current_version(home).identity
+    except IndexNotFound:
+        return None
+    if published.key == identity.key:
+        return None
+    return (f"model changes from {_model_name(published)} to {_model_name(identity)}: every image is embedded "
+            "again and the new index replaces the current one")  # fmt: skip
+
+
+def _model_name(identity: ModelIdentity) -> str:
+    return identity.model + (f" ({identity.pretrained})" if identity.pretrained else "")
 
 
 def _execute(
@@ -175,6 +218,8 @@ def apply_shards(
         fresh = [m for m in shard.meta if m["row"] >= 0]
         known = [m for m in shard.meta if m["row"] < 0]
         sizes = catalog.sizes_by_sha([m["sha256"] for m in known])
+        unsized = [m["sha256"] for m in known if m["sha256"] not in sizes]
+        sizes |= check.shard_sizes(home, catalog, model_id, unsized)  # e.g. taken from shards by repair
         for m in known:
             m["width"], m["height"] = sizes.get(m["sha256"], (0, 0))
         catalog.add_embeddings(
@@ -202,14 +247,22 @@ def _failed_row(uri: str, by_uri: dict[str, FileEntry]) -> dict[str, Any]:
 def _maybe_rebuild(
     home: Home, catalog: Catalog, identity: ModelIdentity, model_id: int, config: IndexConfig, run_id: int
 ) -> versions.IndexVersion | None:
-    """Build and publish a new version unless the published one already holds exactly the catalog."""
+    """Build and publish a new version unless the published one already holds exactly the catalog
+    (and was built from it, and is intact: a damaged one is rebuilt)."""
     state = catalog.live_state(model_id)
+    discard: Path | None = None  # the published version if damaged or another catalog's: not kept as previous
     try:
         current = versions.current_version(home)
+    except DamagedIndex as err:  # an unreadable manifest (or pointer)
+        current, discard = None, Path(err.path) if err.path and Path(err.path).is_dir() else None
     except IndexNotFound:
         current = None
     forced_storage = config.index_storage != "auto" and current is not None and current.storage != config.index_storage
-    if current is not None and current.manifest.get("catalog_state") == state and not config.index_type and not forced_storage:
+    serves = current is not None and check.still_serves(current, catalog)  # hashed unless stamped
+    if current is not None and not serves:
+        discard = current.path
+    unchanged = serves and current.manifest.get("catalog_state") == state
+    if unchanged and not config.index_type and not forced_storage:
         return None
     locations = catalog.vector_locations(model_id)
     choice = plan_index(len(locations), identity.embed_dim, memory_budget=config.memory_budget, override=config.index_type,
@@ -223,10 +276,12 @@ def _maybe_rebuild(
         search |= {"params": params, "rerank": tuning.search.get("rerank", 0), "text_recall_at_10": tuning.text_recall,
                    "image_recall_at_10": tuning.image_recall, "recall_queries": tuning.queries}  # fmt: skip
     version = versions.write_version(home, identity, index, choice.factory, run_id, catalog_state=state, search=search,
-                                     locations=locations)  # fmt: skip
+                                     locations=locations, catalog_id=catalog.catalog_id())  # fmt: skip
     catalog.add_index_version(model_id, home.relative(version.path), choice.factory, int(index.ntotal), run_id)
     crash_point("version-written")
     versions.publish(home, version)
+    if discard is not None:
+        shutil.rmtree(discard, ignore_errors=True)
     crash_point("published")
     return version
 
@@ -236,17 +291,17 @@ def recover(home: Home, catalog: Catalog) -> list[int]:
     temporary files.
 
     Called under the writer lock, so any run still marked ``running`` belongs to a dead process.
-    The complete shards of such runs, and of runs that failed (disk full, database error...), are
-    applied (idempotently, once), so their images are not embedded again.
+    The complete shards of such index runs, and of index runs that failed (disk full, database
+    error...), are applied (idempotently, once), so their images are not embedded again. Such tag
+    runs leave partial tags: those and the run's folder are deleted.
     """
-    runs = [r for r in catalog.runs(limit=1000) if r["kind"] == "index" and r["status"] in ("running", "failed")]
     dead = []
-    for run in runs:
+    for run in check.unfinished_runs(catalog):
         params = json.loads(run["params"])
-        if params.get("recovered"):
-            continue
         folder = params.get("shards")
-        if run["model_id"] is not None and folder and shards.exists(folder):
+        if run["kind"] == "tag":
+            check.drop_tag_run(home, catalog, run["id"])
+        elif run["model_id"] is not None and folder and shards.exists(folder):
             apply_shards(home, catalog, folder, run["model_id"], run["id"], ())
         catalog.update_run_params(run["id"], {"recovered": True})
         if run["status"] == "running":

@@ -8,12 +8,12 @@ Unchanged images without an embedding for the run's model (a model switch) are w
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.inputs import FileEntry, Listing
+from vistag import uris
 
 LIVE = ("indexed", "failed")
 
@@ -74,10 +74,8 @@ def make_plan(listing: Listing, states: Mapping[str, Mapping[str, Any]], known: 
         else:
             unchanged.append(entry.uri)
     listed = {e.uri for e in listing.entries}
-    roots = tuple(r.rstrip(os.sep) + os.sep if "://" not in r else r for r in listing.roots)
+    below = uris.under_any(listing.roots)
     deleted = sorted(
-        uri
-        for uri, state in states.items()
-        if state["status"] in LIVE and uri not in listed and uri.startswith(roots)
+        uri for uri, state in states.items() if state["status"] in LIVE and uri not in listed and below(uri)
     )
     return IndexPlan(tuple(new), tuple(changed), tuple(reembed), tuple(unchanged), tuple(deleted), listing.missing)

@@ -1,7 +1,8 @@
 """Expand corpus inputs (folders, globs, manifest files, image files, any Beam filesystem URI).
 
 One parser for the one identifier kind "corpus input". Local files are named by their absolute
-path; other filesystems (``gs://``, ``s3://``...) by their URI as Beam's ``FileSystems`` sees it.
+path (or, when that is not valid UTF-8, by its ``file://`` URI: see :mod:`vistag.uris`); other
+filesystems (``gs://``, ``s3://``...) by their URI as Beam's ``FileSystems`` sees it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vistag import uris
 from vistag.errors import InputError
 
 IMAGE_EXTENSIONS = frozenset(
@@ -46,8 +48,7 @@ class Listing:
     missing: tuple[tuple[str, str], ...]
 
 
-def is_remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
+is_remote = uris.is_remote
 
 
 def has_image_extension(uri: str) -> bool:
@@ -72,14 +73,12 @@ def _expand_one(raw: str, roots: list[str], missing: list[tuple[str, str]]) -> l
     text = raw.strip()
     if not text:
         raise InputError("empty input path")
-    if text.startswith("file://"):
-        text = text.removeprefix("file://")
     if is_remote(text):
         return _expand_remote(text, roots)
-    path = Path(text).expanduser()
+    path = Path(uris.to_path(text)).expanduser()
     if path.is_dir():
         root = str(path.resolve())
-        roots.append(root)
+        roots.append(uris.from_path(root))
         return list(_walk(root))
     if path.is_file():
         if path.suffix.lower() in MANIFEST_EXTENSIONS:
@@ -102,7 +101,7 @@ def _local_entry(path: str) -> FileEntry:
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
         raise IsADirectoryError(errno.EINVAL, "not a regular file", path)
-    return FileEntry(path, st.st_size, st.st_mtime)
+    return FileEntry(uris.from_path(path), st.st_size, st.st_mtime)
 
 
 def _is_regular(path: str) -> bool:
@@ -140,12 +139,12 @@ def _read_manifest(path: Path, missing: list[tuple[str, str]]) -> list[FileEntry
         if is_remote(item):
             entries.extend(_match_remote(item) or [])
             continue
-        local = Path(item.removeprefix("file://")).expanduser()
+        local = Path(uris.to_path(item)).expanduser()
         local = local if local.is_absolute() else base / local
         try:
             entries.append(_local_entry(str(local.resolve())))
         except OSError as err:
-            missing.append((str(local), f"listed in manifest but unreadable: {err.strerror or err}"))
+            missing.append((uris.from_path(str(local)), f"listed in manifest but unreadable: {err.strerror or err}"))
     return entries
 
 

@@ -10,13 +10,17 @@ unless given), so chunks spread over the workers and a lost worker costs only it
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import difflib
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from apache_beam.options.pipeline_options import PipelineOptions
+
+from vistag.errors import InputError
 
 DEFAULT_RUNNER = "FnApiRunner"
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
@@ -35,6 +39,60 @@ class LocalDaskOptions(PipelineOptions):
             help="worker processes of the local Dask cluster started when the Dask runner is "
             "chosen without --dask_client_address (default: one per CPU core)",
         )  # fmt: skip
+
+
+# Beam options that would make an index run quietly wrong
+REFUSED_OPTIONS = {"--dry_run": "it skips the embedding and the run would record nothing; use --dry-run"}
+
+
+class _Refused(Exception):
+    """argparse's complaint about a Beam option's value (raised instead of exiting)."""
+
+
+def beam_parser() -> argparse.ArgumentParser:
+    """An argument parser of every Beam pipeline option registered in this process, as Beam's own
+    ``PipelineOptions.get_all_options`` builds it (plus Dask's and vistag's own)."""
+    with contextlib.suppress(ImportError):  # Dask's options live with its runner (the dask extra)
+        import apache_beam.runners.dask.dask_runner  # noqa: F401
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            raise _Refused(message)
+
+    parser = Parser(allow_abbrev=False, add_help=False)
+    classes: dict[str, type[PipelineOptions]] = {}
+    for cls in PipelineOptions.__subclasses__():
+        classes.setdefault(str(cls), cls)
+    for cls in classes.values():
+        cls._add_argparse_args(parser)  # noqa: SLF001 - how Beam itself collects them
+    return parser
+
+
+def check_beam_args(beam_args: Sequence[str], own: Sequence[str] = ()) -> tuple[str, ...]:
+    """``beam_args`` when every one is a Beam pipeline option (``--name=value``, ``--name value`` or
+    a flag) with a value Beam accepts; else :class:`InputError` naming the first unknown option and
+    the nearest known one (among Beam's and ``own``, the caller's option names)."""
+    if not beam_args:
+        return tuple(beam_args)
+    refused = [a for a in beam_args if a.split("=", 1)[0] in REFUSED_OPTIONS]
+    if refused:
+        name = refused[0].split("=", 1)[0]
+        raise InputError(f"Beam option {name} is not for vistag: {REFUSED_OPTIONS[name]}")
+    parser = beam_parser()
+    try:
+        _, unknown = parser.parse_known_args(list(beam_args))
+    except _Refused as err:
+        raise InputError(f"Beam option: {err}") from None
+    if not unknown:
+        return tuple(beam_args)
+    bad = unknown[0]
+    if not bad.startswith("-"):
+        raise InputError(f"unexpected argument {bad!r} (options look like --name=value)")
+    name = bad.split("=", 1)[0]
+    beam = [o for action in parser._actions for o in action.option_strings]  # noqa: SLF001
+    near = difflib.get_close_matches(name, own, n=1, cutoff=0.75) or difflib.get_close_matches(name, beam, n=1)
+    hint = f"; did you mean {near[0]}?" if near else " (see `vistag index --help` and Beam's pipeline options)"
+    raise InputError(f"unknown option {name}{hint}")
 
 
 def _option_value(args: Sequence[str], name: str) -> str | None:

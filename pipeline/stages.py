@@ -19,10 +19,11 @@ from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.utils import shared
 
 from pipeline import shards
-from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image, max_file_bytes
 from pipeline.inputs import FileEntry
 from pipeline.preprocess import SplitTransform, split_transform, to_pixels
 from pipeline.worklist import Chunk, read_chunk, shard_name
+from vistag import uris
 from vistag.faults import crash_point
 from vistag.models import ModelIdentity
 
@@ -101,12 +102,12 @@ class EntryDecoder:
 
     def one(self, entry: FileEntry) -> dict[str, str] | ImageKey | tuple[ImageKey, np.ndarray]:
         """A failure row, a key of already-embedded content, or a key and its (3, H, W) pixels."""
-        from apache_beam.io.filesystems import FileSystems
-
+        limit = max_file_bytes(self.max_pixels)
+        if entry.size > limit:
+            return _failure(entry.uri, "read", f"file of {entry.size} bytes is larger than the {limit} bytes read for an image")
         try:
-            with FileSystems.open(entry.uri, compression_type="uncompressed") as fh:
-                data = fh.read()
-        except Exception as err:  # any filesystem's error: vanished, permission, I/O
+            data = uris.read_bytes(entry.uri, max_bytes=limit)
+        except Exception as err:  # any filesystem's error: vanished, permission, I/O, not a regular file
             return _failure(entry.uri, "read", _reason(err))
         sha = hashlib.sha256(data).hexdigest()
         if sha in self._known:

@@ -30,6 +30,7 @@ from indexer.home import Home
 from query.inductive import applied_runs
 from query.search import Searcher
 from query.tagging import Scored, TagConfig, score_corpus
+from vistag import uris
 from vistag.errors import InputError, NotFound
 
 
@@ -58,9 +59,7 @@ def read_truth(path: str | Path, catalog: Catalog) -> Truth:
             continue
         if len(row) != 2 or not row[1].strip():
             raise InputError(f"{path} line {number}: expected 'uri,label'")
-        uri = row[0].strip()
-        if "://" not in uri and not Path(uri).is_absolute():
-            uri = str((path.parent / uri).resolve())
+        uri = uris.normalize(row[0].strip(), str(path.parent))
         try:
             image = catalog.image(uri)
         except NotFound:

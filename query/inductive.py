@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,18 @@ def applied_runs(catalog: Catalog, model_key: str) -> list[dict[str, Any]]:
             seen.add(key)
             out.append(run | {"config": params})
     return out
+
+
+def delete_tag_run(home: Home, catalog: Catalog, run_id: int) -> dict[str, Any]:
+    """Delete tag run ``run_id``: its tags and its folder; its label set is then no longer applied to
+    new images (unless another run with the same labels and method remains, named in ``still_applied``)."""
+    run = next((r for r in catalog.runs(limit=100_000) if r["id"] == run_id), None)
+    tags = catalog.delete_tag_run(run_id)
+    shutil.rmtree(run_dir(home, run_id), ignore_errors=True)
+    params = json.loads((run or {}).get("params") or "{}")
+    same = [r["id"] for r in applied_runs(catalog, params.get("model_key", ""))
+            if (r["config"].get("method"), r["config"].get("labels")) == (params.get("method"), params.get("labels"))]  # fmt: skip
+    return {"run_id": run_id, "tags": tags, "still_applied": same}
 
 
 def tag_new_images(home: Home, catalog: Catalog, searcher: Searcher, image_ids: Sequence[int]) -> list[int]:

@@ -23,6 +23,7 @@ from indexer import index as versions
 from indexer.catalog import Catalog
 from indexer.home import Home
 from query.text import TextEncoder
+from vistag import uris
 from vistag.errors import InputError, ModelMismatch, NotFound
 from vistag.models import LoadedModel, load_model
 
@@ -130,17 +131,16 @@ class Searcher:
         except NotFound:
             if _is_id(image):
                 raise
-        path = str(Path(image).expanduser().resolve()) if "://" not in str(image) else str(image)
-        if not Path(path).is_file():
-            raise NotFound(f"{image} is neither an indexed image id nor an image file")
-        return self.embed_file(path)
+        uri = uris.normalize(os.fspath(image))
+        if uris.is_remote(uri) or not os.path.isfile(uris.to_path(uri)):
+            raise NotFound(f"{uri} is neither an indexed image id nor an image file")
+        return self.embed_file(uri)
 
     def image_id(self, image: int | str | os.PathLike[str]) -> int:
         """Catalog id of an indexed image given by id or path; raises :class:`NotFound`."""
         if _is_id(image):
             return int(self.catalog.image(int(image))["id"])
-        path = str(Path(image).expanduser().resolve()) if "://" not in str(image) else str(image)
-        return int(self.catalog.image(path)["id"])
+        return int(self.catalog.image(uris.normalize(os.fspath(image)))["id"])
 
     def _stored_vector(self, image_id: int) -> np.ndarray:
         version = self.version()
@@ -161,8 +161,10 @@ class Searcher:
         from pipeline.handler import encode_images
 
         model = self.model()
+        size = model.identity.preprocess.get("size", 224)
+        draft = int(size if isinstance(size, int) else max(size))
         try:
-            decoded = decode_image(Path(path).read_bytes())
+            decoded = decode_image(uris.read_local(path), draft_size=draft)
         except DecodeError as err:
             raise InputError(f"{path}: {err.reason}") from err
         return encode_images(model, [model.transform(decoded.image)])[0]

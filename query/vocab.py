@@ -17,6 +17,7 @@ field. How the fields are used is in :mod:`query.text` and :func:`apply_structur
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from vistag.errors import InputError
 
 MAX_LABEL_CHARS = 200
 VOCAB_SUFFIXES = (".yaml", ".yml", ".json")
+LABEL_FILE_SUFFIXES = (".txt", ".lst", ".list", ".csv", *VOCAB_SUFFIXES)
 SHORT_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.",
     "a picture of a {}.",
@@ -60,8 +62,8 @@ def named_templates(name: str) -> tuple[str, ...]:
         from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
         return tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
-    path = Path(name).expanduser()
-    if not path.is_file():
+    path = _as_file(name, "templates file", (".txt",))
+    if path is None:
         raise InputError(f"templates {name!r}: not 'short', 'imagenet', 'none' or a file of templates")
     lines = [x.strip() for x in path.read_text(encoding="utf-8").splitlines()]
     templates = tuple(x for x in lines if x and not x.startswith("#"))
@@ -74,14 +76,38 @@ def named_templates(name: str) -> tuple[str, ...]:
 
 
 def parse_vocabulary(spec: str | Sequence[str] | Sequence[Label]) -> list[Label]:
-    """Labels from a list, a comma-separated string, a text file, or a YAML/JSON vocabulary."""
+    """Labels from a list, a comma-separated string, a text file, or a YAML/JSON vocabulary.
+
+    A string that looks like a path (it has a path separator or a label-file suffix) must name a
+    file: a missing label file is an :class:`InputError`, never a label of its own."""
     if isinstance(spec, str):
-        path = Path(spec).expanduser()
-        if path.is_file():
+        path = _as_file(spec, "label file")
+        if path is not None:
             return _check_all(_read_file(path), str(path))
         return _check_all([Label(x.strip()) for x in spec.split(",") if x.strip()], "label list")
     labels = [x if isinstance(x, Label) else Label(str(x).strip()) for x in spec]
     return _check_all([x for x in labels if x.name], "label list")
+
+
+def _as_file(spec: str, what: str, suffixes: Sequence[str] = LABEL_FILE_SUFFIXES) -> Path | None:
+    """The file ``spec`` names, or None when ``spec`` is not a path but a value (a list of labels,
+    a template name); :class:`InputError` when it looks like a path and no such file exists."""
+    text = spec.strip()
+    suffixed = Path(text).suffix.lower() in suffixes
+    if "," in text and not suffixed:
+        return None  # "cat,AC/DC": a list, whatever files the working folder holds
+    looks = suffixed or os.sep in text or "/" in text or text.startswith("~")
+    path = Path(text).expanduser()
+    try:
+        if path.is_file():
+            return path
+        exists = path.exists()
+    except OSError:  # a name too long for the filesystem (a long label list) is no file
+        exists = False
+    if looks:
+        hint = "" if suffixed else f" (for one label with a '/' in it, end the list with a comma: '{text},')"
+        raise InputError(f"{what} {text!r} {'is not a regular file' if exists else 'does not exist'}{hint}")
+    return None
 
 
 def _read_file(path: Path) -> list[Label]:

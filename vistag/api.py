@@ -13,38 +13,56 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from indexer import check as integrity
 from indexer import index as versions
 from indexer.catalog import Catalog
 from indexer.home import Home
 from indexer.job import IndexConfig, IndexResult, run_index
+from indexer.lock import WriterLock
 from query.evaluate import evaluate, explain, read_truth
 from query.export import export_rows, render
-from query.inductive import tag_new_images
+from query.inductive import delete_tag_run, tag_new_images
 from query.search import Hit, Searcher
 from query.tagging import TagConfig, TagResult, tag_corpus
 from query.text import DEFAULT_TEMPLATES
 from query.vocab import Label, named_templates, parse_vocabulary
-from vistag.errors import IndexNotFound
+from vistag.errors import CatalogError, DamagedState, IndexNotFound, NotFound
 
 
 class Archive:
     """An indexed image archive living in a home directory (and optionally an external database)."""
 
-    def __init__(self, home: str | os.PathLike[str] | None = None, db: str | None = None, device: str | None = None):
-        self.home = Home.resolve(home, db)
+    def __init__(
+        self, home: str | os.PathLike[str] | None = None, db: str | None = None, device: str | None = None,
+        *, change_db: bool = False,
+    ):  # fmt: skip
+        """``db``: the catalog's database URL (default: ``$VISTAG_DB``, else the one the home remembers,
+        else ``HOME/catalog.db``); another than the home's is an :class:`InputError` unless
+        ``change_db`` (then the next :meth:`index` moves the home to it)."""
+        self.home = Home.resolve(home, db, change_db=change_db)
         self.device = device
         self._catalog: Catalog | None = None
         self._searcher: Searcher | None = None
 
     @property
     def catalog(self) -> Catalog:
+        """The catalog; :class:`NotFound` when the home holds no archive (nothing is created)."""
         if self._catalog is None:
-            self.home.ensure()
-            self._catalog = Catalog(self.home.db_url)
+            if not self.home.is_archive():
+                raise NotFound(f"no archive in {self.home.root}: make one with `vistag index PATH --home {self.home.root}`")
+            try:
+                self._catalog = Catalog(self.home.db_url)
+            except CatalogError as err:
+                if self.home.settings.db_password_removed and self.home.db_url == self.home.settings.db:
+                    raise CatalogError(f"{err} (this home remembers its database without the password: "
+                                       "pass --db, set VISTAG_DB, or use ~/.pgpass)") from err  # fmt: skip
+                raise
         return self._catalog
 
     @property
     def searcher(self) -> Searcher:
+        """The searcher; :class:`CatalogMismatch` when the catalog is not the published index's."""
+        integrity.require_catalog(self.home, self.catalog)
         if self._searcher is None:
             self._searcher = Searcher(self.home, self.catalog, self.device)
         return self._searcher
@@ -68,11 +86,15 @@ class Archive:
         """
         options.setdefault("device", self.device)
         config = IndexConfig(inputs=tuple(str(p) for p in paths), **options)
-        result = run_index(self.home, config)
-        if result.run_id is not None and (result.embedded or result.reused):
-            touched = self.catalog.images_touched(result.run_id)
-            result = replace(result, tag_runs=tuple(tag_new_images(self.home, self.catalog, self.searcher, touched)))
-        return result
+
+        def tag_new(catalog: Catalog, result: IndexResult) -> IndexResult:  # under the run's writer lock
+            if result.run_id is None or not (result.embedded or result.reused):
+                return result
+            searcher = Searcher(self.home, catalog, self.device)
+            touched = catalog.images_touched(result.run_id)
+            return replace(result, tag_runs=tuple(tag_new_images(self.home, catalog, searcher, touched)))
+
+        return run_index(self.home, config, then=tag_new)
 
     def plan(self, paths: Sequence[str | os.PathLike[str]], **options: Any) -> IndexResult:
         """What :meth:`index` would do, without doing it."""
@@ -106,6 +128,13 @@ class Archive:
         config = self._tag_config(labels, method, top, min_confidence, templates, extra)
         return tag_corpus(self.home, self.catalog, self.searcher, config)
 
+    def delete_tag_run(self, run_id: int) -> dict[str, Any]:
+        """Delete a tag run (its tags and saved state): its label set is no longer applied to images
+        that later :meth:`index` runs add. Returns ``run_id``, ``tags`` (rows deleted) and
+        ``still_applied`` (other runs with the same labels and method, still applied)."""
+        with WriterLock(self.home.lock_path), self.catalog.writer_lock():
+            return delete_tag_run(self.home, self.catalog, int(run_id))
+
     def evaluate(
         self, truth: str, labels: str | Sequence[str | Label] | None = None, *,
         methods: Sequence[str] = ("zeroshot", "zlap"), min_confidence: float = 0.5, fit_thresholds: bool = False,
@@ -121,6 +150,13 @@ class Archive:
     def explain(self, image: int | str | os.PathLike[str], top: int = 5) -> list[dict[str, Any]]:
         """An indexed image's best labels in every label set applied: score, confidence, method."""
         image_id = self.searcher.image_id(image)
+        row = self.catalog.image(image_id)
+        if row["status"] == "failed":
+            failure = self.catalog.last_failure(row["uri"])
+            why = f"{failure['stage']}: {failure['reason']}" if failure else "no reason recorded"
+            raise NotFound(f"{row['uri']} could not be indexed ({why}); see `vistag failures`")
+        if row["status"] != "indexed":
+            raise NotFound(f"{row['uri']} is {row['status']}: it left the archive (no longer in a listed folder)")
         return explain(self.catalog, self.searcher, image_id, top)
 
     def _tag_config(self, labels, method, top, min_confidence, templates, zlap) -> TagConfig:  # noqa: ANN001
@@ -135,7 +171,8 @@ class Archive:
         return export_rows(self.catalog)
 
     def status(self) -> dict[str, Any]:
-        """Counts, model identity, and the published index version and type."""
+        """Counts, model identity, the published index version and type, and ``problem``: why the
+        catalog is not the index's (or the index cannot be read), else None."""
         counts = self.catalog.counts()
         out: dict[str, Any] = {
             "home": str(self.home.root),
@@ -145,15 +182,26 @@ class Archive:
             "deleted": counts["deleted"],
             "model": None,
             "index": None,
+            "problem": None,
         }
         try:
             version = versions.current_version(self.home)
+        except DamagedState as err:  # an unreadable pointer or manifest
+            return out | {"problem": str(err)}
         except IndexNotFound:
             return out
         out["model"] = {k: version.manifest["model"][k] for k in ("model", "pretrained", "embed_dim", "key")}
         out["index"] = {"version": version.name, "type": version.manifest["index_type"],
                         "count": version.manifest["count"], "created": version.manifest["created"]}  # fmt: skip
+        out["problem"] = integrity.catalog_problem(self.home, self.catalog, version)
         return out
+
+    def check(self) -> dict[str, Any]:
+        """Verify the home whole: hash every shard the catalog points into and every file of the
+        published and previous index versions, and compare the catalog with the index. Returns
+        ``ok``, ``damaged`` (``kind``, ``path``, ``problem``, ``repair`` each), ``notes`` and
+        ``checked`` counts (see :func:`indexer.check.check_home`)."""
+        return integrity.check_home(self.home, self.catalog)
 
     def runs(self, limit: int = 50) -> list[dict[str, Any]]:
         """Index and tag runs, newest first."""

@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -17,7 +18,26 @@ from typing import Any
 from vistag import cli_serve
 from vistag.errors import InputError, VistagError
 
-COMMANDS = ("index", "search", "similar", "tag", "eval", "explain", "export", "status", "runs", "failures", "serve")
+COMMANDS = (
+    "index", "search", "similar", "tag", "untag", "eval", "explain", "export", "status", "runs", "failures", "serve",
+    "check",
+)  # fmt: skip
+# what a terminal would act on: C0 and C1 controls (escape sequences), DEL, bidi overrides, lone surrogates
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def printable(text: object) -> str:
+    """``text`` for a terminal: control characters shown as escapes (``\\x1b``), never sent raw (a
+    file name could otherwise retitle the terminal or overwrite lines). ``--json`` output is JSON's."""
+    return _UNPRINTABLE.sub(lambda m: ascii(m.group())[1:-1], str(text))
+
+
+class Parser(argparse.ArgumentParser):
+    """vistag's argument parser: an option is written in full (``--dry`` is not ``--dry-run``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
 
 def _common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
@@ -30,12 +50,12 @@ def _common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="vistag", description="Index, search and tag an image archive. An argument @FILE is replaced by "
         "the lines of FILE (e.g. Beam runner options kept in infra/beam/).", fromfile_prefix_chars="@",
     )  # fmt: skip
     ap.add_argument("--version", action="version", version=_version())
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("index", help="embed images into the catalog and publish a new index version",
                        description="Embed every image under PATHs (folders, globs, image files, manifest "
@@ -66,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "filesystem or bucket such as gs://bucket/shards when a remote runner's workers write them")
     p.add_argument("--runner", help="Beam runner (default: in-process FnApiRunner; DaskRunner, DataflowRunner, FlinkRunner...)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (new, changed, deleted...) and stop")
+    p.add_argument("--change-db", action="store_true", help="move this home to the catalog database given by "
+                   "--db or $VISTAG_DB (a home keeps one catalog; embeddings are taken from its shards)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(p)
 
@@ -100,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--thresholds", metavar="FILE", help="per-label confidence thresholds (JSON, e.g. from eval --save-thresholds)")
 
+    p = sub.add_parser("untag", help="delete a tag run", description="Delete tag runs: their tags and saved "
+                       "state; their label sets are no longer applied to newly indexed images.")  # fmt: skip
+    p.add_argument("run_ids", nargs="+", type=int, metavar="RUN_ID", help="tag run id (see `vistag runs`)")
+    _common(p)
+
     p = sub.add_parser("eval", help="evaluate zero-shot and ZLaP tagging against ground truth",
                        description="Compare tagging methods on a CSV of uri,label rows: top-1 accuracy, per-label "
                        "precision and recall at the confidence threshold, and mAP.")  # fmt: skip
@@ -132,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("failures", help="images that could not be indexed, with stage and reason",
                        description="List recorded failures, newest first.")  # fmt: skip
     p.add_argument("-n", "--limit", type=int, default=50, help="how many failures (default 50)")
+    _common(p)
+    p = sub.add_parser("check", help="verify index versions, shards and catalog; say how to repair",
+                       description="Hash every file of the published and previous index versions and "
+                       "every embedding shard the catalog points into, compare the catalog with the index, "
+                       "and print what is damaged and how to repair it (exit 5 when anything is).")  # fmt: skip
     _common(p)
     cli_serve.add_parser(sub)
     return ap
@@ -167,21 +199,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vistag.api import Archive
 
     try:
-        with Archive(args.home, args.db, args.device) as archive:
+        with Archive(args.home, args.db, args.device, change_db=getattr(args, "change_db", False)) as archive:
             return HANDLERS[args.command](archive, args, extra)
     except VistagError as err:
-        print(f"vistag: error: {err}", file=sys.stderr)
-        return err.exit_code
+        return _fail(str(err), err.exit_code)
     except _database_errors() as err:
-        print(f"vistag: error: catalog database: {str(getattr(err, 'orig', None) or err).splitlines()[0]}", file=sys.stderr)
-        return 5
+        return _fail(f"catalog database: {str(getattr(err, 'orig', None) or err).splitlines()[0]}", 5)
     except OSError as err:  # disk full, permissions, I/O errors while writing state
         where = f": {err.filename}" if getattr(err, "filename", None) else ""
-        print(f"vistag: error: {err.strerror or err}{where}", file=sys.stderr)
-        return 5
+        return _fail(f"{err.strerror or err}{where}", 5)
     except KeyboardInterrupt:
         print("vistag: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"vistag: error: {printable(message)}", file=sys.stderr)
+    return code
 
 
 def _database_errors() -> type[Exception]:
@@ -195,11 +229,13 @@ def _print_json(data: Any) -> None:
 
 
 def beam_args(args: argparse.Namespace, extra: Sequence[str]) -> tuple[str, ...]:
-    """The Beam pipeline options of an ``index`` command line: unknown --options plus --runner."""
-    bad = [a for a in extra if not a.startswith("--")]
-    if bad:
-        raise InputError(f"unexpected argument {bad[0]!r} (Beam options must look like --name=value)")
-    return tuple(extra) + ((f"--runner={args.runner}",) if args.runner else ())
+    """The Beam pipeline options of an ``index`` command line: the options vistag does not know,
+    each of which must be one of Beam's (a typo is an error naming the nearest option), plus --runner."""
+    from pipeline.runners import check_beam_args
+
+    own = [o for action in build_parser()._subparsers._group_actions[0].choices["index"]._actions  # noqa: SLF001
+           for o in action.option_strings]  # fmt: skip
+    return check_beam_args(extra, own) + ((f"--runner={args.runner}",) if args.runner else ())
 
 
 def cmd_index(archive: Any, args: argparse.Namespace, extra: list[str]) -> int:
@@ -223,9 +259,14 @@ def cmd_index(archive: Any, args: argparse.Namespace, extra: list[str]) -> int:
     if args.json:
         _print_json(result.to_dict() | {"seconds": round(time.perf_counter() - start, 3)})
     elif args.dry_run:
-        print(result.plan.describe())
+        if result.model_change:
+            print(result.model_change)
+        for line in result.plan.describe().splitlines():
+            print(printable(line))
         print(f"index: {result.index_plan}")
     else:
+        if result.model_change:
+            print(result.model_change)
         c = result.plan.counts()
         print(f"{c['listed']} listed: {result.embedded} embedded, {result.reused} reused by content, "
               f"{c['unchanged']} unchanged, {result.failed} failed, {result.deleted} deleted "
@@ -244,7 +285,7 @@ def _print_hits(hits: list[Any], as_json: bool) -> None:
         _print_json([h.to_dict() for h in hits])
         return
     for hit in hits:
-        print(f"{hit.score:8.4f}  {hit.id:>8}  {hit.uri}")
+        print(f"{hit.score:8.4f}  {hit.id:>8}  {printable(hit.uri)}")
 
 
 def cmd_search(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
@@ -271,7 +312,7 @@ def cmd_tag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
     for row in result.top:
         by_uri.setdefault(row["uri"], []).append(f"{row['label']} ({row['confidence']:.2f})")
     for uri, labels in by_uri.items():
-        print(f"{uri}: {', '.join(labels)}")
+        print(printable(f"{uri}: {', '.join(labels)}"))
     stored = f"{len(result.labels)} labels" if args.store_top is None else f"best {args.store_top} of {len(result.labels)} labels"
     print(f"tag run {result.run_id}: {result.images} images x {stored} stored", file=sys.stderr)
     return 0
@@ -295,7 +336,7 @@ def cmd_eval(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
     print(f"{'label (P / R / AP)':24}" + "".join(f"{'at ' + str(args.min_confidence):>22}" for m in methods))
     for label in report["labels"]:
         cells = [results[m]["labels"][label] for m in methods]
-        print(f"{label[:24]:24}" + "".join(f"{c['precision']:>8.2f}{c['recall']:>7.2f}{c['ap']:>7.2f}" for c in cells))
+        print(f"{printable(label)[:24]:24}" + "".join(f"{c['precision']:>8.2f}{c['recall']:>7.2f}{c['ap']:>7.2f}" for c in cells))
     return 0
 
 
@@ -307,8 +348,22 @@ def cmd_explain(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
     if not rows:
         print("no tags for this image yet (run `vistag tag`)")
     for r in rows:
-        print(f"run {r['run_id']:>4}  {r['method']:<15}  {r['label']:<30}  score {r['score']:.5g}  "
-              f"confidence {r['confidence'] if r['confidence'] is not None else float('nan'):.3f}")  # fmt: skip
+        print(printable(f"run {r['run_id']:>4}  {r['method']:<15}  {r['label']:<30}  confidence "
+                        f"{r['confidence'] if r['confidence'] is not None else float('nan'):.3f}  "
+                        f"(score {r['score']:.5g})"))  # fmt: skip
+    return 0
+
+
+def cmd_untag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
+    deleted = [archive.delete_tag_run(run_id) for run_id in args.run_ids]
+    if args.json:
+        _print_json(deleted)
+        return 0
+    for d in deleted:
+        others = d["still_applied"]
+        after = (f"run {', '.join(map(str, others))} with the same labels is still applied to new images"
+                 if others else "its labels are no longer applied to new images")  # fmt: skip
+        print(f"deleted tag run {d['run_id']} ({d['tags']} tags); {after}")
     return 0
 
 
@@ -333,15 +388,37 @@ def cmd_status(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
     if args.json:
         _print_json(status)
         return 0
-    print(f"home:     {status['home']}\ndatabase: {status['database']}")
-    print(f"images:   {status['indexed']} indexed, {status['failed']} failed, {status['deleted']} deleted")
+    print(printable(f"home:     {status['home']}"))
+    print(printable(f"database: {status['database']}"))
+    if status.get("problem"):  # counts beside an index they do not describe would mislead
+        print(printable(f"problem:  {status['problem']}"))
+    else:
+        counts = f"{status['indexed']} indexed, {status['failed']} failed, {status['deleted']} deleted"
+        print(f"images:   {counts}")
     if status["model"]:
         m, i = status["model"], status["index"]
         print(f"model:    {m['model']} ({m['pretrained'] or 'weights in model folder'}), {m['embed_dim']}-d, key {m['key']}")
         print(f"index:    {i['version']} ({i['type']}, {i['count']} vectors)")
-    else:
+    elif not status.get("problem"):
         print("index:    none published yet (run `vistag index PATH`)")
     return 0
+
+
+def cmd_check(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
+    report = archive.check()
+    if args.json:
+        _print_json(report)
+        return 0 if report["ok"] else 5
+    c = report["checked"]
+    print(f"checked {c['versions']} index versions and {c['shards']} shards ({c['files']} files, "
+          f"{c['bytes'] / 2**20:.1f} MiB hashed) in {report['seconds']:.1f}s")  # fmt: skip
+    for d in report["damaged"]:
+        print(printable(f"damaged {d['kind']}: {d['path']}: {d['problem']}"))
+        print(printable(f"  repair: {d['repair']}"))
+    for note in report["notes"]:
+        print(printable(f"note: {note}"))
+    print("ok: nothing damaged" if report["ok"] else f"{len(report['damaged'])} damaged")
+    return 0 if report["ok"] else 5
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, line: Any) -> int:
@@ -364,13 +441,15 @@ def cmd_runs(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
 
 
 def cmd_failures(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
-    return _print_rows(archive.failures(args.limit), args.json, lambda r: f"{r['stage']:<10}  {r['uri']}: {r['reason']}")
+    return _print_rows(archive.failures(args.limit), args.json,
+                       lambda r: printable(f"{r['stage']:<10}  {r['uri']}: {r['reason']}"))  # fmt: skip
 
 
 HANDLERS = {
-    "index": cmd_index, "search": cmd_search, "similar": cmd_similar, "tag": cmd_tag, "eval": cmd_eval,
+    "index": cmd_index, "search": cmd_search, "similar": cmd_similar, "tag": cmd_tag, "untag": cmd_untag, "eval": cmd_eval,
     "explain": cmd_explain, "export": cmd_export,
     "status": cmd_status, "runs": cmd_runs, "failures": cmd_failures, "serve": cli_serve.cmd_serve,
+    "check": cmd_check,
 }  # fmt: skip
 
 if __name__ == "__main__":
