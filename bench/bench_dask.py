@@ -20,6 +20,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from bench_pipeline import make_images
@@ -41,7 +42,7 @@ def make_local_model(folder: Path, name: str, seed: int = 0) -> str:
     return f"local-dir:{folder}"
 
 
-def timed_run(images: Path, out: Path, model: dict, beam_args: list[str], args: argparse.Namespace) -> float:
+def timed_run(images: Path, out: Path, model: Any, beam_args: list[str], args: argparse.Namespace) -> float:
     """Seconds of one whole job over ``images`` into the shard folder ``out``."""
     from pipeline.inputs import expand_inputs
     from pipeline.job import PipelineConfig, run_config, write_worklist
@@ -49,7 +50,7 @@ def timed_run(images: Path, out: Path, model: dict, beam_args: list[str], args: 
     start = time.perf_counter()
     entries = expand_inputs([str(images)]).entries
     config = PipelineConfig(
-        worklist=write_worklist(str(out), entries), total=len(entries), output=str(out), model=model,
+        worklist=write_worklist(str(out), entries), total=len(entries), output=str(out), identity=model,
         batch_size=args.batch_size, chunk_size=args.chunk_size, beam_args=tuple(beam_args), timeout_s=1800,
     )  # fmt: skip
     run_config(config)
@@ -89,14 +90,14 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from core.models import load_model, parse_model_spec
     from pipeline.runners import local_cluster
-    from vistag.models import load_model, parse_model_spec
 
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         make_images(tmp / "images", args.images, args.image_size)
         spec = make_local_model(tmp / "model", args.model)
-        model = load_model(parse_model_spec(spec), "cpu").identity.to_dict()
+        model = load_model(parse_model_spec(spec), "cpu").identity
         rates = {"FnApiRunner": measure(tmp, "fnapi", model, ["--runner=FnApiRunner"], args)}
         reference = vectors(tmp / "fnapi")
         for n in (int(w) for w in args.workers.split(",")):

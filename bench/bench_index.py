@@ -11,7 +11,7 @@ queries are corpus vectors. A first process generates the data, computes the exa
 every query (the baseline) and trains the IVF coarse quantizer once, on the sample vistag would
 train on (``train s``: add it to an IVF type's ``build s`` for a whole vistag build). Then every
 index type is built in its own process the way vistag builds it
-(:func:`indexer.index.build_from_chunks` with the planner's choice: codes trained on the sample,
+(:func:`indexer.build.build_from_chunks` with the planner's choice: codes trained on the sample,
 vectors added 100,000 at a time; ``-disk`` types built block by block and merged on disk into
 ``index.ivfdata`` with ``--ondisk-budget`` deciding the block size). The built index is written
 and read back as the searcher reads it (memory-mapped when on disk or at least 256 MiB), its
@@ -93,9 +93,10 @@ def prepare(n: int, d: int, tmp: Path, ivf: bool, save: bool = False) -> dict:
     with ``save``, also the vectors and queries as .npy files (for the autofaiss comparison)."""
     import faiss
 
-    from indexer.index import blas_for_few_queries, empty_index
-    from indexer.planner import _nlist, plan_index
-    from vistag import faiss_gpu
+    from indexer import faiss_gpu
+    from indexer.build import empty_index
+    from indexer.choice import _nlist, choose_index
+    from indexer.vectors import blas_for_few_queries
 
     t0 = time.perf_counter()
     xb, xt, xi = data(n, d)
@@ -112,7 +113,7 @@ def prepare(n: int, d: int, tmp: Path, ivf: bool, save: bool = False) -> dict:
     exact_s = time.perf_counter() - t0
     out = {"gen_s": gen_s, "exact_s": exact_s, "nlist": _nlist(n), "train_n": 0, "train_s": 0.0, "train_on": "cpu"}
     if ivf:
-        choice = plan_index(n, d, override=f"IVF{_nlist(n)},Flat", storage="memory")
+        choice = choose_index(n, d, override=f"IVF{_nlist(n)},Flat", storage="memory")
         sample = xb[np.sort(np.random.default_rng(0).choice(n, choice.train_size, replace=False))]
         t0 = time.perf_counter()
         index = empty_index(d, choice.factory, id_map=False)
@@ -128,14 +129,14 @@ def one(kind: str, n: int, d: int, ondisk_budget: int, tmp: Path) -> dict:
     """Build, load, tune and time one index type (run in a child process)."""
     import faiss
 
-    from indexer import index as versions
-    from indexer.planner import _nlist, plan_index, recall_at, tune
+    from indexer import build, vectors, versions
+    from indexer.choice import _nlist, choose_index, recall_at, tune
 
     xb, xt, xi = data(n, d)
     truth = {kind_: np.load(tmp / f"truth-{kind_}.npy") for kind_ in ("text", "image")}
     pattern, storage = TYPES[kind]
     factory = pattern.format(nlist=_nlist(n))
-    choice = plan_index(n, d, override=factory, storage=storage, memory_budget=ondisk_budget if storage == "ondisk" else None)
+    choice = choose_index(n, d, override=factory, storage=storage, memory_budget=ondisk_budget if storage == "ondisk" else None)
     centroids = np.load(tmp / "centroids.npy") if factory.startswith("IVF") else None
     folder = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-", dir=tmp))
     ids = np.arange(n, dtype=np.int64)
@@ -144,15 +145,15 @@ def one(kind: str, n: int, d: int, ondisk_budget: int, tmp: Path) -> dict:
     with procmem.Sampled("RssAnon") as anon:
         start = time.perf_counter()
         pick = np.sort(np.random.default_rng(0).choice(n, max(choice.train_size, 1), replace=False))
-        step = min(versions.BUILD_CHUNK, choice.block) if choice.ondisk else versions.BUILD_CHUNK
+        step = min(vectors.BUILD_CHUNK, choice.block) if choice.ondisk else vectors.BUILD_CHUNK
         chunks = ((ids[s : s + step], xb[s : s + step]) for s in range(0, n, step))
-        built = versions.build_from_chunks(d, choice, lambda: xb[pick], chunks, folder, centroids)
-        build = time.perf_counter() - start
+        built = build.build_from_chunks(d, choice, lambda: xb[pick], chunks, folder, centroids)
+        build_s = time.perf_counter() - start
     peak = procmem.status("VmHWM")
     path = folder / versions.INDEX_FILE
-    lists = versions.ondisk_lists(built)
+    lists = build.ondisk_lists(built)
     if lists is not None:
-        lists.filename = versions.ONDISK_FILE
+        lists.filename = build.ONDISK_FILE
     faiss.write_index(built, str(path))
     del built, lists
     disk = sum(f.stat().st_size for f in folder.iterdir())
@@ -162,9 +163,9 @@ def one(kind: str, n: int, d: int, ondisk_budget: int, tmp: Path) -> dict:
     mapped = any(str(folder) in line for line in Path("/proc/self/maps").read_text().splitlines())
 
     def search(xq: np.ndarray, k: int, rerank: int) -> np.ndarray:
-        return versions.rerank_search(served, xq, k, rerank, lambda i: xb[i])[1] if rerank else served.search(xq, k)[1]
+        return vectors.rerank_search(served, xq, k, rerank, lambda i: xb[i])[1] if rerank else served.search(xq, k)[1]
 
-    with versions.blas_for_few_queries():  # batches of 200 queries (Flat: exact search on millions)
+    with vectors.blas_for_few_queries():  # batches of 200 queries (Flat: exact search on millions)
         tuning = tune(served, choice, search, {"text": (xt, truth["text"]), "image": (xi, truth["image"])})
         recall = {kind_: recall_at(search(xq, 10, tuning.search.get("rerank", 0)), truth[kind_])
                   for kind_, xq in (("text", xt), ("image", xi))}  # fmt: skip
@@ -179,7 +180,7 @@ def one(kind: str, n: int, d: int, ondisk_budget: int, tmp: Path) -> dict:
         if time.perf_counter() - spent > 30 and len(lat) >= 10:  # exact search on millions: enough samples
             break
     faiss.omp_set_num_threads(os.cpu_count() or 1)
-    result = {"type": kind, "factory": factory, "storage": storage, "block": choice.block, "build_s": build,
+    result = {"type": kind, "factory": factory, "storage": storage, "block": choice.block, "build_s": build_s,
               "rss_added_mb": (peak - rss0) / 1024, "anon_added_mb": (anon.peak - anon.start) / 1024,
               "disk_mb": disk / 2**20, "load_mb": load_mb, "mapped": mapped, "p50_ms": statistics.median(lat),
               "text_recall": recall["text"], "image_recall": recall["image"], "search": tuning.search}  # fmt: skip

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.models import ModelIdentity
+
 
 def _write_images(args: tuple[str, int, int, int]) -> None:
     from PIL import Image
@@ -57,8 +59,8 @@ def raw_forward(model_spec: str, pretrained: str, n: int, batch_size: int, devic
     """Images/s of encode_image on one preprocessed batch kept in the model's memory (the ceiling)."""
     import torch
 
-    from pipeline.handler import _forward
-    from vistag.models import load_model, parse_model_spec
+    from core.encode import forward as _forward
+    from core.models import load_model, parse_model_spec
 
     loaded = load_model(parse_model_spec(model_spec, pretrained), device)
     size = loaded.identity.preprocess["size"]
@@ -84,18 +86,18 @@ def raw_forward(model_spec: str, pretrained: str, n: int, batch_size: int, devic
 def decode_rate(folder: Path, work: Path, model_spec: str, pretrained: str, threads: int, processes: int = 0) -> float:
     """Images/s of the pipeline's read + hash + decode + preprocess stage: ``threads`` worker
     threads, each decoding itself or (``processes`` > 0) through one shared decode pool."""
+    from core.models import load_model, parse_model_spec
     from pipeline.inputs import expand_inputs
     from pipeline.stages import ReadDecodeFn
-    from pipeline.worklist import DEFAULT_CHUNK_SIZE, plan_chunks, write_worklist
-    from vistag.models import load_model, parse_model_spec
+    from pipeline.worklist import DEFAULT_CHUNK_SIZE, cut_chunks, write_worklist
 
     identity = load_model(parse_model_spec(model_spec, pretrained), "cpu").identity
     entries = expand_inputs([str(folder)]).entries
     worklist = write_worklist(str(work), entries)
-    chunks = plan_chunks(worklist, DEFAULT_CHUNK_SIZE).chunks
+    chunks = cut_chunks(worklist, DEFAULT_CHUNK_SIZE).chunks
     fns = []
     for _ in range(threads):
-        fn = ReadDecodeFn(worklist, identity.to_dict(), decode_processes=processes)
+        fn = ReadDecodeFn(worklist, identity, decode_processes=processes)
         fn.setup()
         fns.append(fn)
     if processes:  # start the pool's processes before the clock
@@ -143,7 +145,7 @@ def main() -> None:
     from pipeline.job import POOL_THREADS, PipelineConfig, local_gpu_config
 
     batch = args.batch_size or default_batch_size(args.device)
-    job = local_gpu_config(PipelineConfig("", 0, "", {}), args.device, 10**9)[0]
+    job = local_gpu_config(PipelineConfig("", 0, "", ModelIdentity("none", None, 1, {})), args.device, 10**9)[0]
     job_pool = job.decode_processes or 0
     threads = sorted({int(t) for t in args.decode_threads.split(",") if t})
     pools = sorted({int(p) for p in (args.decode_processes or str(job_pool)).split(",") if int(p) > 0})

@@ -32,12 +32,12 @@ def clustered(n: int, d: int, clusters: int, rng: np.random.Generator) -> np.nda
 def build_home(root: Path, xb: np.ndarray, index_type: str = "Flat", rerank: int = 0):
     """A home whose catalog and shards hold ``xb`` (as ``vistag index`` leaves them), with a
     published ``index_type`` version; ``rerank`` > 0 re-ranks that many times k candidates."""
-    from indexer import index as versions
+    from core.models import ModelIdentity
+    from indexer import build, versions
     from indexer.catalog import Catalog
+    from indexer.choice import choose_index
     from indexer.home import Home
-    from indexer.planner import plan_index
     from pipeline import shards
-    from vistag.models import ModelIdentity
 
     home = Home.resolve(root).ensure()
     catalog = Catalog(home.db_url)
@@ -56,8 +56,8 @@ def build_home(root: Path, xb: np.ndarray, index_type: str = "Flat", rerank: int
                         "shard": name, "row": j, "run_id": run} for j in range(len(part))]  # fmt: skip
     catalog.add_embeddings(embeddings)
     locations = catalog.vector_locations(model_id)
-    choice = plan_index(len(xb), xb.shape[1], override=index_type, storage="memory")
-    index = versions.build_from_store(home, locations, xb.shape[1], choice)
+    choice = choose_index(len(xb), xb.shape[1], override=index_type, storage="memory")
+    index = build.build_from_store(home, locations, xb.shape[1], choice)
     search = {"params": {"nprobe": 16} if index_type.startswith("IVF") else {}, "rerank": rerank}
     version = versions.write_version(home, identity, index, index_type, run, search=search, locations=locations)
     versions.publish(home, version)
@@ -77,9 +77,9 @@ def text_encode_ms(n: int = 50) -> float:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from core.models import load_model, parse_model_spec
     from query.text import TextEncoder
     from tests.conftest import make_tiny_model
-    from vistag.models import load_model, parse_model_spec
 
     with tempfile.TemporaryDirectory() as tmp:
         loaded = load_model(parse_model_spec("local-dir:" + str(make_tiny_model(Path(tmp)))), "cpu")

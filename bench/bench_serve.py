@@ -51,7 +51,7 @@ def serve_command(home: Path, port: int) -> list[str]:
     args = ["--home", str(home), "--port", str(port)]
     if "serve" in cli.COMMANDS:
         return [sys.executable, "-m", "vistag.cli", "serve", *args]
-    return [sys.executable, "-m", "vistag.cli_serve", *args]
+    return [sys.executable, "-m", "vistag.cli", "serve", *args]
 
 
 def free_port() -> int:
@@ -122,9 +122,9 @@ def single_query_paths(home, catalog, port: int, k: int) -> dict[str, Callable[[
     """Name -> function of one query (1, D): in-process Searcher (baseline), in-process Service (the
     endpoint's work), one HTTP request, and the Searcher with FAISS's default OpenMP threads."""
     import faiss
+    from query.service import FAISS_THREADS, Filters, Service, ServiceConfig
 
     from query.search import Searcher
-    from query.service import FAISS_THREADS, Filters, Service, ServiceConfig
 
     searcher = Searcher(home, catalog)
     searcher.search_vectors(np.zeros((1, searcher.version().manifest["dim"]), np.float32), k)  # load once

@@ -40,8 +40,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import procmem  # noqa: E402 - beside this file
 
+from indexer import faiss_gpu  # noqa: E402
 from query.zlap import ZLaPInductive, build_graph, propagate_labels  # noqa: E402
-from vistag import faiss_gpu  # noqa: E402
 
 GB = 1 << 30
 
@@ -173,7 +173,7 @@ def product_path(
     """vistag's ZLaP tag run on the same data and graph, minus text encoding and SQL."""
     from indexer.graph import KnnGraph
     from query.inductive import fit_zlap, solve_workers
-    from query.tagging import CHUNK, TagConfig, store_tags
+    from query.scoring import CHUNK, TagConfig, store_tags
     from query.vocab import Label
 
     graph = KnnGraph(np.arange(len(x), dtype=np.int64), knn[0].astype(np.float32), knn[1].astype(np.int64))

@@ -52,7 +52,7 @@ def hostile(tmp: Path, model: str) -> dict[str, int]:
 
 
 def _snapshot(home: Path) -> tuple:
-    from indexer import index as versions
+    from indexer import versions
     from vistag import Archive
 
     with Archive(home) as archive:

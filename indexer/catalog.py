@@ -8,122 +8,49 @@ are written in one transaction each, so a failure mid-batch leaves no partial ro
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
 
+from core.errors import CatalogError, LockHeld, NotFound
+from core.models import ModelIdentity
+from indexer import database
 from indexer import schema as t
-from vistag.errors import CatalogError, InputError, LockHeld, NotFound
-from vistag.models import ModelIdentity
-
-CHUNK = 500
-COPY_MIN = 100  # rows from which PostgreSQL inserts go through COPY (see _insert_many)
-WRITER_LOCK_KEY = 0x76697374  # "vist": the advisory lock id of vistag's one writer
-_MIGRATION_LOCK = threading.Lock()
-MIGRATIONS = Path(__file__).parent / "migrations"
+from indexer.catalog_tags import TagQueries
+from indexer.database import WRITER_LOCK_KEY, chunks, insert_many, parse_db_url
 
 
-def parse_db_url(url: str) -> sa.URL:
-    """Parse a SQLAlchemy database URL; raise :class:`InputError` when it is not one."""
-    try:
-        parsed = make_url(url)
-    except Exception as err:
-        raise InputError(f"not a database URL: {url!r} ({err})") from err
-    return parsed
+@dataclass(frozen=True)
+class ImageFilter:
+    """Which indexed images a search may return: a label among an image's ``tag_ranks`` best tags of
+    the latest tag run, a uri prefix, a modification time range (seconds since the epoch)."""
+
+    tag: str | None = None
+    prefix: str | None = None
+    since: float | None = None
+    until: float | None = None
+    tag_ranks: int = 3
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.tag, self.prefix, self.since, self.until))
 
 
-def _engine(url: str) -> Engine:
-    parsed = parse_db_url(url)
-    try:
-        engine = sa.create_engine(parsed, future=True, pool_pre_ping=True)
-    except ModuleNotFoundError as err:
-        raise CatalogError(f"no driver for {parsed.drivername}: {err} (pip install 'vistag[postgres]')") from err
-    if parsed.get_backend_name() == "sqlite":
-
-        @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-    return engine
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _insert_many(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert ``rows`` into ``table`` in ``conn``'s transaction. On PostgreSQL through psycopg,
-    batches of ``COPY_MIN`` rows or more go through ``COPY ... FROM STDIN`` (one stream instead of
-    INSERT statements); its errors surface as SQLAlchemy's (``IntegrityError``...), as an INSERT's
-    would. Rows are grouped by their columns, so columns a row leaves out keep their defaults."""
-    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg" or len(rows) < COPY_MIN:
-        conn.execute(table.insert(), list(rows))
-        return
-    import psycopg
-
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row), []).append(row)
-    quote = conn.dialect.identifier_preparer.quote
-    raw = conn.connection.driver_connection
-    for columns, group in groups.items():
-        statement = f"COPY {quote(table.name)} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
-        try:
-            with raw.cursor() as cur, cur.copy(statement) as copy:
-                for row in group:
-                    copy.write_row([row[c] for c in columns])
-        except psycopg.Error as err:
-            raise sa.exc.DBAPIError.instance(statement, None, err, psycopg.Error, dialect=conn.dialect) from err
-
-
-def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-class Catalog:
+class Catalog(TagQueries):
     """Typed operations on the catalog database."""
 
     def __init__(self, url: str):
         self.url = url
-        self.engine = _engine(url)
+        self.engine = database.engine(url)
         try:
-            self._migrate()
+            database.migrate(self.engine)
         except sa.exc.OperationalError as err:
             raise CatalogError(f"cannot open catalog {self.display_url(url)}: {err.orig}") from err
-
-    def _migrate(self) -> None:
-        """Bring the schema to the newest revision. Alembic's environment is process-global, so
-        upgrades are serialised in-process, and across processes on PostgreSQL by an advisory lock."""
-        from alembic import command
-        from alembic.config import Config
-        from alembic.migration import MigrationContext
-        from alembic.script import ScriptDirectory
-
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        head = ScriptDirectory.from_config(cfg).get_current_head()
-        with self.engine.connect() as conn:
-            if MigrationContext.configure(conn).get_current_revision() == head:
-                return
-        with _MIGRATION_LOCK, self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITER_LOCK_KEY + 1})
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -177,6 +104,12 @@ class Catalog:
             }  # fmt: skip
             return int(conn.execute(t.models.insert().values(**row)).inserted_primary_key[0])
 
+    def find_model_id(self, identity: ModelIdentity) -> int | None:
+        """The id of ``identity``'s row, or None (a reader's lookup: nothing is written)."""
+        with self.engine.connect() as conn:
+            found = conn.execute(sa.select(t.models.c.id).where(t.models.c.key == identity.key)).scalar()
+        return int(found) if found is not None else None
+
     def model(self, model_id: int) -> ModelIdentity:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(t.models).where(t.models.c.id == model_id)).mappings().first()
@@ -227,7 +160,7 @@ class Catalog:
     def upsert_images(self, rows: Sequence[dict[str, Any]], run_id: int) -> None:
         """Insert or update image rows by uri (one transaction per chunk of rows)."""
         now = time.time()
-        for chunk in _chunks(rows):
+        for chunk in chunks(rows):
             with self.engine.begin() as conn:
                 uris = [r["uri"] for r in chunk]
                 existing = dict(
@@ -236,7 +169,7 @@ class Catalog:
                 fresh = [r | {"first_run": run_id, "last_run": run_id, "updated": now}
                          for r in chunk if r["uri"] not in existing]  # fmt: skip
                 if fresh:
-                    _insert_many(conn, t.images, fresh)
+                    insert_many(conn, t.images, fresh)
                 updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
                 for r in chunk:
                     if r["uri"] in existing:
@@ -250,7 +183,7 @@ class Catalog:
         uris = list(uris)
         now = time.time()
         with self.engine.begin() as conn:
-            for chunk in _chunks(uris):
+            for chunk in chunks(uris):
                 conn.execute(
                     t.images.update().where(t.images.c.uri.in_(chunk)).values(status=status, last_run=run_id, updated=now)
                 )
@@ -260,7 +193,7 @@ class Catalog:
         """sha256 -> (width, height) from any already-decoded image with that content."""
         out: dict[str, tuple[int, int]] = {}
         with self.engine.connect() as conn:
-            for chunk in _chunks(list(shas)):
+            for chunk in chunks(list(shas)):
                 query = sa.select(t.images.c.sha256, t.images.c.width, t.images.c.height).where(
                     t.images.c.sha256.in_(chunk), t.images.c.width > 0
                 )
@@ -280,9 +213,34 @@ class Catalog:
                     query = query.where(t.images.c.status == status)
                 return [dict(r) for r in conn.execute(query.order_by(t.images.c.id)).mappings()]
             found: dict[int, dict[str, Any]] = {}
-            for chunk in _chunks([int(i) for i in ids]):
+            for chunk in chunks([int(i) for i in ids]):
                 found.update({r["id"]: dict(r) for r in conn.execute(query.where(t.images.c.id.in_(chunk))).mappings()})
         return [found[int(i)] for i in ids if int(i) in found and (not status or found[int(i)]["status"] == status)]
+
+    def matching_ids(self, where: ImageFilter) -> np.ndarray:
+        """(n,) int64 ids of the indexed images that pass every condition of ``where``."""
+        i = t.images
+        query = sa.select(i.c.id).where(i.c.status == "indexed")
+        if where.prefix is not None:  # substr, not LIKE: exact and case-sensitive on every backend
+            query = query.where(sa.func.substr(i.c.uri, 1, len(where.prefix)) == where.prefix)
+        if where.since is not None:
+            query = query.where(i.c.mtime >= where.since)
+        if where.until is not None:
+            query = query.where(i.c.mtime <= where.until)
+        if where.tag is not None:
+            run_id = self.latest_tag_run()
+            if run_id is None:
+                return np.empty(0, dtype=np.int64)
+            query = query.where(i.c.id.in_(self.tagged_with(run_id, where.tag, where.tag_ranks)))
+        with self.engine.connect() as conn:
+            return np.fromiter(conn.execute(query).scalars(), dtype=np.int64)
+
+    def hit_rows(self) -> Iterator[tuple[int, str, int | None, int | None, str | None]]:
+        """(id, uri, width, height, sha256) of every indexed image, by id: what a search hit shows."""
+        i = t.images
+        query = sa.select(i.c.id, i.c.uri, i.c.width, i.c.height, i.c.sha256).where(i.c.status == "indexed")
+        with self.engine.connect() as conn:
+            yield from conn.execute(query.order_by(i.c.id).execution_options(yield_per=10_000))
 
     def image(self, id_or_uri: int | str) -> dict[str, Any]:
         column = t.images.c.id if isinstance(id_or_uri, int) else t.images.c.uri
@@ -333,7 +291,7 @@ class Catalog:
         e = t.embeddings
         out: dict[str, tuple[str, str]] = {}
         with self.engine.connect() as conn:
-            for chunk in _chunks(list(shas)):
+            for chunk in chunks(list(shas)):
                 query = sa.select(e.c.sha256, e.c.shard_dir, e.c.shard)
                 query = query.where(e.c.model_id == model_id, e.c.sha256.in_(chunk))
                 out.update({sha: (d, s) for sha, d, s in conn.execute(query)})
@@ -342,7 +300,7 @@ class Catalog:
     def add_embeddings(self, rows: Sequence[dict[str, Any]]) -> int:
         """Record where each (sha256, model) embedding lives; content already recorded is skipped."""
         added = 0
-        for chunk in _chunks(rows):
+        for chunk in chunks(rows):
             with self.engine.begin() as conn:
                 model_ids = {r["model_id"] for r in chunk}
                 have = set(
@@ -355,7 +313,7 @@ class Catalog:
                 )
                 fresh = {(r["sha256"], r["model_id"]): r for r in chunk if (r["sha256"], r["model_id"]) not in have}
                 if fresh:
-                    _insert_many(conn, t.embeddings, list(fresh.values()))
+                    insert_many(conn, t.embeddings, list(fresh.values()))
                 added += len(fresh)
         return added
 
@@ -376,7 +334,7 @@ class Catalog:
             if ids is None:
                 return [tuple(r) for r in conn.execute(query).all()]
             out: list[tuple[int, str, str, int]] = []
-            for chunk in _chunks([int(x) for x in ids]):
+            for chunk in chunks([int(x) for x in ids]):
                 out += [tuple(r) for r in conn.execute(query.where(i.c.id.in_(chunk))).all()]
         return sorted(out)
 
@@ -396,9 +354,9 @@ class Catalog:
 
     def add_failures(self, rows: Sequence[dict[str, str]], run_id: int) -> None:
         now = time.time()
-        for chunk in _chunks(rows):
+        for chunk in chunks(rows):
             with self.engine.begin() as conn:
-                _insert_many(conn, t.failures, [dict(r) | {"run_id": run_id, "created": now} for r in chunk])
+                insert_many(conn, t.failures, [dict(r) | {"run_id": run_id, "created": now} for r in chunk])
 
     def last_failure(self, uri: str) -> dict[str, Any] | None:
         """The newest failure row recorded for ``uri`` (stage, reason, run_id), or None."""
@@ -418,93 +376,3 @@ class Catalog:
                "run_id": run_id, "created": time.time()}  # fmt: skip
         with self.engine.begin() as conn:
             return int(conn.execute(t.index_versions.insert().values(**row)).inserted_primary_key[0])
-
-    # text embeddings -------------------------------------------------------------------------
-    def text_vectors(self, model_id: int, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """Cached (D,) float32 embeddings of ``texts`` made with this model (those that are cached)."""
-        keys = {_sha(x): x for x in texts}
-        out: dict[str, np.ndarray] = {}
-        te = t.text_embeddings
-        with self.engine.connect() as conn:
-            for chunk in _chunks(list(keys)):
-                query = sa.select(te.c.text_sha256, te.c.vector).where(te.c.model_id == model_id, te.c.text_sha256.in_(chunk))
-                out.update({keys[k]: np.frombuffer(v, dtype=np.float32) for k, v in conn.execute(query)})
-        return out
-
-    def text_vector_sample(self, model_id: int, limit: int) -> np.ndarray:
-        """(n <= limit, D) float32: texts already encoded with this model (users' labels and queries)."""
-        te = t.text_embeddings
-        query = sa.select(te.c.vector).where(te.c.model_id == model_id).order_by(te.c.text_sha256).limit(limit)
-        with self.engine.connect() as conn:
-            rows = [np.frombuffer(v, dtype=np.float32) for v in conn.execute(query).scalars()]
-        return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
-
-    def add_text_vectors(self, model_id: int, vectors: dict[str, np.ndarray]) -> None:
-        have = self.text_vectors(model_id, list(vectors))
-        rows = [{"model_id": model_id, "text_sha256": _sha(x), "text": x,
-                 "vector": np.asarray(v, dtype=np.float32).tobytes()} for x, v in vectors.items() if x not in have]  # fmt: skip
-        for chunk in _chunks(rows):
-            with self.engine.begin() as conn:
-                conn.execute(t.text_embeddings.insert(), list(chunk))
-
-    # labels and tags -------------------------------------------------------------------------
-    def label_ids(self, names: Sequence[str]) -> list[int]:
-        with self.engine.begin() as conn:
-            have = dict(conn.execute(sa.select(t.labels.c.name, t.labels.c.id).where(t.labels.c.name.in_(names))).all())
-            missing = [{"name": n} for n in dict.fromkeys(names) if n not in have]
-            if missing:
-                conn.execute(t.labels.insert(), missing)
-                have = dict(
-                    conn.execute(sa.select(t.labels.c.name, t.labels.c.id).where(t.labels.c.name.in_(names))).all()
-                )
-        return [int(have[n]) for n in names]
-
-    def add_tags(self, rows: Sequence[dict[str, Any]]) -> None:
-        for chunk in _chunks(rows, 5000):
-            with self.engine.begin() as conn:
-                _insert_many(conn, t.tags, list(chunk))
-
-    def tags(self, run_id: int | None = None, image_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        """Tag rows (image_id, label, score, confidence, rank, method, run_id) of one run (default: latest)."""
-        if run_id is None:
-            run_id = self.latest_tag_run()
-            if run_id is None:
-                return []
-        query = (
-            sa.select(t.tags.c.image_id, t.labels.c.name.label("label"), t.tags.c.score, t.tags.c.confidence,
-                      t.tags.c.rank, t.tags.c.method, t.tags.c.run_id)  # fmt: skip
-            .join(t.labels, t.labels.c.id == t.tags.c.label_id)
-            .where(t.tags.c.run_id == run_id)
-            .order_by(t.tags.c.image_id, t.tags.c.rank)
-        )
-        if image_ids is not None:
-            query = query.where(t.tags.c.image_id.in_([int(i) for i in image_ids]))
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
-
-    def delete_tags(self, run_id: int, image_ids: Sequence[int]) -> None:
-        with self.engine.begin() as conn:
-            for chunk in _chunks([int(i) for i in image_ids]):
-                conn.execute(t.tags.delete().where(t.tags.c.run_id == run_id, t.tags.c.image_id.in_(chunk)))
-
-    def delete_tag_run(self, run_id: int) -> int:
-        """Delete the tags of tag run ``run_id`` and mark it ``deleted``; returns the tag rows deleted.
-        :class:`NotFound` unless it is a tag run."""
-        with self.engine.begin() as conn:
-            kind = conn.execute(sa.select(t.runs.c.kind).where(t.runs.c.id == run_id)).scalar()
-            if kind != "tag":
-                raise NotFound(f"no tag run {run_id} (see `vistag runs`)")
-            deleted = conn.execute(t.tags.delete().where(t.tags.c.run_id == run_id)).rowcount
-            conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(status="deleted", finished=time.time()))
-        return int(deleted)
-
-    def drop_run_tags(self, run_id: int) -> int:
-        """Delete every tag row of run ``run_id`` (what a dead tag run stored); returns how many."""
-        with self.engine.begin() as conn:
-            return int(conn.execute(t.tags.delete().where(t.tags.c.run_id == run_id)).rowcount)
-
-    def latest_tag_run(self) -> int | None:
-        query = sa.select(sa.func.max(t.runs.c.id)).where(t.runs.c.kind == "tag", t.runs.c.status == "ok")
-        with self.engine.connect() as conn:
-            found = conn.execute(query).scalar()
-        return int(found) if found is not None else None

@@ -8,13 +8,10 @@
   damaged unpublished versions, and, when the catalog holds no embedding of the run's model,
   takes them from the home's shards (a deleted or replaced catalog: only hashing happens).
 - :func:`catalog_problem`: whether the catalog is the one the published index was built from.
-- :func:`writer`: the writer lock of writers other than ``index`` (``tag``), then recovery of
-  dead runs (:func:`indexer.job.recover`, which cleans dead tag runs with :func:`drop_tag_run`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -22,17 +19,15 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from indexer import index as versions
+from core.errors import CatalogMismatch, DamagedState, IndexNotFound, ModelMismatch
+from core.models import ModelIdentity
+from indexer import versions
 from indexer.catalog import Catalog
 from indexer.home import Home
-from indexer.lock import WriterLock
 from pipeline import shards
-from vistag.errors import CatalogMismatch, DamagedState, IndexNotFound, ModelMismatch
-from vistag.models import ModelIdentity
 
 log = logging.getLogger(__name__)
 
@@ -201,37 +196,6 @@ def version_damage(version: versions.IndexVersion) -> str | None:
     except DamagedState as err:
         return str(err)
     return None
-
-
-# dead runs --------------------------------------------------------------------------------------
-def unfinished_runs(catalog: Catalog) -> list[dict[str, Any]]:
-    """Index and tag runs still ``running`` or ``failed`` that recovery has not handled yet."""
-    runs = [
-        r
-        for r in catalog.runs(limit=1000)
-        if r["kind"] in ("index", "tag") and r["status"] in ("running", "failed")
-    ]
-    return [r for r in runs if not json.loads(r["params"]).get("recovered")]
-
-
-def drop_tag_run(home: Home, catalog: Catalog, run_id: int) -> int:
-    """Delete what a dead or failed tag run left: its tag rows and HOME/tagruns/run-N; returns the rows."""
-    rows = catalog.drop_run_tags(run_id)
-    shutil.rmtree(home.root / "tagruns" / f"run-{run_id:06d}", ignore_errors=True)
-    return rows
-
-
-@contextlib.contextmanager
-def writer(home: Home, catalog: Catalog) -> Iterator[None]:
-    """Hold the home's writer lock (and the catalog database's), after recovering what dead runs
-    left; :class:`vistag.errors.LockHeld` when another writer holds it."""
-    home.ensure()
-    with WriterLock(home.lock_path), catalog.writer_lock():
-        if unfinished_runs(catalog):
-            from indexer.job import recover  # imports Beam: only when a dead run left something
-
-            recover(home, catalog)
-        yield
 
 
 # vistag check -----------------------------------------------------------------------------------

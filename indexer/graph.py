@@ -6,7 +6,7 @@ never touched), so later tag runs on the same version reuse it. Exact inner-prod
 (``faiss.knn``) when the version's index is exact (``Flat``, up to ``EXACT_MAX`` vectors: an
 exact all-pairs search of 100k x 512-d takes about a minute on 2 cores), the version's own ANN
 index (HNSW, IVF) above: the propagation graph then has the ANN index's recall. Where FAISS has
-a GPU (:mod:`vistag.faiss_gpu`) the graph is exact up to ``GPU_EXACT_MAX`` images whatever the
+a GPU (:mod:`indexer.faiss_gpu`) the graph is exact up to ``GPU_EXACT_MAX`` images whatever the
 index, brute force on the GPU. ANN candidates
 (``k`` times the version's re-rank factor, at most ``10 k``) are re-scored exactly with the
 vectors (SQ8/PQ codes only approximate the similarities), each image is put first as its own
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexer.index import IndexVersion
-from vistag import faiss_gpu
+from indexer import faiss_gpu
+from indexer.versions import IndexVersion
 
 GRAPH_K = 10
 SEARCH_ROWS = 65_536  # images searched in the ANN index at once

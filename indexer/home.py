@@ -7,7 +7,7 @@ Layout::
     HOME/index/<model key>/v<NNNNNN>/    index versions (index.faiss + manifest.json)
     HOME/index/CURRENT                   pointer to the published version, replaced atomically
     HOME/lock                            held (flock) by the one writer
-    HOME/models/identities.json          model identities by spec and weights (see vistag.models.model_identity)
+    HOME/models/identities.json          model identities by spec and weights (see core.models.model_identity)
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vistag.errors import InputError
+from core.errors import InputError
 
 ENV_HOME = "VISTAG_HOME"
 ENV_DB = "VISTAG_DB"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -11,23 +10,22 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from indexer import check
-from indexer import index as versions
+from core.decode import DEFAULT_MAX_PIXELS
+from core.errors import DamagedIndex, EmptyCorpus, IndexNotFound, PipelineError
+from core.faults import crash_point
+from core.models import ModelIdentity, ModelSpec, model_identity, parse_model_spec
+from indexer import build, check, faiss_gpu, versions
 from indexer.catalog import Catalog
+from indexer.choice import choose_index
 from indexer.home import Home
 from indexer.lock import WriterLock
-from indexer.plan import IndexPlan, make_plan
-from indexer.planner import plan_index
 from indexer.recall import tune_index
+from indexer.recovery import apply_shards, recover
+from indexer.reindex import ReindexPlan, plan_reindex
 from pipeline import shards
-from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.inputs import FileEntry, expand_inputs
 from pipeline.job import DEFAULT_CHUNK_SIZE, KNOWN_HASHES_FILE, PipelineConfig, run_config, write_worklist
 from pipeline.runners import check_beam_args
-from vistag import faiss_gpu
-from vistag.errors import DamagedIndex, EmptyCorpus, IndexNotFound, PipelineError
-from vistag.faults import crash_point
-from vistag.models import ModelIdentity, ModelSpec, model_identity, parse_model_spec
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +46,7 @@ class IndexConfig:
     index_type: str | None = None
     memory_budget: int | None = None
     latency_target_ms: float | None = None  # exact search while one query is estimated within it
-    index_storage: str = "auto"  # "auto", "memory" or "ondisk" (see indexer.planner)
+    index_storage: str = "auto"  # "auto", "memory" or "ondisk" (see indexer.choice)
     shards_root: str | None = None
     dry_run: bool = False
     progress: bool = False
@@ -59,7 +57,7 @@ class IndexConfig:
 class IndexResult:
     """What a run did. ``plan`` is always set; the rest is empty for a dry run."""
 
-    plan: IndexPlan
+    plan: ReindexPlan
     run_id: int | None = None
     embedded: int = 0
     reused: int = 0
@@ -103,10 +101,10 @@ def _run_locked(home: Home, catalog: Catalog, config: IndexConfig) -> IndexResul
     if not config.dry_run:
         recover(home, catalog)
         check.repair(home, catalog, identity, model_id)
-    plan = make_plan(listing, catalog.image_states(), set(catalog.known_hashes(model_id)))
+    plan = plan_reindex(listing, catalog.image_states(), set(catalog.known_hashes(model_id)))
     if config.dry_run:
         live = len(plan.unchanged) + len(plan.work) - len(plan.missing)
-        choice = plan_index(max(live, 0), identity.embed_dim, memory_budget=config.memory_budget, override=config.index_type,
+        choice = choose_index(max(live, 0), identity.embed_dim, memory_budget=config.memory_budget, override=config.index_type,
                             storage=config.index_storage, latency_ms=config.latency_target_ms)  # fmt: skip
         where = f"; FAISS on {faiss_gpu.gpu_count()} GPU(s)" if faiss_on_gpu and not choice.exact else ""
         return IndexResult(plan, index_plan=choice.describe() + where, model_change=change)
@@ -157,7 +155,7 @@ def _model_name(identity: ModelIdentity) -> str:
 
 def _execute(
     home: Home, catalog: Catalog, config: IndexConfig, identity: ModelIdentity, model_id: int,
-    plan: IndexPlan, run_id: int,
+    plan: ReindexPlan, run_id: int,
 ) -> IndexResult:  # fmt: skip
     embedded = reused = failed = 0
     if plan.work:
@@ -186,7 +184,7 @@ def _embed(
     known_file = shards.join(folder, KNOWN_HASHES_FILE)
     shards.write_text(known_file, "\n".join(catalog.known_hashes(model_id)))
     pipeline_config = PipelineConfig(
-        worklist=worklist, total=len(work), output=str(folder), model=identity.to_dict(), batch_size=config.batch_size,
+        worklist=worklist, total=len(work), output=str(folder), identity=identity, batch_size=config.batch_size,
         shard_size=config.shard_size, max_pixels=config.max_pixels, device=config.device,
         chunk_size=config.chunk_size, decode_processes=config.decode_processes,
         known_hashes_file=str(known_file), progress=config.progress, beam_args=config.beam_args,
@@ -204,44 +202,6 @@ def _root_cause(err: BaseException) -> str:
     lines = [x.strip() for x in str(err).splitlines() if x.strip()]
     text = lines[-1] if lines else ""
     return f"{type(err).__name__}: {text}"[:500]
-
-
-def apply_shards(
-    home: Home, catalog: Catalog, folder: str, model_id: int, run_id: int, work: Sequence[FileEntry]
-) -> tuple[int, int, int]:
-    """Record every shard of ``folder`` in the catalog; returns (embedded, reused, failed) counts."""
-    by_uri = {e.uri: e for e in work}
-    embedded = reused = failed = 0
-    rel = home.relative(folder)
-    for name in shards.list_shards(folder):
-        shard = shards.read_shard(folder, name)
-        fresh = [m for m in shard.meta if m["row"] >= 0]
-        known = [m for m in shard.meta if m["row"] < 0]
-        sizes = catalog.sizes_by_sha([m["sha256"] for m in known])
-        unsized = [m["sha256"] for m in known if m["sha256"] not in sizes]
-        sizes |= check.shard_sizes(home, catalog, model_id, unsized)  # e.g. taken from shards by repair
-        for m in known:
-            m["width"], m["height"] = sizes.get(m["sha256"], (0, 0))
-        catalog.add_embeddings(
-            [{"sha256": m["sha256"], "model_id": model_id, "shard_dir": rel, "shard": name, "row": m["row"],
-              "run_id": run_id} for m in fresh]  # fmt: skip
-        )
-        rows = [{k: m[k] for k in ("uri", "sha256", "size", "mtime", "width", "height")} | {"status": "indexed"}
-                for m in shard.meta]  # fmt: skip
-        catalog.upsert_images(rows, run_id)
-        catalog.add_failures(shard.failures, run_id)
-        catalog.upsert_images([_failed_row(f["uri"], by_uri) for f in shard.failures], run_id)
-        crash_point("shard-applied")
-        embedded, reused, failed = embedded + len(fresh), reused + len(known), failed + len(shard.failures)
-    return embedded, reused, failed
-
-
-def _failed_row(uri: str, by_uri: dict[str, FileEntry]) -> dict[str, Any]:
-    entry = by_uri.get(uri)
-    row: dict[str, Any] = {"uri": uri, "status": "failed", "sha256": None}
-    if entry is not None:
-        row |= {"size": entry.size, "mtime": entry.mtime}
-    return row
 
 
 def _maybe_rebuild(
@@ -265,10 +225,10 @@ def _maybe_rebuild(
     if unchanged and not config.index_type and not forced_storage:
         return None
     locations = catalog.vector_locations(model_id)
-    choice = plan_index(len(locations), identity.embed_dim, memory_budget=config.memory_budget, override=config.index_type,
+    choice = choose_index(len(locations), identity.embed_dim, memory_budget=config.memory_budget, override=config.index_type,
                         storage=config.index_storage, latency_ms=config.latency_target_ms)  # fmt: skip
     staging = versions.new_staging(home, identity) if choice.ondisk else None  # becomes the version folder
-    index = versions.build_from_store(home, locations, identity.embed_dim, choice, folder=staging)
+    index = build.build_from_store(home, locations, identity.embed_dim, choice, folder=staging)
     search: dict[str, Any] = {"plan": choice.describe(), "params": choice.search, "rerank": choice.rerank}
     if not choice.exact and len(locations):
         tuning = tune_index(home, catalog, identity, model_id, locations, index, choice)
@@ -276,7 +236,8 @@ def _maybe_rebuild(
         search |= {"params": params, "rerank": tuning.search.get("rerank", 0), "text_recall_at_10": tuning.text_recall,
                    "image_recall_at_10": tuning.image_recall, "recall_queries": tuning.queries}  # fmt: skip
     version = versions.write_version(home, identity, index, choice.factory, run_id, catalog_state=state, search=search,
-                                     locations=locations, catalog_id=catalog.catalog_id())  # fmt: skip
+                                     locations=locations, catalog_id=catalog.catalog_id(),
+                                     hits=catalog.hit_rows())  # fmt: skip
     catalog.add_index_version(model_id, home.relative(version.path), choice.factory, int(index.ntotal), run_id)
     crash_point("version-written")
     versions.publish(home, version)
@@ -284,29 +245,3 @@ def _maybe_rebuild(
         shutil.rmtree(discard, ignore_errors=True)
     crash_point("published")
     return version
-
-
-def recover(home: Home, catalog: Catalog) -> list[int]:
-    """Finish what dead or failed runs left: apply their completed shards, close them, drop
-    temporary files.
-
-    Called under the writer lock, so any run still marked ``running`` belongs to a dead process.
-    The complete shards of such index runs, and of index runs that failed (disk full, database
-    error...), are applied (idempotently, once), so their images are not embedded again. Such tag
-    runs leave partial tags: those and the run's folder are deleted.
-    """
-    dead = []
-    for run in check.unfinished_runs(catalog):
-        params = json.loads(run["params"])
-        folder = params.get("shards")
-        if run["kind"] == "tag":
-            check.drop_tag_run(home, catalog, run["id"])
-        elif run["model_id"] is not None and folder and shards.exists(folder):
-            apply_shards(home, catalog, folder, run["model_id"], run["id"], ())
-        catalog.update_run_params(run["id"], {"recovered": True})
-        if run["status"] == "running":
-            catalog.finish_run(run["id"], "interrupted", {}, message="the process ended before the run finished")
-            dead.append(run)
-    for tmp in list(home.index_root.glob("*/.tmp-*")) + list(home.index_root.glob("CURRENT.tmp-*")):
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-    return [r["id"] for r in dead]

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from vistag.errors import LockHeld
+from core.errors import LockHeld
 
 
 class WriterLock:

@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from indexer import index as versions
+from core.encode import encode_texts
+from core.models import ModelIdentity, load_model
+from indexer import vectors
 from indexer.catalog import Catalog
+from indexer.choice import IndexChoice, Tuning, tune
 from indexer.home import Home
-from indexer.planner import IndexChoice, Tuning, tune
-from vistag.models import ModelIdentity, encode_texts, load_model
 
 CAPTIONS = tuple(
     f"a photo of {x}"
@@ -53,17 +54,17 @@ def tune_index(
     dim = identity.embed_dim
     rng = np.random.default_rng(0)
     pick = np.sort(rng.choice(len(locations), min(200, len(locations)), replace=False))
-    _, images = versions.gather_vectors(home, [locations[i] for i in pick], dim)
+    _, images = vectors.gather_vectors(home, [locations[i] for i in pick], dim)
     queries = {"text": text_queries(catalog, identity, model_id), "image": images}
-    truth = {kind: versions.exact_search(home, locations, dim, xq, k)[1] for kind, xq in queries.items()}
+    truth = {kind: vectors.exact_search(home, locations, dim, xq, k)[1] for kind, xq in queries.items()}
     by_id = {loc[0]: loc for loc in locations}
 
     def fetch(ids: np.ndarray) -> np.ndarray:
-        return versions.gather_vectors(home, [by_id[int(i)] for i in ids], dim)[1]
+        return vectors.gather_vectors(home, [by_id[int(i)] for i in ids], dim)[1]
 
     def search(xq: np.ndarray, kk: int, rerank: int) -> np.ndarray:
         if rerank:
-            return versions.rerank_search(index, xq, kk, rerank, fetch)[1]
+            return vectors.rerank_search(index, xq, kk, rerank, fetch)[1]
         return index.search(xq, kk)[1]
 
     return tune(index, choice, search, {kind: (queries[kind], truth[kind]) for kind in queries}, k=k)

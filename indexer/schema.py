@@ -26,6 +26,7 @@ from sqlalchemy import (
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
+HEAD_REVISION = "0004"  # the newest migration in migrations/versions (a test checks it is Alembic's head)
 
 models = Table(
     "models",

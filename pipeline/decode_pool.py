@@ -36,8 +36,8 @@ import numpy as np
 
 from pipeline import decode_procs
 from pipeline.decode_procs import Dispatcher, ProcessLost, Task, TimedOut, Unserved
+from pipeline.entries import EntryDecoder, ImageKey, Outcome, decode_entries
 from pipeline.inputs import FileEntry
-from pipeline.stages import EntryDecoder, ImageKey, Outcome, decode_entries
 
 log = logging.getLogger(__name__)
 SHM_DIR = "/dev/shm"
@@ -62,7 +62,7 @@ class DecodePool:
         _opened(self)
 
     def decode(self, entries: Sequence[FileEntry], local: EntryDecoder) -> tuple[list[Outcome], np.ndarray]:
-        """Like :func:`pipeline.stages.decode_entries`, with the work spread over the pool."""
+        """Like :func:`pipeline.entries.decode_entries`, with the work spread over the pool."""
         if not entries:
             return [], np.zeros((0, *local.shape), np.uint8)
         if not self._dispatcher.usable:
@@ -207,7 +207,7 @@ def shm_free() -> int:
 
 
 def _key(decoder: EntryDecoder, processes: int) -> tuple[Any, ...]:
-    return (str(decoder.model.get("key")), decoder.known_hashes_file, decoder.max_pixels, processes)
+    return (decoder.identity.key, decoder.known_hashes_file, decoder.max_pixels, processes)
 
 
 def acquire_pool(decoder: EntryDecoder, processes: int) -> DecodePool:

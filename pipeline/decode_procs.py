@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.entries import EntryDecoder
 from pipeline.inputs import FileEntry
-from pipeline.stages import EntryDecoder
 
 log = logging.getLogger(__name__)
 PRELOAD = ["pipeline.decode_procs", "open_clip", "torchvision.transforms"]

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from vistag.errors import ModelMismatch
-from vistag.models import LoadedModel, ModelIdentity, load_model, pick_device
+from core.encode import forward
+from core.errors import ModelMismatch
+from core.models import LoadedModel, ModelIdentity, load_model, pick_device
 
 CPU_BATCH_SIZE = 32
 GPU_BATCH_SIZE = 256
@@ -81,13 +82,13 @@ class OpenClipImageHandler(ModelHandler[np.ndarray, PredictionResult, Replicas])
 
     def __init__(self, identity: ModelIdentity, *, batch_size: int | None = None, device: str | None = None):
         super().__init__()
-        self._identity_dict = identity.to_dict()
+        self._identity = identity
         self._batch_size = batch_size
         self._device = device
         self._normalize: Callable[[Any], Any] | None = None
 
     def load_model(self) -> Replicas:
-        identity = ModelIdentity.from_dict(self._identity_dict)
+        identity = self._identity
         models = []
         for device in self.devices():
             loaded = load_model(identity.spec(), device)
@@ -109,8 +110,8 @@ class OpenClipImageHandler(ModelHandler[np.ndarray, PredictionResult, Replicas])
         if self._normalize is None:
             from pipeline.preprocess import split_transform
 
-            self._normalize = split_transform(ModelIdentity.from_dict(self._identity_dict)).normalize
-        dim = int(self._identity_dict["embed_dim"])
+            self._normalize = split_transform(self._identity).normalize
+        dim = self._identity.embed_dim
         size = self._batch_size or default_batch_size(model.device)
         return [
             PredictionResult(None, encode_pixels(model.pick(), pixels, self._normalize, size, dim)) for pixels in batch
@@ -155,7 +156,7 @@ def encode_pixels(
         batches = [x.pin_memory() for x in batches]
     with _device_lock(model):  # queue the copies and forwards; others decode meanwhile
         out = [
-            _forward(model, _half(model, normalize(x.to(model.device, non_blocking=True).float().div_(255))))
+            forward(model, _half(model, normalize(x.to(model.device, non_blocking=True).float().div_(255))))
             for x in batches
         ]
         feats = torch.cat(out)
@@ -179,27 +180,3 @@ def _busy(model: LoadedModel) -> bool:
     """Whether another thread is running ``model`` on its GPU now (a CPU model is never busy)."""
     lock = _device_lock(model)
     return isinstance(lock, _LOCK_TYPE) and lock.locked()
-
-
-def encode_images(model: LoadedModel, batch: Sequence[Any]) -> np.ndarray:
-    """Embed a list of (3, H, W) float tensors (the full transform's output); returns (B, D) float32."""
-    import torch
-
-    x = torch.stack(list(batch))
-    if model.half:
-        x = x.pin_memory().to(model.device, non_blocking=True).half()
-    return _encode(model, x)
-
-
-def _forward(model: LoadedModel, x: Any) -> Any:
-    """The image tower on a model-ready batch ``x``: (B, D) float32 L2-normalised rows, on the model's device."""
-    import torch
-
-    with torch.inference_mode():
-        feats = model.model.encode_image(x)
-        return torch.nn.functional.normalize(feats.float(), dim=-1)
-
-
-def _encode(model: LoadedModel, x: Any) -> np.ndarray:
-    """Run the image tower on a model-ready batch ``x``; returns (B, D) float32 L2-normalised rows."""
-    return _forward(model, x).cpu().numpy().astype(np.float32, copy=False)

@@ -1,7 +1,7 @@
 """Expand corpus inputs (folders, globs, manifest files, image files, any Beam filesystem URI).
 
 One parser for the one identifier kind "corpus input". Local files are named by their absolute
-path (or, when that is not valid UTF-8, by its ``file://`` URI: see :mod:`vistag.uris`); other
+path (or, when that is not valid UTF-8, by its ``file://`` URI: see :mod:`core.uris`); other
 filesystems (``gs://``, ``s3://``...) by their URI as Beam's ``FileSystems`` sees it.
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vistag import uris
-from vistag.errors import InputError
+from core import uris
+from core.errors import InputError
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".jfif", ".ppm", ".pgm"}

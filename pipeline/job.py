@@ -26,8 +26,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
+from core.decode import DEFAULT_MAX_PIXELS
+from core.models import ModelIdentity, pick_device
 from pipeline import shards
-from pipeline.decode import DEFAULT_MAX_PIXELS
+from pipeline.entries import EntryDecoder, ImageKey
 from pipeline.handler import OpenClipImageHandler, replica_devices
 from pipeline.inputs import expand_inputs
 from pipeline.progress import shard_progress
@@ -42,21 +44,20 @@ from pipeline.runners import (
     local_cluster,
     pipeline_options,
 )
-from pipeline.stages import ChunkMeta, EntryDecoder, ImageKey, ReadDecodeFn, WriteShardFn
+from pipeline.stages import ChunkMeta, ReadDecodeFn, WriteShardFn
 from pipeline.worklist import (
     DEFAULT_CHUNK_SIZE,
     WORKLIST_FILE,
-    ChunkPlan,
+    Chunking,
+    cut_chunks,
     parse_worklist_line,
-    plan_chunks,
     write_worklist,
 )
-from vistag.models import ModelIdentity, pick_device
 
 __all__ = [
     "DASK_RUNNER", "DEFAULT_CHUNK_SIZE", "DEFAULT_RUNNER", "KNOWN_HASHES_FILE", "WORKLIST_FILE", "ChunkMeta",
     "ImageKey", "PipelineConfig", "build", "dask_cluster", "embed", "local_cluster", "parse_worklist_line",
-    "pipeline_options", "plan", "run", "run_config", "write_worklist",
+    "pipeline_options", "chunking", "run", "run_config", "write_worklist",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class PipelineConfig:
     worklist: str
     total: int
     output: str
-    model: dict[str, Any]
+    identity: ModelIdentity
     batch_size: int | None = None
     shard_size: int = 4096
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -97,9 +98,9 @@ class PipelineConfig:
         return max(1, min(self.chunk_size, self.shard_size))
 
 
-def plan(config: PipelineConfig) -> ChunkPlan:
+def chunking(config: PipelineConfig) -> Chunking:
     """The chunks of ``config``'s work list; their shard names are fixed by work list, chunk size and model."""
-    return plan_chunks(config.worklist, config.files_per_chunk, salt=str(config.model.get("key", "")))
+    return cut_chunks(config.worklist, config.files_per_chunk, salt=config.identity.key)
 
 
 def embed(batches: beam.PCollection, handler: ModelHandler) -> beam.PCollection:
@@ -112,21 +113,21 @@ def embed(batches: beam.PCollection, handler: ModelHandler) -> beam.PCollection:
 
 
 def build(
-    p: beam.Pipeline, config: PipelineConfig, *, chunks: ChunkPlan | None = None,
+    p: beam.Pipeline, config: PipelineConfig, *, chunks: Chunking | None = None,
     handler: ModelHandler | None = None,
-) -> ChunkPlan:  # fmt: skip
+) -> Chunking:  # fmt: skip
     """Add the job's transforms to ``p``; returns the chunk plan. ``handler`` replaces the OpenCLIP one."""
-    chunks = chunks or plan(config)
+    chunks = chunks or chunking(config)
     handler = handler or OpenClipImageHandler(
-        ModelIdentity.from_dict(config.model), batch_size=config.batch_size, device=config.device
+        config.identity, batch_size=config.batch_size, device=config.device
     )
     read = ReadDecodeFn(
-        config.worklist, config.model, config.known_hashes_file, config.max_pixels, config.decode_processes or 0
+        config.worklist, config.identity, config.known_hashes_file, config.max_pixels, config.decode_processes or 0
     )
     decoded = p | "Chunks" >> beam.Create(chunks.chunks) | "ReadDecode" >> beam.ParDo(read)
     if config.reshuffle:
         decoded = decoded | "Reshuffle" >> beam.Reshuffle()
-    _ = embed(decoded, handler) | "WriteShard" >> beam.ParDo(WriteShardFn(config.output, config.model, chunks.tag))
+    _ = embed(decoded, handler) | "WriteShard" >> beam.ParDo(WriteShardFn(config.output, config.identity, chunks.tag))
     return chunks
 
 
@@ -166,7 +167,7 @@ def run_config(
     On Beam's Dask runner without ``--dask_client_address``, a local Dask cluster is started
     for the run (see :func:`pipeline.runners.dask_cluster`).
     """
-    chunks = plan(config)
+    chunks = chunking(config)
     if not chunks.chunks:
         return shards.list_shards(config.output)
     with shard_progress(config.output, f"shard-{chunks.tag}-", config.total or chunks.total, config.progress):
@@ -191,7 +192,7 @@ def _prewarmed_pool(config: PipelineConfig, beam_args: Sequence[str]) -> Iterato
         return
     from pipeline.decode_pool import prewarmed
 
-    decoder = EntryDecoder(config.model, config.known_hashes_file, config.max_pixels)
+    decoder = EntryDecoder(config.identity, config.known_hashes_file, config.max_pixels)
     with prewarmed(decoder, config.decode_processes):
         yield
 
@@ -214,7 +215,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> list[str]:
     """Command-line entry point; unknown arguments are Beam pipeline options (``--runner`` ...)."""
-    from vistag.models import load_model, parse_model_spec
+    from core.models import load_model, parse_model_spec
 
     args, beam_args = _parser().parse_known_args(argv)
     identity = load_model(parse_model_spec(args.model, args.pretrained), "cpu").identity
@@ -223,7 +224,7 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
         worklist=write_worklist(args.output, entries),
         total=len(entries),
         output=args.output,
-        model=identity.to_dict(),
+        identity=identity,
         batch_size=args.batch_size,
         shard_size=args.shard_size,
         chunk_size=args.chunk_size,

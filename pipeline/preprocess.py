@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from vistag.models import ModelIdentity, build_transform
+from core.models import ModelIdentity, build_transform
 
 _TO_TENSOR = frozenset({"ToTensor", "MaybeToTensor"})
 

@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vistag.errors import DamagedState, ShardFormatError
+from core.errors import DamagedState, ShardFormatError
 
 FORMAT_VERSION = 1
 STAMP_SUFFIX = ".stamp"

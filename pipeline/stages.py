@@ -7,9 +7,8 @@ shard) out. Bad inputs are data: they travel in the chunk's ``failures`` and lan
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,34 +17,14 @@ import numpy as np
 from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.utils import shared
 
+from core.decode import DEFAULT_MAX_PIXELS
+from core.faults import crash_point
+from core.models import ModelIdentity
 from pipeline import shards
-from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image, max_file_bytes
-from pipeline.inputs import FileEntry
-from pipeline.preprocess import SplitTransform, split_transform, to_pixels
+from pipeline.entries import EntryDecoder, decode_entries, load_known
 from pipeline.worklist import Chunk, read_chunk, shard_name
-from vistag import uris
-from vistag.faults import crash_point
-from vistag.models import ModelIdentity
 
 NAMESPACE = "vistag"
-
-
-@dataclass(frozen=True)
-class ImageKey:
-    """What the pipeline learns about an image before embedding it."""
-
-    uri: str
-    sha256: str
-    size: int
-    mtime: float
-    width: int
-    height: int
-
-    def row(self, row: int) -> dict[str, Any]:
-        return {
-            "uri": self.uri, "sha256": self.sha256, "size": self.size, "mtime": self.mtime,
-            "width": self.width, "height": self.height, "row": row,
-        }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -58,75 +37,6 @@ class ChunkMeta:
     failures: tuple[dict[str, str], ...]
 
 
-class _KnownHashes(frozenset):
-    """A frozenset that ``shared.Shared`` can hold (it needs weak references)."""
-
-
-def _failure(uri: str, stage: str, reason: str) -> dict[str, str]:
-    return {"uri": uri, "stage": stage, "reason": reason[:500]}
-
-
-def _reason(err: Exception) -> str:
-    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
-    return f"{type(err).__name__}: {text}"
-
-
-def _load_known(path: str | None) -> _KnownHashes:
-    if not path:
-        return _KnownHashes()
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path, compression_type="uncompressed") as fh:
-        return _KnownHashes(line.strip() for line in fh.read().decode().splitlines() if line.strip())
-
-
-class EntryDecoder:
-    """Read, hash, decode and preprocess one work-list entry; the same code in a Beam worker thread
-    and in a decode process (see :mod:`pipeline.decode_pool`). Picklable until :meth:`setup`."""
-
-    def __init__(self, model: dict[str, Any], known_hashes_file: str | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):  # fmt: skip
-        self.model = model
-        self.known_hashes_file = known_hashes_file
-        self.max_pixels = max_pixels
-
-    def setup(self, known: frozenset[str] | None = None) -> EntryDecoder:
-        self._split: SplitTransform = split_transform(ModelIdentity.from_dict(self.model))
-        self._draft = int(max(self._split.shape[1:]))
-        self._known = known if known is not None else _load_known(self.known_hashes_file)
-        return self
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self._split.shape
-
-    def one(self, entry: FileEntry) -> dict[str, str] | ImageKey | tuple[ImageKey, np.ndarray]:
-        """A failure row, a key of already-embedded content, or a key and its (3, H, W) pixels."""
-        limit = max_file_bytes(self.max_pixels)
-        if entry.size > limit:
-            return _failure(entry.uri, "read", f"file of {entry.size} bytes is larger than the {limit} bytes read for an image")
-        try:
-            data = uris.read_bytes(entry.uri, max_bytes=limit)
-        except Exception as err:  # any filesystem's error: vanished, permission, I/O, not a regular file
-            return _failure(entry.uri, "read", _reason(err))
-        sha = hashlib.sha256(data).hexdigest()
-        if sha in self._known:
-            return ImageKey(entry.uri, sha, len(data), entry.mtime, 0, 0)
-        try:
-            decoded = decode_image(data, max_pixels=self.max_pixels, draft_size=self._draft)
-        except DecodeError as err:
-            return _failure(entry.uri, "decode", err.reason)
-        except Exception as err:  # a bad file must never stop the run
-            return _failure(entry.uri, "preprocess", _reason(err))
-        try:
-            arr = to_pixels(self._split.to_image(decoded.image))
-            if arr.shape != self._split.shape:
-                raise ValueError(f"preprocessed to {arr.shape}, expected {self._split.shape}")
-        except Exception as err:
-            return _failure(entry.uri, "preprocess", _reason(err))
-        return ImageKey(entry.uri, sha, len(data), entry.mtime, decoded.width, decoded.height), arr
-
-
 class ReadDecodeFn(beam.DoFn):
     """Chunk -> ``[(ChunkMeta, pixels)]``: read, hash, decode and preprocess every entry.
 
@@ -137,10 +47,10 @@ class ReadDecodeFn(beam.DoFn):
     worker's own thread.
     """
 
-    def __init__(self, worklist: str, model: dict[str, Any], known_hashes_file: str | None = None,
+    def __init__(self, worklist: str, identity: ModelIdentity, known_hashes_file: str | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, decode_processes: int = 0):  # fmt: skip
         self._worklist = worklist
-        self._decoder = EntryDecoder(model, known_hashes_file, max_pixels)
+        self._decoder = EntryDecoder(identity, known_hashes_file, max_pixels)
         self._processes = decode_processes
         self._shared_known = shared.Shared()  # loaded once per worker process, not per bundle
         self._decoded = beam.metrics.Metrics.counter(NAMESPACE, "images_decoded")
@@ -150,8 +60,8 @@ class ReadDecodeFn(beam.DoFn):
 
     def setup(self) -> None:
         known_file = self._decoder.known_hashes_file
-        known = self._shared_known.acquire(lambda: _load_known(known_file), tag=known_file)
-        self._local = EntryDecoder(self._decoder.model, known_file, self._decoder.max_pixels).setup(known)
+        known = self._shared_known.acquire(lambda: load_known(known_file), tag=known_file)
+        self._local = EntryDecoder(self._decoder.identity, known_file, self._decoder.max_pixels).setup(known)
         self._pool = None
         if self._processes > 0:
             from pipeline.decode_pool import acquire_pool
@@ -188,28 +98,6 @@ class ReadDecodeFn(beam.DoFn):
         yield [(ChunkMeta(chunk.index, tuple(rows), tuple(failures)), batch)]
 
 
-Outcome = dict[str, str] | tuple[ImageKey, int]
-
-
-def decode_entries(entries: Sequence[FileEntry], decoder: EntryDecoder) -> tuple[list[Outcome], np.ndarray]:
-    """Decode ``entries`` in this thread: per entry a failure row or (key, row in pixels; -1 when
-    already embedded), and the (E, 3, H, W) uint8 pixels of the decoded ones."""
-    outcomes: list[Outcome] = []
-    pixels: list[np.ndarray] = []
-    for entry in entries:
-        outcome = decoder.one(entry)
-        if isinstance(outcome, dict):
-            outcomes.append(outcome)
-        elif isinstance(outcome, ImageKey):
-            outcomes.append((outcome, -1))
-        else:
-            key, arr = outcome
-            outcomes.append((key, len(pixels)))
-            pixels.append(arr)
-    batch = np.stack(pixels) if pixels else np.zeros((0, *decoder.shape), np.uint8)
-    return outcomes, batch
-
-
 class WriteShardFn(beam.DoFn):
     """``(ChunkMeta, PredictionResult)`` -> the chunk's shard, under its one deterministic name.
 
@@ -217,22 +105,22 @@ class WriteShardFn(beam.DoFn):
     output never holds an image twice. Emits nothing: the indexer lists the shard folder.
     """
 
-    def __init__(self, output: str, model: dict[str, Any], tag: str):
+    def __init__(self, output: str, identity: ModelIdentity, tag: str):
         self._output = output
-        self._model = model
+        self._identity = identity
         self._tag = tag
         self._images = beam.metrics.Metrics.counter(NAMESPACE, "images_written")
         self._shards = beam.metrics.Metrics.counter(NAMESPACE, "shards_written")
 
     def process(self, element: tuple[ChunkMeta, PredictionResult]) -> Iterable[None]:
         meta, result = element
-        dim = int(self._model["embed_dim"])
+        dim = self._identity.embed_dim
         xb = np.asarray(result.inference, dtype=np.float32).reshape(-1, dim)
         embedded = sum(1 for r in meta.rows if r["row"] >= 0)
         if xb.shape[0] != embedded:
             raise ValueError(f"chunk {meta.index}: {xb.shape[0]} embeddings for {embedded} images")
         name = shard_name(self._tag, meta.index)
-        shards.write_shard(self._output, meta.rows, xb, meta.failures, self._model, name=name)
+        shards.write_shard(self._output, meta.rows, xb, meta.failures, self._identity.to_dict(), name=name)
         crash_point("shard-written")
         self._images.inc(len(meta.rows) + len(meta.failures))
         self._shards.inc()

@@ -31,7 +31,7 @@ class Chunk:
 
 
 @dataclass(frozen=True)
-class ChunkPlan:
+class Chunking:
     """The chunks of one work list and the run tag that names their shards."""
 
     tag: str
@@ -58,7 +58,7 @@ def parse_worklist_line(line: str) -> FileEntry:
     return FileEntry(uri, int(size), float(mtime))
 
 
-def plan_chunks(worklist: str, chunk_size: int, salt: str = "") -> ChunkPlan:
+def cut_chunks(worklist: str, chunk_size: int, salt: str = "") -> Chunking:
     """Cut ``worklist`` into chunks of ``chunk_size`` lines (the last may be shorter).
 
     The tag is a digest of the work list's bytes, the chunk size and ``salt`` (the model key),
@@ -82,7 +82,7 @@ def plan_chunks(worklist: str, chunk_size: int, salt: str = "") -> ChunkPlan:
         Chunk(i, first, min(chunk_size, total - first), offsets[first], offsets[min(first + chunk_size, total)])
         for i, first in enumerate(range(0, total, chunk_size))
     )
-    return ChunkPlan(digest.hexdigest()[:12], chunks, total)
+    return Chunking(digest.hexdigest()[:12], chunks, total)
 
 
 def read_chunk(worklist: str, chunk: Chunk) -> list[FileEntry]:

@@ -25,13 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from core import uris
+from core.errors import InputError, NotFound
 from indexer.catalog import Catalog
 from indexer.home import Home
 from query.inductive import applied_runs
+from query.scoring import Scored, TagConfig
 from query.search import Searcher
-from query.tagging import Scored, TagConfig, score_corpus
-from vistag import uris
-from vistag.errors import InputError, NotFound
+from query.tagging import score_corpus
 
 
 @dataclass(frozen=True)

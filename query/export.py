@@ -7,8 +7,8 @@ import io
 import json
 from typing import Any
 
+from core.errors import InputError
 from indexer.catalog import Catalog
-from vistag.errors import InputError
 
 COLUMNS = ("id", "uri", "status", "sha256", "size", "mtime", "width", "height", "tags")
 FORMATS = ("json", "csv")

@@ -14,7 +14,7 @@ Memory at N images and C labels: one pass of C block solves (``ZLaPInductive.fit
 gives both the transductive scores, kept as (N, C) float32, and the sparse table; blocks are
 solved in threads, as many as fit ``SOLVE_MEMORY`` (:func:`solve_workers`). The graph is
 dropped once solved; structure (negatives, parents) and calibration are applied per block of
-images by :class:`query.tagging.CorpusScores`.
+images by :class:`query.scoring.CorpusScores`.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from indexer import index as versions
+from indexer import vectors
 from indexer.catalog import Catalog
 from indexer.graph import KnnGraph
 from indexer.home import Home
 from query.calibration import Calibration, fit_calibration, sample_rows
+from query.scoring import CorpusScores, Scored, TagConfig, TextSet, run_dir, store_tags, zero_shot_scores
 from query.search import Searcher
-from query.tagging import CorpusScores, Scored, TagConfig, TextSet, run_dir, store_tags, zero_shot_scores
 from query.text import max_per_label
 from query.vocab import Label, apply_structure
 from query.zlap import ZLaPInductive
@@ -143,7 +143,7 @@ def tag_new_images(home: Home, catalog: Catalog, searcher: Searcher, image_ids: 
         if not (folder / "text.npz").exists():
             continue
         ids = np.asarray(sorted(int(i) for i in image_ids), dtype=np.int64)
-        xq = versions.stored_vectors(home, catalog, version.identity, ids.tolist())
+        xq = vectors.stored_vectors(home, catalog, version.identity, ids.tolist())
         scored = _score_new(home, catalog, version, folder, run["config"], ids, xq)
         catalog.delete_tags(run["id"], ids.tolist())
         labels = run["config"]["labels"]
@@ -163,7 +163,7 @@ def _score_new(home, catalog, version, folder: Path, config: dict, ids: np.ndarr
         calibration = Calibration.from_arrays(dict(np.load(folder / "calibration.npz")))
         return Scored(ids, scores, calibration.apply(scores))
     table = np.load(folder / "table.npz")
-    unlabeled = versions.stored_vectors(home, catalog, version.identity, table["ids"].tolist())
+    unlabeled = vectors.stored_vectors(home, catalog, version.identity, table["ids"].tolist())
     nodes = np.concatenate([text[0], text[1]]) if len(text[1]) else text[0]
     model = ZLaPInductive.from_table(
         unlabeled, nodes, table["pseudo_labels"], table["pseudo_scores"],

@@ -1,4 +1,4 @@
-"""Text-to-image and image-to-image search over the published index, joined with the catalog.
+"""Text-to-image and image-to-image search over the published index, with filters.
 
 The searcher reads only published state: it follows the CURRENT pointer on every query and
 switches to a newly published version without a restart. It loads the model recorded in the
@@ -6,26 +6,28 @@ version's manifest, so queries are always encoded by the model that built the in
 
 Large indexes are memory-mapped, not copied into the process: on-disk versions always (their
 inverted lists stay in ``index.ivfdata``), others when ``index.faiss`` is at least
-``indexer.index.MMAP_MIN_BYTES`` (256 MiB); ``Searcher(mmap=True/False)`` forces either way.
+``indexer.versions.MMAP_MIN_BYTES`` (256 MiB); ``Searcher(mmap=True/False)`` forces either way.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from indexer import index as versions
-from indexer.catalog import Catalog
+from core import uris
+from core.errors import CatalogMismatch, InputError, ModelMismatch, NotFound
+from core.models import LoadedModel, load_model
+from indexer import check, vectors, versions
+from indexer.catalog import Catalog, ImageFilter
 from indexer.home import Home
-from query.text import TextEncoder
-from vistag import uris
-from vistag.errors import InputError, ModelMismatch, NotFound
-from vistag.models import LoadedModel, load_model
+from indexer.tables import HitTable, VectorTable
+from query.text import TextEncoder, TextMemo
 
 MAX_K = 10_000
 
@@ -47,31 +49,47 @@ class Hit:
 
 
 class Searcher:
-    """Answers queries from the published index version of a home."""
+    """Answers queries from the published index version of a home.
 
-    def __init__(self, home: Home, catalog: Catalog, device: str | None = None, mmap: bool | None = None):
+    ``remember_texts``: new text queries' embeddings are stored in the catalog's cache (the CLI:
+    a repeated query then needs no model); false for a server, which keeps them in a bounded
+    in-memory cache instead (anyone could fill a database with queries).
+    """
+
+    def __init__(
+        self, home: Home, catalog: Catalog, device: str | None = None, mmap: bool | None = None,
+        *, remember_texts: bool = True,
+    ):  # fmt: skip
         self.home = home
         self.catalog = catalog
         self.device = device
         self.mmap = mmap
+        self.remember_texts = remember_texts
         self._lock = threading.Lock()
         self._version: versions.IndexVersion | None = None
         self._index: Any = None
-        self._vectors: versions.VectorTable | None = None
+        self._vectors: VectorTable | None = None
+        self._hits: HitTable | None = None
         self._model: LoadedModel | None = None
+        self._memo = TextMemo()
 
     def version(self) -> versions.IndexVersion:
-        """The current version, reloading the index if a newer one was published."""
+        """The current version, reloading the index if a newer one was published;
+        :class:`CatalogMismatch` when the catalog is not the one it was built from."""
         with self._lock:
             path = versions.current_version_path(self.home)
             if self._version is None or path != self._version.path:
                 version = versions.current_version(self.home)
+                problem = check.catalog_problem(self.home, self.catalog, version)
+                if problem:
+                    raise CatalogMismatch(problem)
                 self._index = version.load(self.mmap)
-                self._vectors = versions.VectorTable.load(self.home, version)
-                self._version = version
+                self._vectors, self._hits = version.vector_table(self.home), version.hit_table()
+                self._version, self._memo = version, TextMemo()
             return self._version
 
     def model(self) -> LoadedModel:
+        """The version's model (loaded once; :class:`ModelMismatch` if its files changed since)."""
         identity = self.version().identity
         with self._lock:
             if self._model is None or self._model.identity.key != identity.key:
@@ -84,43 +102,56 @@ class Searcher:
                 self._model = loaded
             return self._model
 
-    def encode_text(self, texts: list[str]) -> np.ndarray:
-        return TextEncoder(self.model()).encode(texts)
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), D) float32 query embeddings: from the caches when they hold them (no model
+        is loaded then), else encoded by the version's model."""
+        identity = self.version().identity
+        encoder = TextEncoder(self.model, catalog=self.catalog, identity=identity,
+                              remember=self.remember_texts, memo=self._memo)  # fmt: skip
+        return encoder.encode(list(texts))
 
-    def search_vectors(self, xq: np.ndarray, k: int) -> list[list[Hit]]:
-        """Top-k hits for each row of ``xq`` (Q, D) float32."""
+    def search_vectors(self, xq: np.ndarray, k: int, where: ImageFilter | None = None) -> list[list[Hit]]:
+        """Top-k hits for each row of ``xq`` (Q, D) float32, among the images that pass ``where``,
+        scored the same way with or without it (lossy codes are re-ranked with the stored vectors)."""
         k = _check_k(k)
         version = self.version()
         with self._lock:
             index, table = self._index, self._vectors
+        ids = self.catalog.matching_ids(where) if where else None
+        if ids is not None and not len(ids):
+            return [[] for _ in range(len(xq))]
+        params = vectors.only_ids(index, ids) if ids is not None else None
         xq = np.ascontiguousarray(xq, dtype=np.float32)
-        k = min(k, max(index.ntotal, 1))
+        k = min(k, max(index.ntotal, 1), len(ids) if ids is not None else k)
         if version.rerank:  # lossy codes: re-score candidates with the stored vectors
             fetch = table.fetch if table is not None else (  # versions written before the table: the catalog
-                lambda ids: versions.stored_vectors(self.home, self.catalog, version.identity, ids)
+                lambda found: vectors.stored_vectors(self.home, self.catalog, version.identity, found)
             )
-            D, I = versions.rerank_search(index, xq, k, version.rerank, fetch)
+            D, I = vectors.rerank_search(index, xq, k, version.rerank, fetch, params)
         else:
-            D, I = index.search(xq, k)
+            D, I = index.search(xq, k, params=params)
         return [self._join(d, i) for d, i in zip(D, I, strict=True)]
 
     def _join(self, D: np.ndarray, I: np.ndarray) -> list[Hit]:
+        """Hits of one query's (k,) scores and ids: from the version's hit table, or (versions
+        written before it) the catalog's indexed images."""
         ids = [int(i) for i in I if i >= 0]
-        rows = {r["id"]: r for r in self.catalog.images(ids)}
-        return [
-            Hit(int(i), rows[int(i)]["uri"], float(d), rows[int(i)]["width"], rows[int(i)]["height"],
-                rows[int(i)]["sha256"])  # fmt: skip
-            for d, i in zip(D, I, strict=True)
-            if int(i) in rows
-        ]
+        with self._lock:
+            hits = self._hits
+        if hits is not None:
+            rows = hits.rows(ids)
+        else:
+            rows = {r["id"]: (r["id"], r["uri"], r["width"], r["height"], r["sha256"]) for r in self.catalog.images(ids)}
+        return [Hit(row[0], row[1], float(d), row[2], row[3], row[4])
+                for d, i in zip(D, I, strict=True) if (row := rows.get(int(i))) is not None]  # fmt: skip
 
-    def search(self, text: str, k: int = 10) -> list[Hit]:
+    def search(self, text: str, k: int = 10, where: ImageFilter | None = None) -> list[Hit]:
         """Text-to-image search."""
-        return self.search_vectors(self.encode_text([text]), k)[0]
+        return self.search_vectors(self.encode_text([text]), k, where)[0]
 
-    def similar(self, image: int | str | os.PathLike[str], k: int = 10) -> list[Hit]:
+    def similar(self, image: int | str | os.PathLike[str], k: int = 10, where: ImageFilter | None = None) -> list[Hit]:
         """Image-to-image search from an indexed image id or uri, or any image file."""
-        return self.search_vectors(self.image_vector(image)[None, :], k)[0]
+        return self.search_vectors(self.image_vector(image)[None, :], k, where)[0]
 
     def image_vector(self, image: int | str | os.PathLike[str]) -> np.ndarray:
         """(D,) float32 embedding of an indexed image (by id or uri) or of an image file."""
@@ -150,24 +181,35 @@ class Searcher:
             return index.reconstruct(int(image_id))
         except RuntimeError:  # IVF and on-disk indexes keep no id -> position map: read the shards
             pass
+        with self._lock:
+            table = self._vectors
         try:
-            return versions.stored_vectors(self.home, self.catalog, version.identity, [int(image_id)])[0]
+            if table is not None:
+                return table.fetch(np.array([int(image_id)]))[0]
+            return vectors.stored_vectors(self.home, self.catalog, version.identity, [int(image_id)])[0]
         except KeyError as err:
             raise NotFound(f"image {image_id} is not in the published index") from err
 
     def embed_file(self, path: str) -> np.ndarray:
         """Embed one image file with the index's model: (D,) float32."""
-        from pipeline.decode import DecodeError, decode_image
-        from pipeline.handler import encode_images
+        from core.decode import DecodeError
+
+        try:
+            return self.embed_bytes(uris.read_local(path))[0]
+        except DecodeError as err:
+            raise InputError(f"{path}: {err.reason}") from err
+
+    def embed_bytes(self, data: bytes, max_pixels: int | None = None) -> np.ndarray:
+        """(1, D) float32 embedding of the image in ``data`` with the index's model;
+        :class:`core.decode.DecodeError` when it is no usable image (within ``max_pixels``)."""
+        from core.decode import DEFAULT_MAX_PIXELS, decode_image
+        from core.encode import encode_images
 
         model = self.model()
         size = model.identity.preprocess.get("size", 224)
         draft = int(size if isinstance(size, int) else max(size))
-        try:
-            decoded = decode_image(uris.read_local(path), draft_size=draft)
-        except DecodeError as err:
-            raise InputError(f"{path}: {err.reason}") from err
-        return encode_images(model, [model.transform(decoded.image)])[0]
+        decoded = decode_image(data, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, draft_size=draft)
+        return encode_images(model, [model.transform(decoded.image)])
 
 
 def _is_id(image: object) -> bool:

@@ -1,154 +1,50 @@
 """Tagging the whole corpus: zero-shot (cosine to label prompts) or ZLaP propagation.
 
-Every (image, label) pair asked for is stored under the tag run's id with its raw ``score``,
-its calibrated ``confidence`` (see :mod:`query.calibration`) and its ``rank`` among the labels
-(by raw score: the method's own prediction order); with ``store_top`` N, only each image's N
-best labels (ranks 0..N-1). What a later run needs to tag new images without redoing the
-corpus is kept in ``HOME/tagruns/run-<id>/`` (labels, label embeddings, calibration, and for
-ZLaP the sparse-inductive table), see :mod:`query.inductive`.
+A tag run scores every indexed image against its labels and stores the scores (see
+:mod:`query.scoring`). What a later run needs to tag new images without redoing the corpus is
+kept in ``HOME/tagruns/run-<id>/`` (labels, label embeddings, calibration, and for ZLaP the
+sparse-inductive table), see :mod:`query.inductive`.
 
 Memory: scores are computed, calibrated, ranked and stored ``CHUNK`` images at a time
-(:class:`CorpusScores`), and rows go to the catalog in batches of at most ``ROW_BATCH``, so
-beyond the corpus' vectors (N, D) a zero-shot run holds O(CHUNK x C); a ZLaP run also holds
-the transductive solution (N, C+negatives) as float32 (the solve's output), the graph, and the
-calibration sample (at most ``calibration.MAX_ROWS`` rows).
+(:class:`query.scoring.CorpusScores`), so beyond the corpus' vectors (N, D) a zero-shot run
+holds O(CHUNK x C); a ZLaP run also holds the transductive solution (N, C+negatives) as float32
+(the solve's output), the graph, and the calibration sample (at most ``calibration.MAX_ROWS``
+rows).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from indexer import check
-from indexer import index as versions
+from core.errors import EmptyCorpus, InputError
+from indexer import recovery, vectors, versions
 from indexer.catalog import Catalog
-from indexer.graph import GRAPH_K, knn_graph
+from indexer.graph import knn_graph
 from indexer.home import Home
-from query.calibration import Calibration, fit_calibration, sample_rows
+from query.calibration import fit_calibration, sample_rows
+from query.inductive import fit_zlap
+from query.scoring import (
+    CHUNK,
+    CorpusScores,
+    TagConfig,
+    TagResult,
+    TextSet,
+    run_dir,
+    store_tags,
+    zero_shot_scores,
+)
 from query.search import Searcher
-from query.text import DEFAULT_TEMPLATES, TextEncoder, max_per_label
-from query.vocab import Label, apply_structure
-from vistag.errors import EmptyCorpus, InputError
+from query.text import TextEncoder
 
-METHODS = ("zeroshot", "zlap")
-CHUNK = 8192  # images scored, calibrated, ranked and stored together: memory O(CHUNK x C)
 FULL_ROWS_MAX = 100_000_000  # tag rows a run stores without --store-top unless --store-all (about 15 min on SQLite)
-ROW_BATCH = 50_000  # tag rows per catalog.add_tags call
-# label embeddings (C, D), negative prompt embeddings (M, D), owning label of each negative (M,)
-TextSet = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-@dataclass(frozen=True)
-class TagConfig:
-    """One tag run: labels, method, what to print, and ZLaP's parameters (reference defaults)."""
-
-    labels: tuple[Label, ...]
-    method: str = "zeroshot"
-    top: int = 3
-    min_confidence: float = 0.0
-    templates: tuple[str, ...] = DEFAULT_TEMPLATES
-    k: int = 5
-    gamma: float = 5.0
-    alpha: float = 0.3
-    thresholds: dict[str, float] | None = None  # per-label confidence cuts (e.g. fitted by `eval`)
-    store_top: int | None = None  # store only each image's best N labels (None: every label)
-    store_all: bool = False  # store every label even past FULL_ROWS_MAX rows
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(label.name for label in self.labels)
-
-    def check(self) -> TagConfig:
-        if self.method not in METHODS:
-            raise InputError(f"unknown tagging method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.top < 1:
-            raise InputError("--top must be at least 1")
-        if not 0.0 <= self.min_confidence <= 1.0:
-            raise InputError("--min-confidence must be between 0 and 1")
-        if self.k < 2 or self.k >= GRAPH_K:
-            raise InputError(f"ZLaP k must be from 2 to {GRAPH_K - 1}")
-        n = self.store_top
-        if n is not None and self.store_all:
-            raise InputError("--store-top and --store-all exclude each other")
-        if n is not None:
-            if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-                raise InputError(f"--store-top must be a whole number of labels, at least 1 (got {n!r})")
-            object.__setattr__(self, "store_top", int(n))  # numpy integers too; stored as JSON
-            if n > len(self.labels):
-                raise InputError(f"--store-top {n} is more than the {len(self.labels)} labels: "
-                                 "leave it out to store every label")  # fmt: skip
-        return self
-
-
-@dataclass(frozen=True)
-class TagResult:
-    """A finished tag run: its id, labels, method, image count, and per image the shown labels."""
-
-    run_id: int
-    labels: tuple[str, ...]
-    method: str
-    images: int
-    top: list[dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class Scored:
-    """Scores of images for labels: ``ids`` (N,), ``scores`` and ``confidence`` (N, C) float64.
-
-    ``confidence`` may be None with a ``calibration`` instead: confidences are then computed
-    only for the entries asked for (:meth:`confidence_at`).
-    """
-
-    ids: np.ndarray
-    scores: np.ndarray
-    confidence: np.ndarray | None
-    calibration: Calibration | None = None
-
-    def confidence_at(self, cols: np.ndarray) -> np.ndarray:
-        """(m, n) confidences of the entries ``(r, cols[r, j])``."""
-        if self.confidence is not None:
-            return np.take_along_axis(self.confidence, cols, 1)
-        assert self.calibration is not None
-        return self.calibration.apply_at(np.take_along_axis(self.scores, cols, 1), cols)
-
-
-@dataclass(frozen=True)
-class CorpusScores:
-    """Scores of the whole corpus, computed on demand: ``ids`` (N,) sorted, ``raw(rows)`` the
-    (m, C) float64 scores of ``rows`` (a slice or positions into ``ids``), ``calibration``
-    fitted on the corpus. Nothing of shape (N, C) is made unless asked for."""
-
-    ids: np.ndarray
-    raw: Callable[[slice | np.ndarray], np.ndarray]
-    calibration: Calibration
-
-    def rows(self, rows: slice | np.ndarray, *, confidence: bool = True) -> Scored:
-        """Scores and confidences of the images at ``rows`` (``confidence=False``: computed
-        later for the entries asked for, see :meth:`Scored.confidence_at`)."""
-        scores = self.raw(rows)
-        if not confidence:
-            return Scored(self.ids[rows], scores, None, self.calibration)
-        return Scored(self.ids[rows], scores, self.calibration.apply(scores))
-
-    def chunks(self, chunk: int = CHUNK, *, confidence: bool = True) -> Iterator[Scored]:
-        """The corpus in blocks of ``chunk`` images, in ``ids`` order."""
-        for start in range(0, len(self.ids), chunk):
-            yield self.rows(slice(start, start + chunk), confidence=confidence)
-
-
 def corpus_matrix(home: Home, catalog: Catalog, version: versions.IndexVersion) -> tuple[np.ndarray, np.ndarray]:
     """ids (N,) int64 sorted and vectors (N, D) float32 of every indexed image of the version's model."""
     identity = version.identity
-    return versions.gather_vectors(home, catalog.vector_locations(catalog.model_id(identity)), identity.embed_dim)
-
-
-def run_dir(home: Home, run_id: int) -> Path:
-    return home.root / "tagruns" / f"run-{run_id:06d}"
+    return vectors.gather_vectors(home, catalog.vector_locations(catalog.model_id(identity)), identity.embed_dim)
 
 
 def encode_text(catalog: Catalog, searcher: Searcher, config: TagConfig) -> TextSet:
@@ -181,8 +77,6 @@ def score_corpus(
         if folder is not None:
             np.savez(folder / "calibration.npz", **calibration.to_arrays())
         return CorpusScores(ids, raw, calibration)
-    from query.inductive import fit_zlap
-
     return fit_zlap(knn_graph(version, ids, xb), xb, text, config, folder)
 
 
@@ -202,7 +96,7 @@ def tag_corpus(
     params = asdict(config) | {"labels": list(config.names), "vocabulary": [asdict(x) for x in config.labels],
                                "model_key": version.identity.key}  # fmt: skip
     cuts = [max(config.min_confidence, (config.thresholds or {}).get(n, 0.0)) for n in config.names]
-    with check.writer(home, catalog):  # one writer per home: a run found running under the lock is dead
+    with recovery.writer(home, catalog):  # one writer per home: a run found running under the lock is dead
         run_id = catalog.start_run("tag", catalog.model_id(version.identity), params)
         try:
             folder = run_dir(home, run_id)
@@ -217,84 +111,3 @@ def tag_corpus(
             raise
         catalog.finish_run(run_id, "ok", {"listed": len(scores.ids)})
     return TagResult(run_id, config.names, config.method, len(scores.ids), shown)
-
-
-def zero_shot_scores(xb: np.ndarray, text: TextSet, labels: Sequence[Label]) -> np.ndarray:
-    """(N, C) float64 cosine scores of (N, D) images, after negatives and parents."""
-    labels_t, negatives, owners = text
-    negative = max_per_label(xb @ negatives.T, owners, len(labels)) if len(negatives) else None
-    return apply_structure(xb @ labels_t.T, labels, negative)
-
-
-def best_labels(scores: np.ndarray, n: int) -> np.ndarray:
-    """(m, n) columns of each row's ``n`` highest ``scores`` (m, C), best first; equal scores in
-    column order, i.e. exactly ``np.argsort(-scores, axis=1, kind="stable")[:, :n]``, without
-    sorting all C columns when n is small."""
-    m, c = scores.shape
-    neg = -scores
-    if n >= c or 4 * n >= c:
-        return np.argsort(neg, axis=1, kind="stable")[:, :n]
-    part = np.argpartition(neg, n - 1, axis=1)[:, :n]
-    vals = np.take_along_axis(neg, part, 1)
-    order = np.take_along_axis(part, np.lexsort((part, vals), axis=1), 1)
-    kth = vals.max(axis=1, keepdims=True)  # the n-th best score: ties across it need the full sort
-    tied = (neg == kth).sum(axis=1) != (vals == kth).sum(axis=1)
-    if tied.any():
-        order[tied] = np.argsort(neg[tied], axis=1, kind="stable")[:, :n]
-    return order
-
-
-def store_tags(
-    catalog: Catalog, scored: Scored | Iterable[Scored], labels: Sequence[str], method: str, run_id: int,
-    *, store_top: int | None = None, top: int = 0, cuts: Sequence[float] | None = None,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """Insert tag rows of ``scored`` (one block or an iterable of blocks): per image every label,
-    or its ``store_top`` best, ranked by raw score; rows go in batches of at most ``ROW_BATCH``.
-
-    Returns, per image, its best ``top`` labels (by raw score) whose confidence reaches the
-    label's cut in ``cuts`` (the rows a tag run prints); none when ``top`` is 0.
-    """
-    label_ids = np.asarray(catalog.label_ids(list(labels)), dtype=np.int64)
-    n_store = len(labels) if store_top is None else min(store_top, len(labels))
-    shown: list[dict[str, Any]] = []
-    for block in [scored] if isinstance(scored, Scored) else scored:
-        order = best_labels(block.scores, min(max(n_store, top), len(labels)))
-        _insert(catalog, block, order[:, :n_store], label_ids, method, run_id)
-        if top:
-            shown.extend(_shown(catalog, block, order[:, :top], labels, method, cuts or [0.0] * len(labels)))
-    return shown
-
-
-def _insert(
-    catalog: Catalog, block: Scored, order: np.ndarray, label_ids: np.ndarray, method: str, run_id: int
-) -> None:
-    width = order.shape[1]
-    step = max(1, ROW_BATCH // width)
-    for a in range(0, len(block.ids), step):
-        part = Scored(block.ids[a : a + step], block.scores[a : a + step],
-                      None if block.confidence is None else block.confidence[a : a + step], block.calibration)  # fmt: skip
-        cols = order[a : a + step]
-        scores = np.take_along_axis(part.scores, cols, 1).ravel().tolist()
-        confidence = part.confidence_at(cols).ravel().tolist()
-        images = np.repeat(block.ids[a : a + step], width).tolist()
-        ranks = np.tile(np.arange(width), len(cols)).tolist()
-        rows = [
-            {"image_id": i, "label_id": c, "score": s, "confidence": p, "rank": r, "method": method, "run_id": run_id}
-            for i, c, s, p, r in zip(images, label_ids[cols].ravel().tolist(), scores, confidence, ranks, strict=True)
-        ]
-        catalog.add_tags(rows)
-
-
-def _shown(
-    catalog: Catalog, block: Scored, order: np.ndarray, labels: Sequence[str], method: str, cuts: Sequence[float]
-) -> list[dict[str, Any]]:
-    uris = {r["id"]: r["uri"] for r in catalog.images(block.ids.tolist(), status=None)}
-    scores, confidence = np.take_along_axis(block.scores, order, 1).tolist(), block.confidence_at(order).tolist()
-    out = []
-    for r, image_id in enumerate(block.ids.tolist()):
-        for rank, c in enumerate(order[r].tolist()):
-            if confidence[r][rank] < cuts[c]:
-                continue
-            out.append({"id": image_id, "uri": uris.get(image_id), "label": labels[c], "score": scores[r][rank],
-                        "confidence": round(confidence[r][rank], 6), "rank": rank, "method": method})  # fmt: skip
-    return out

@@ -7,14 +7,17 @@ prompts are encoded as written, one embedding each.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.encode import encode_texts
+from core.errors import InputError
+from core.models import LoadedModel, ModelIdentity
 from query.vocab import SHORT_TEMPLATES, Label
-from vistag.errors import InputError
-from vistag.models import LoadedModel, encode_texts
 
 if TYPE_CHECKING:
     from indexer.catalog import Catalog
@@ -31,17 +34,30 @@ def label_prompts(label: Label, templates: Sequence[str]) -> list[str]:
 
 
 class TextEncoder:
-    """Encodes text with the text tower of a loaded OpenCLIP model; rows are L2-normalised.
+    """Encodes text with the text tower of an OpenCLIP model; rows are L2-normalised.
 
-    With a ``catalog`` (and the model's catalog id), embeddings are cached in the catalog's
-    ``text_embeddings`` table, so a label set is encoded once per model.
+    ``model`` is a loaded model, or a function that loads it (with ``identity``, the model it will
+    load): then the model is loaded only for texts no cache holds. With a ``catalog``, embeddings are
+    looked up in its ``text_embeddings`` table by (model, text) and new ones stored there unless
+    ``remember`` is false (a server, where anyone could fill the database, keeps them in ``memo``
+    instead: a bounded in-memory cache shared by its requests).
     """
 
-    def __init__(self, model: LoadedModel, batch_size: int = 256, catalog: Catalog | None = None):
-        self.model = model
-        self.batch_size = batch_size
-        self.catalog = catalog
-        self._model_id = catalog.model_id(model.identity) if catalog is not None else None
+    def __init__(
+        self, model: LoadedModel | Callable[[], LoadedModel], batch_size: int = 256, catalog: Catalog | None = None,
+        *, identity: ModelIdentity | None = None, remember: bool = True, memo: TextMemo | None = None,
+    ):  # fmt: skip
+        self._model = model
+        self.identity = identity if identity is not None else getattr(model, "identity", None)
+        if self.identity is None:
+            raise ValueError("a model loader needs the identity of the model it loads")
+        self.batch_size, self.catalog, self.remember, self.memo = batch_size, catalog, remember, memo
+
+    @property
+    def model(self) -> LoadedModel:
+        if callable(self._model) and not isinstance(self._model, LoadedModel):
+            self._model = self._model()
+        return self._model
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), D) float32, one L2-normalised row per text."""
@@ -50,15 +66,20 @@ class TextEncoder:
                 raise InputError("empty text query")
             if len(text) > MAX_QUERY_CHARS:
                 raise InputError(f"text longer than {MAX_QUERY_CHARS} characters")
-        if self.catalog is None:
-            return self._encode(texts)
-        cached = self.catalog.text_vectors(self._model_id, texts)
-        missing = list(dict.fromkeys(x for x in texts if x not in cached))
+        found = self.memo.get_many(texts) if self.memo is not None else {}
+        if self.catalog is not None and len(found) < len(set(texts)):
+            model_id = self.catalog.find_model_id(self.identity)
+            if model_id is not None:
+                found |= self.catalog.text_vectors(model_id, [x for x in texts if x not in found])
+        missing = list(dict.fromkeys(x for x in texts if x not in found))
         if missing:
             fresh = dict(zip(missing, self._encode(missing), strict=True))
-            self.catalog.add_text_vectors(self._model_id, fresh)
-            cached |= fresh
-        return np.stack([cached[x] for x in texts]).astype(np.float32, copy=False)
+            if self.catalog is not None and self.remember:
+                self.catalog.add_text_vectors(self.catalog.model_id(self.identity), fresh)
+            found |= fresh
+        if self.memo is not None:
+            self.memo.put_many(found)
+        return np.stack([found[x] for x in texts]).astype(np.float32, copy=False)
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         return encode_texts(self.model, list(texts), self.batch_size)
@@ -82,7 +103,7 @@ class TextEncoder:
         owners = [c for c, label in enumerate(labels) for _ in label.negatives]
         texts = [n for label in labels for n in label.negatives]
         if not texts:
-            return np.zeros((0, self.model.identity.embed_dim), np.float32), np.zeros(0, np.int64)
+            return np.zeros((0, self.identity.embed_dim), np.float32), np.zeros(0, np.int64)
         return self.encode(texts), np.asarray(owners, dtype=np.int64)
 
 
@@ -94,3 +115,27 @@ def max_per_label(scores: np.ndarray, owners: np.ndarray, n_labels: int) -> np.n
     for c in np.unique(owners):
         out[:, c] = scores[:, owners == c].max(axis=1)
     return out
+
+
+class TextMemo:
+    """A bounded, thread-safe in-memory cache of text embeddings (the least recently used go first)."""
+
+    def __init__(self, size: int = 4096):
+        self.size = size
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        with self._lock:
+            found = {x: self._items[x] for x in texts if x in self._items}
+            for x in found:
+                self._items.move_to_end(x)
+        return found
+
+    def put_many(self, vectors: dict[str, np.ndarray]) -> None:
+        with self._lock:
+            for text, vector in vectors.items():
+                self._items[text] = vector
+                self._items.move_to_end(text)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)

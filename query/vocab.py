@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from vistag.errors import InputError
+from core.errors import InputError
 
 MAX_LABEL_CHARS = 200
 VOCAB_SUFFIXES = (".yaml", ".yml", ".json")

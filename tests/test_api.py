@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
+from core.errors import EmptyCorpus, LockHeld, NotFound
 from indexer.home import Home
 from indexer.lock import WriterLock
 from tests.conftest import make_tiny_model
 from vistag import Archive
-from vistag.errors import EmptyCorpus, LockHeld, NotFound
 
 
 def test_api_search_similar_tag_status(home_copy):

@@ -7,10 +7,11 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from core.errors import CatalogError, InputError, NotFound
+from core.models import ModelIdentity
 from indexer import schema
-from indexer.catalog import Catalog, parse_db_url
-from vistag.errors import CatalogError, InputError, NotFound
-from vistag.models import ModelIdentity
+from indexer.catalog import Catalog
+from indexer.database import parse_db_url
 
 IDENTITY = ModelIdentity("ViT-X", "tag", 8, {"size": 32}, "")
 
@@ -32,6 +33,18 @@ def test_migrations_match_the_schema(catalog):
         diff = compare_metadata(MigrationContext.configure(conn), schema.metadata)
     assert diff == []
     Catalog(catalog.url).close()  # re-opening an up-to-date catalog is a no-op
+
+
+def test_the_head_revision_is_alembics():
+    """Catalogs at schema.HEAD_REVISION open without Alembic: it must be the newest migration."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from indexer.database import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == schema.HEAD_REVISION
 
 
 def test_models_runs_and_images(catalog):
@@ -103,7 +116,7 @@ def test_catalog_from_the_previous_schema_version_is_upgraded_with_its_data(tmp_
     from alembic import command
     from alembic.config import Config
 
-    from indexer.catalog import MIGRATIONS
+    from indexer.database import MIGRATIONS
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = sa.create_engine(url)
@@ -129,7 +142,7 @@ def test_catalog_from_the_previous_schema_version_is_upgraded_with_its_data(tmp_
 def test_bulk_writes_round_trip_and_fail_whole(catalog):
     """Batches large enough for PostgreSQL's COPY path (COPY_MIN rows and more) store exactly what
     row-by-row INSERTs store, keep column defaults, and fail as a whole with SQLAlchemy's error."""
-    from indexer.catalog import COPY_MIN
+    from indexer.database import COPY_MIN
 
     n = 3 * COPY_MIN
     mid = catalog.model_id(IDENTITY)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import index as versions
+from indexer import versions
 from vistag import Archive
 
 SHARD = 5

@@ -20,10 +20,11 @@ pytest.importorskip("distributed")
 
 from distributed import Client, WorkerPlugin  # noqa: E402
 
+from core.models import ModelIdentity
 from pipeline import shards  # noqa: E402
 from pipeline.handler import OpenClipImageHandler  # noqa: E402
 from pipeline.inputs import expand_inputs  # noqa: E402
-from pipeline.job import PipelineConfig, plan, run_config, write_worklist  # noqa: E402
+from pipeline.job import PipelineConfig, chunking, run_config, write_worklist  # noqa: E402
 from pipeline.runners import DASK_RUNNER, dask_cluster, normalize_args  # noqa: E402
 from pipeline.worklist import shard_name  # noqa: E402
 from tests.conftest import Corpus, write_corpus  # noqa: E402
@@ -71,7 +72,7 @@ class KillOneWorker(WorkerPlugin):
         os.close(fd)
         self.armed = True
         if self.when == "shard":
-            os.environ["VISTAG_CRASH_AT"] = "shard-written:1"  # see vistag.faults
+            os.environ["VISTAG_CRASH_AT"] = "shard-written:1"  # see core.faults
 
     def transition(self, key, start: str, finish: str, **kwargs) -> None:
         if self.armed and self.when == "task" and finish == "executing" and "apply_dofn" in str(key):
@@ -79,10 +80,10 @@ class KillOneWorker(WorkerPlugin):
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model: str) -> dict:
-    from vistag.models import load_model, parse_model_spec
+def model(tiny_model: str) -> ModelIdentity:
+    from core.models import load_model, parse_model_spec
 
-    return load_model(parse_model_spec(tiny_model), "cpu").identity.to_dict()
+    return load_model(parse_model_spec(tiny_model), "cpu").identity
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +91,10 @@ def dask_corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     return write_corpus(tmp_path_factory.mktemp("dask") / "corpus", n=24)
 
 
-def _config(corpus: Corpus, out: Path, model: dict, beam_args: list[str], reshuffle: bool = False) -> PipelineConfig:
+def _config(corpus: Corpus, out: Path, model: ModelIdentity, beam_args: list[str], reshuffle: bool = False) -> PipelineConfig:
     entries = expand_inputs([str(corpus.root)]).entries
     return PipelineConfig(
-        worklist=write_worklist(str(out), entries), total=len(entries), output=str(out), model=model,
+        worklist=write_worklist(str(out), entries), total=len(entries), output=str(out), identity=model,
         batch_size=3, shard_size=100, chunk_size=CHUNK, beam_args=tuple(beam_args), timeout_s=TIMEOUT_S,
         reshuffle=reshuffle,
     )  # fmt: skip
@@ -119,7 +120,7 @@ def _dask_args(cluster) -> list[str]:
 
 
 def _expected_names(config: PipelineConfig) -> list[str]:
-    chunks = plan(config)
+    chunks = chunking(config)
     return [shard_name(chunks.tag, c.index) for c in chunks.chunks]
 
 
@@ -131,7 +132,7 @@ def test_dask_run_equals_fnapi_run(cluster, dask_corpus, model, tiny_model, tmp_
     config = _config(dask_corpus, tmp_path / "dask", model, _dask_args(cluster))
     loads = tmp_path / "loads"
     loads.mkdir()
-    handler = CountingHandler(str(loads), _identity(model), batch_size=3)
+    handler = CountingHandler(str(loads), model, batch_size=3)
     names = run_config(config, handler=handler)
 
     ref_names, ref_vectors, ref_uris, ref_failures = _read_all(tmp_path / "fnapi")
@@ -147,10 +148,6 @@ def test_dask_run_equals_fnapi_run(cluster, dask_corpus, model, tiny_model, tmp_
     assert 1 <= len(pids) <= 2 and len(set(pids)) == len(pids)  # once per worker process, at most
 
 
-def _identity(model: dict):
-    from vistag.models import ModelIdentity
-
-    return ModelIdentity.from_dict(model)
 
 
 @pytest.mark.parametrize("when", ["task", "shard"])

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import decode
-from pipeline.decode import (
+from core import decode
+from core.decode import (
     MAX_GIF_COMMENT_BLOCKS,
     MAX_JPEG_SCANS,
     MAX_JPEG_SEGMENTS,
@@ -239,7 +239,7 @@ def test_sixteen_bit_40mp_decodes_in_bounded_memory(png_40mp_16bit, draft_size, 
     """Peak RSS of a fresh process decoding it (the float64 conversion peaked at 1025 MB)."""
     code = (  # VmHWM, not ru_maxrss: Linux carries the parent's ru_maxrss over fork and exec
         "import re, sys, numpy as np\n"
-        "from pipeline.decode import decode_image\n"
+        "from core.decode import decode_image\n"
         f"out = decode_image(open(sys.argv[1], 'rb').read(), draft_size={draft_size})\n"
         "row = np.asarray(out.image.crop((0, 0, out.image.width, 1)))[0, :, 0]\n"
         "peak = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"

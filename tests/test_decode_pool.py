@@ -1,6 +1,6 @@
 """The decode pool: same outcomes as the worker thread, whatever happens to its processes.
 
-Each test compares with :func:`pipeline.stages.decode_entries` on a generated corpus. Pool
+Each test compares with :func:`pipeline.entries.decode_entries` on a generated corpus. Pool
 processes are killed (one, all, or their fork server) while provably in the middle of a task:
 a gated decoder marks ``marks/<pid>`` and then waits for ``marks/go``.
 """
@@ -21,16 +21,17 @@ from typing import Any
 import numpy as np
 import pytest
 
+from core.models import ModelIdentity
 from pipeline import decode_pool, decode_procs
 from pipeline.decode_pool import DecodePool, acquire_pool, release_pool
+from pipeline.entries import EntryDecoder, ImageKey, decode_entries
 from pipeline.inputs import FileEntry, expand_inputs
-from pipeline.stages import EntryDecoder, ImageKey, decode_entries
 
 
 class Gated(EntryDecoder):
     """In a pool process: marks ``marks/<pid>`` at each entry, then waits for ``marks/go``."""
 
-    def __init__(self, model: dict, marks: Path):
+    def __init__(self, model: ModelIdentity, marks: Path):
         super().__init__(model)
         self.marks = marks
 
@@ -44,7 +45,7 @@ class Gated(EntryDecoder):
 class Hanging(EntryDecoder):
     """In a pool process: hangs on entries whose name is ``hang`` (after marking ``marks/<pid>-hang``)."""
 
-    def __init__(self, model: dict, marks: Path, hang: str):
+    def __init__(self, model: ModelIdentity, marks: Path, hang: str):
         super().__init__(model)
         self.marks, self.hang = marks, hang
 
@@ -58,7 +59,7 @@ class Hanging(EntryDecoder):
 class Crashing(EntryDecoder):
     """In a pool process: dies (as on a segfault) on entries whose name is ``crash``."""
 
-    def __init__(self, model: dict, crash: str):
+    def __init__(self, model: ModelIdentity, crash: str):
         super().__init__(model)
         self.crash = crash
 
@@ -77,9 +78,9 @@ class Unready(EntryDecoder):
 
 def _decoders(model: str, known_file: str | None = None) -> tuple[EntryDecoder, EntryDecoder]:
     """(the pool's decoder, not set up; the worker thread's, set up) for ``model``."""
-    from vistag.models import load_model, parse_model_spec
+    from core.models import load_model, parse_model_spec
 
-    identity = load_model(parse_model_spec(model), "cpu").identity.to_dict()
+    identity = load_model(parse_model_spec(model), "cpu").identity
     return EntryDecoder(identity, known_file), EntryDecoder(identity, known_file).setup()
 
 
@@ -117,7 +118,7 @@ def case(tmp_path, corpus, tiny_model):
     config, local = _decoders(tiny_model)
     marks = tmp_path / "marks"
     marks.mkdir()
-    return entries, config.model, local, decode_entries(entries, local), marks
+    return entries, config.identity, local, decode_entries(entries, local), marks
 
 
 def _decode_while(pool: DecodePool, entries, local, action: Callable[[], None]) -> tuple[list, np.ndarray]:
@@ -348,7 +349,7 @@ def test_processes_exit_when_the_worker_is_killed(case):
         "import json, os, signal, sys\n"
         "from pipeline.decode_pool import DecodePool\n"
         "from pipeline.inputs import FileEntry\n"
-        "from pipeline.stages import EntryDecoder\n"
+        "from pipeline.entries import EntryDecoder\n"
         "if __name__ == '__main__':\n"
         "    model, uris = json.loads(sys.stdin.read())\n"
         "    entries = [FileEntry(u, 0, 0.0) for u in uris]\n"

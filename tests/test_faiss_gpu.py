@@ -1,4 +1,4 @@
-"""FAISS on the GPU (vistag.faiss_gpu): the switch, the training hook, and the routing of bulk work.
+"""FAISS on the GPU (indexer.faiss_gpu): the switch, the training hook, and the routing of bulk work.
 
 Without a GPU these run the CPU path for real and the GPU routing with a CPU stand-in for the two
 GPU calls (the k-means assignment index, ``knn_gpu``), so what vistag does around them is tested
@@ -12,12 +12,13 @@ import faiss
 import numpy as np
 import pytest
 
+from core.errors import InputError
+from indexer import faiss_gpu
 from indexer import graph as graphs
-from indexer.index import IndexVersion, build_from_chunks, build_index
-from indexer.planner import plan_index
+from indexer.build import build_from_chunks, build_index
+from indexer.choice import choose_index
+from indexer.versions import IndexVersion
 from query import zlap
-from vistag import faiss_gpu
-from vistag.errors import InputError
 
 faiss_cuda = pytest.mark.skipif(faiss_gpu.gpu_count() == 0, reason="needs FAISS with GPU support and a GPU")
 
@@ -105,7 +106,7 @@ def fake_gpu(monkeypatch):
 def test_index_builds_train_through_the_gpu_hook(fake_gpu):
     rng = np.random.default_rng(1)
     x, ids = _unit(rng, 4000, 32), np.arange(4000, dtype=np.int64) * 7
-    choice = plan_index(len(x), 32, override="IVF32,SQ8", storage="memory")
+    choice = choose_index(len(x), 32, override="IVF32,SQ8", storage="memory")
     built = build_from_chunks(32, choice, lambda: x[:2000], [(ids[:2500], x[:2500]), (ids[2500:], x[2500:])])
     assert fake_gpu["assign"] == [(32, faiss.METRIC_INNER_PRODUCT)]
     assert built.ntotal == 4000 and faiss.extract_index_ivf(built).clustering_index is None
@@ -151,7 +152,7 @@ def test_graph_above_the_gpu_limit_uses_the_index(fake_gpu, tmp_path, monkeypatc
 def test_zlap_knn_goes_through_the_switch(fake_gpu):
     rng = np.random.default_rng(5)
     xq, xb = _unit(rng, 20, 8), _unit(rng, 50, 8)
-    dist, idx = zlap._knn(xq, xb, 3)
+    dist, idx = zlap.exact_knn(xq, xb, 3)
     assert fake_gpu["knn"] == [(20, 50, 3)]
     assert dist.dtype == np.float64 and idx.dtype == np.int64
     np.testing.assert_array_equal(idx, faiss.knn(xq, xb, 3, metric=faiss.METRIC_INNER_PRODUCT)[1])

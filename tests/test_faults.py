@@ -8,9 +8,9 @@ import errno
 import pytest
 import sqlalchemy as sa
 
-from indexer import index as versions
+from core.errors import IndexNotFound
+from indexer import versions
 from vistag import Archive
-from vistag.errors import IndexNotFound
 
 
 def _enospc(*_args, **_kwargs):

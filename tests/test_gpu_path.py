@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from core.models import ModelIdentity, load_model, parse_model_spec
 from pipeline.handler import CPU_BATCH_SIZE, GPU_BATCH_SIZE, default_batch_size, encode_pixels
 from pipeline.preprocess import split_transform
 from pipeline.runners import gpu_defaults
 from vistag import Archive
-from vistag.models import load_model, parse_model_spec
+
+IDENTITY = ModelIdentity("test", None, 8, {"size": 8})
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -36,7 +38,7 @@ def test_default_batch_size_depends_on_the_device():
 
 
 def _embeddings(archive: Archive) -> dict[str, np.ndarray]:
-    from indexer import index as versions
+    from indexer import versions
     from query.tagging import corpus_matrix
 
     version = versions.current_version(archive.home)
@@ -92,7 +94,7 @@ def test_input_dtype_of_a_half_precision_model_is_half():
     """OpenCLIP's fp16 models keep some parameters in float32; the tower's input must be half."""
     import open_clip
 
-    from vistag.models import input_dtype
+    from core.models import input_dtype
 
     model, _, _ = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None, precision="fp16")
     assert next(model.parameters()).dtype == torch.float32  # why the first parameter cannot tell
@@ -117,8 +119,8 @@ def test_replica_devices_one_copy_per_visible_gpu(monkeypatch):
 
 
 def test_replicas_hand_a_chunk_to_a_free_gpu():
+    from core.models import LoadedModel
     from pipeline.handler import Replicas, _device_lock
-    from vistag.models import LoadedModel
 
     identity = None
     gpus = [LoadedModel(torch.nn.Linear(1, 1), None, None, identity, f"cuda:{i}") for i in range(3)]
@@ -138,7 +140,7 @@ def test_more_worker_threads_for_more_model_copies(monkeypatch):
 
     monkeypatch.setattr("os.cpu_count", lambda: 32)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
-    config = PipelineConfig(worklist="w", total=100, output="o", model={})
+    config = PipelineConfig(worklist="w", total=100, output="o", identity=IDENTITY)
     _, args = local_gpu_config(config, "cuda", 100)
     assert "--direct_num_workers=16" in args  # two chunks in flight per GPU
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -150,7 +152,7 @@ def test_two_model_copies_share_the_chunks_and_embed_what_one_does(tmp_path, cor
     """A process with two model copies (as on a 2-GPU machine; here two CPU copies) sends chunks
     to both and stores exactly the vectors of a one-copy run."""
     import pipeline.handler as handler
-    from vistag import models
+    from core import models
 
     threads = ("--direct_num_workers=2", "--direct_running_mode=multi_threading")
     with Archive(tmp_path / "one", device="cpu") as archive:
@@ -188,7 +190,7 @@ def test_job_prewarms_the_pool_only_on_the_in_process_runner(monkeypatch):
         yield
 
     monkeypatch.setattr(decode_pool, "prewarmed", fake)
-    config = job.PipelineConfig(worklist="w", total=1, output="o", model={"key": "k"}, decode_processes=3)
+    config = job.PipelineConfig(worklist="w", total=1, output="o", identity=IDENTITY, decode_processes=3)
     for args, want in [([], [3]), (["--runner=DirectRunner"], []), (["--runner=DataflowRunner"], [])]:
         started.clear()
         with job._prewarmed_pool(config, args):

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.decode import DecodeError, decode_image
+from core.decode import DecodeError, decode_image
 from tests.hostile import make_hostile
 from vistag import Archive
 

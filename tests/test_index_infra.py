@@ -19,7 +19,8 @@ except ModuleNotFoundError:  # Python 3.10
     tomllib = None
 
 from pipeline.runners import pipeline_options
-from vistag.cli import beam_args, build_parser
+from vistag.cli import build_parser
+from vistag.cli.commands import beam_args
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "infra" / "worker"

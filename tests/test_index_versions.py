@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer import index as versions
+from core.errors import IndexNotFound, InputError
+from core.models import ModelIdentity
+from indexer import build, versions
 from indexer.home import Home
-from vistag.errors import IndexNotFound, InputError
-from vistag.models import ModelIdentity
 
 IDENTITY = ModelIdentity("m", None, 8, {"size": 32}, "")
 
@@ -23,7 +23,7 @@ def _data(n=200, d=8, seed=0):
 @pytest.mark.parametrize("index_type", ["Flat", "HNSW32,Flat"])
 def test_build_index_returns_catalog_ids_and_exact_scores(index_type):
     xb, ids = _data()
-    index = versions.build_index(xb, ids, index_type)
+    index = build.build_index(xb, ids, index_type)
     D, I = index.search(xb[:5], 3)
     assert I[:, 0].tolist() == ids[:5].tolist()  # each vector finds itself, under its catalog id
     np.testing.assert_allclose(D[:, 0], 1.0, atol=1e-5)
@@ -31,7 +31,7 @@ def test_build_index_returns_catalog_ids_and_exact_scores(index_type):
     np.testing.assert_allclose(D, brute, atol=1e-5)
     np.testing.assert_allclose(index.reconstruct(1007), xb[7], atol=1e-6)
     with pytest.raises(InputError, match="bad FAISS index type"):
-        versions.build_index(xb, ids, "NotAnIndex")
+        build.build_index(xb, ids, "NotAnIndex")
 
 
 def test_publish_switches_pointer_and_keeps_previous(tmp_path):
@@ -41,7 +41,7 @@ def test_publish_switches_pointer_and_keeps_previous(tmp_path):
     xb, ids = _data()
     made = []
     for n in (50, 100, 150):
-        version = versions.write_version(home, IDENTITY, versions.build_index(xb[:n], ids[:n], "Flat"), "Flat", None)
+        version = versions.write_version(home, IDENTITY, build.build_index(xb[:n], ids[:n], "Flat"), "Flat", None)
         versions.publish(home, version)
         made.append(version)
         current = versions.current_version(home)
@@ -56,7 +56,7 @@ def test_publish_switches_pointer_and_keeps_previous(tmp_path):
 def test_unpublished_version_is_not_served(tmp_path):
     home = Home.resolve(tmp_path).ensure()
     xb, ids = _data()
-    first = versions.write_version(home, IDENTITY, versions.build_index(xb, ids, "Flat"), "Flat", None)
+    first = versions.write_version(home, IDENTITY, build.build_index(xb, ids, "Flat"), "Flat", None)
     versions.publish(home, first)
-    versions.write_version(home, IDENTITY, versions.build_index(xb[:10], ids[:10], "Flat"), "Flat", None)
+    versions.write_version(home, IDENTITY, build.build_index(xb[:10], ids[:10], "Flat"), "Flat", None)
     assert versions.current_version(home).path == first.path

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from vistag.cli import beam_args, build_parser
+from vistag.cli import build_parser
+from vistag.cli.commands import beam_args
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
 
@@ -65,7 +66,7 @@ def test_beam_option_files(name, runner):
 def test_local_multiprocess_options_really_run(corpus, tiny_model, tmp_path, cli):
     """Two SDK worker processes (as on a distributed runner: pickled steps, a model per process)
     store what the default in-process run stores."""
-    from indexer import index as versions
+    from indexer import versions
     from query.tagging import corpus_matrix
     from vistag import Archive
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
+from core.errors import InputError
 from pipeline.inputs import expand_inputs
-from vistag.errors import InputError
 
 
 def _touch(path, data=b"x"):

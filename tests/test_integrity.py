@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from indexer import index as versions
+from core.errors import DamagedState
+from indexer import versions
 from indexer.catalog import Catalog
 from indexer.home import Home
 from indexer.lock import WriterLock
 from pipeline import shards
 from tests.conftest import write_corpus
 from vistag import Archive
-from vistag.errors import DamagedState
 
 SHARD = 5
 
@@ -268,7 +268,7 @@ def test_catalog_identity_is_kept_and_given_to_catalogs_from_before(tmp_path):
     from alembic import command
     from alembic.config import Config
 
-    from indexer.catalog import MIGRATIONS
+    from indexer.database import MIGRATIONS
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = sa.create_engine(url)

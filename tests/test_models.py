@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from vistag.errors import ModelLoadError
-from vistag.models import ModelIdentity, build_transform, load_model, parse_model_spec
+from core.errors import ModelLoadError
+from core.models import ModelIdentity, build_transform, load_model, parse_model_spec
 
 
 def test_parse_specs(tmp_path, tiny_model):
@@ -73,8 +73,8 @@ def test_changed_local_weights_change_the_key(tmp_path):
 def test_identity_cache_skips_building_the_model_until_the_weights_change(tmp_path, monkeypatch):
     import shutil
 
+    from core import models
     from tests.conftest import make_tiny_model
-    from vistag import models
 
     folder = make_tiny_model(tmp_path / "m", seed=3)
     spec = parse_model_spec("local-dir:" + str(folder))
@@ -103,7 +103,8 @@ def test_identity_cache_skips_building_the_model_until_the_weights_change(tmp_pa
 
 
 def test_no_change_index_run_builds_no_model(tmp_path, corpus, tiny_model, monkeypatch):
-    from vistag import Archive, models
+    from core import models
+    from vistag import Archive
 
     with Archive(tmp_path / "home", device="cpu") as archive:
         archive.index([corpus.root], model=tiny_model)

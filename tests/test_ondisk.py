@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import index as versions
+from core.errors import InputError
+from core.models import ModelIdentity
+from indexer import build, vectors, versions
+from indexer.choice import choose_index, recall_at, set_search_params
 from indexer.home import Home
-from indexer.planner import plan_index, recall_at, set_search_params
 from pipeline import shards
-from vistag.errors import InputError
-from vistag.models import ModelIdentity
 
 D = 32
 N = 4000
@@ -63,16 +63,16 @@ def stored(tmp_path):
 @pytest.mark.parametrize("factory", ["IVF32,SQ8", "IVF32,PQ8x8"])
 def test_ondisk_build_answers_like_the_in_memory_build(stored, factory, monkeypatch):
     home, locations, xb, xt = stored
-    monkeypatch.setattr(versions, "BUILD_CHUNK", 600)  # chunks cross shard and block boundaries
-    memory = plan_index(N, D, override=factory, storage="memory")
-    ondisk = replace(plan_index(N, D, override=factory, storage="ondisk"), block=1100)  # 4 blocks
+    monkeypatch.setattr(vectors, "BUILD_CHUNK", 600)  # chunks cross shard and block boundaries
+    memory = choose_index(N, D, override=factory, storage="memory")
+    ondisk = replace(choose_index(N, D, override=factory, storage="ondisk"), block=1100)  # 4 blocks
     assert memory.storage == "memory" and ondisk.ondisk and ondisk.factory == factory
-    in_memory = versions.build_from_store(home, locations, D, memory)
+    in_memory = build.build_from_store(home, locations, D, memory)
     staging = versions.new_staging(home, IDENTITY)
-    on_disk = versions.build_from_store(home, locations, D, ondisk, folder=staging)
+    on_disk = build.build_from_store(home, locations, D, ondisk, folder=staging)
     assert on_disk.ntotal == in_memory.ntotal == N
     assert sorted(p.name for p in staging.iterdir()) == ["index.ivfdata"]  # blocks merged and removed
-    lists = versions.ondisk_lists(on_disk)
+    lists = build.ondisk_lists(on_disk)
     assert lists is not None and Path(lists.filename) == staging / "index.ivfdata"
     code = D + 8 if "SQ8" in factory else 8 + 8
     assert (staging / "index.ivfdata").stat().st_size == N * code
@@ -86,8 +86,8 @@ def test_ondisk_build_answers_like_the_in_memory_build(stored, factory, monkeypa
     if "PQ" in factory:  # the re-ranking path over on-disk candidates
         by_id = {loc[0]: i for i, loc in enumerate(locations)}
         fetch = lambda ids: xb[[by_id[int(i)] for i in ids]]  # noqa: E731
-        Dr, Ir = versions.rerank_search(on_disk, xt, 10, 10, fetch)
-        np.testing.assert_array_equal(Ir, versions.rerank_search(in_memory, xt, 10, 10, fetch)[1])
+        Dr, Ir = vectors.rerank_search(on_disk, xt, 10, 10, fetch)
+        np.testing.assert_array_equal(Ir, vectors.rerank_search(in_memory, xt, 10, 10, fetch)[1])
         np.testing.assert_allclose(Dr, (fetch(Ir.ravel()).reshape(len(xt), 10, D) * xt[:, None, :]).sum(-1), atol=1e-5)
         truth = np.array([[locations[j][0] for j in row] for row in np.argsort(-(xt @ xb.T), axis=1)[:, :10]])
         assert recall_at(Ir, truth) > recall_at(I1, truth) + 0.1  # exact re-scoring of the candidates
@@ -95,9 +95,9 @@ def test_ondisk_build_answers_like_the_in_memory_build(stored, factory, monkeypa
 
 def test_ondisk_version_is_self_contained_and_relocatable(stored, tmp_path):
     home, locations, _, xt = stored
-    choice = replace(plan_index(N, D, override="IVF32,SQ8", storage="ondisk"), block=1500)
+    choice = replace(choose_index(N, D, override="IVF32,SQ8", storage="ondisk"), block=1500)
     staging = versions.new_staging(home, IDENTITY)
-    index = versions.build_from_store(home, locations, D, choice, folder=staging)
+    index = build.build_from_store(home, locations, D, choice, folder=staging)
     set_search_params(index, {"nprobe": 8})
     want_d, want_i = index.search(xt, 10)
     version = versions.write_version(home, IDENTITY, index, choice.factory, None, search={"params": {"nprobe": 8}})
@@ -117,7 +117,7 @@ def test_ondisk_version_is_self_contained_and_relocatable(stored, tmp_path):
     for folder in (copied, moved):
         manifest = json.loads((folder / "manifest.json").read_text())
         loaded = versions.IndexVersion(folder, manifest).load()
-        assert Path(versions.ondisk_lists(loaded).filename) == folder / "index.ivfdata"
+        assert Path(build.ondisk_lists(loaded).filename) == folder / "index.ivfdata"
         assert str(folder / "index.ivfdata") in _mapped_files()  # read through mmap, not copied
         D1, I1 = loaded.search(xt, 10)
         np.testing.assert_array_equal(I1, want_i)
@@ -126,8 +126,8 @@ def test_ondisk_version_is_self_contained_and_relocatable(stored, tmp_path):
 
 def test_build_ondisk_keeps_c_output_off_stdout(stored, capfd):
     home, locations, _, _ = stored
-    choice = plan_index(N, D, override="IVF32,SQ8", storage="ondisk")
-    versions.build_from_store(home, locations, D, choice, folder=versions.new_staging(home, IDENTITY))
+    choice = choose_index(N, D, override="IVF32,SQ8", storage="ondisk")
+    build.build_from_store(home, locations, D, choice, folder=versions.new_staging(home, IDENTITY))
     out, err = capfd.readouterr()
     assert out == "" and "resizing" in err
 
@@ -137,7 +137,7 @@ def test_large_in_memory_versions_are_memory_mapped(tmp_path, factory, monkeypat
     home = Home.resolve(tmp_path).ensure()
     xb, xt = _vectors()
     ids = np.arange(N, dtype=np.int64) * 2 + 5
-    built = versions.build_index(xb, ids, factory)
+    built = build.build_index(xb, ids, factory)
     version = versions.write_version(home, IDENTITY, built, factory, None)
     assert version.storage == "memory"
     path = str(version.path / "index.faiss")
@@ -153,27 +153,27 @@ def test_large_in_memory_versions_are_memory_mapped(tmp_path, factory, monkeypat
 
 def test_planner_goes_on_disk_when_the_budget_is_small_and_obeys_the_override():
     n, d = 5_000_000, 512
-    assert not plan_index(n, d, machine_memory=2**40).ondisk
-    assert not plan_index(1_000_000, d, memory_budget=200 * 2**20).ondisk  # PQ codes still fit: in memory
-    small = plan_index(n, d, memory_budget=256 * 2**20)
+    assert not choose_index(n, d, machine_memory=2**40).ondisk
+    assert not choose_index(1_000_000, d, memory_budget=200 * 2**20).ondisk  # PQ codes still fit: in memory
+    small = choose_index(n, d, memory_budget=256 * 2**20)
     assert small.ondisk and small.factory.endswith(",SQ8") and small.rerank == 0
     assert small.memory_bytes <= 256 * 2**20 < small.disk_bytes and 10_000 <= small.block < n
     assert "on disk" in small.describe() and "index.ivfdata" in small.describe()
-    no_budget = plan_index(n, d, machine_memory=4 * 2**30)  # SQ8 codes exceed half of the machine
+    no_budget = choose_index(n, d, machine_memory=4 * 2**30)  # SQ8 codes exceed half of the machine
     assert no_budget.ondisk and no_budget.memory_bytes <= 2 * 2**30
     with pytest.raises(InputError, match="too small"):
-        plan_index(n, d, memory_budget=256 * 2**20, storage="memory")
+        choose_index(n, d, memory_budget=256 * 2**20, storage="memory")
     with pytest.raises(InputError, match="too small"):
-        plan_index(n, d, memory_budget=2**20)
-    forced = plan_index(3000, d, storage="ondisk")  # Flat by size, IVF because on disk was asked for
+        choose_index(n, d, memory_budget=2**20)
+    forced = choose_index(3000, d, storage="ondisk")  # Flat by size, IVF because on disk was asked for
     assert forced.ondisk and forced.factory.startswith("IVF") and forced.block == 3000
-    assert plan_index(3000, d, override="IVF16,PQ8x8", storage="ondisk").rerank > 0
-    assert not plan_index(n, d, memory_budget=2**40, storage="auto").ondisk
-    assert not plan_index(n, d, override="IVF1024,SQ8", storage="memory", memory_budget=2**20).ondisk
+    assert choose_index(3000, d, override="IVF16,PQ8x8", storage="ondisk").rerank > 0
+    assert not choose_index(n, d, memory_budget=2**40, storage="auto").ondisk
+    assert not choose_index(n, d, override="IVF1024,SQ8", storage="memory", memory_budget=2**20).ondisk
     with pytest.raises(InputError, match="IVF"):
-        plan_index(3000, d, override="HNSW32,Flat", storage="ondisk")
+        choose_index(3000, d, override="HNSW32,Flat", storage="ondisk")
     with pytest.raises(InputError, match="storage"):
-        plan_index(3000, d, storage="cloud")
+        choose_index(3000, d, storage="cloud")
 
 
 @pytest.mark.parametrize("factory", ["IVF4,SQ8", "IVF4,PQ4x4"])

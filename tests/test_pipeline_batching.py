@@ -34,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def handler(tiny_model: str) -> OpenClipImageHandler:
-    from vistag.models import load_model, parse_model_spec
+    from core.models import load_model, parse_model_spec
 
     identity = load_model(parse_model_spec(tiny_model), "cpu").identity
     return OpenClipImageHandler(identity, batch_size=2)
@@ -115,18 +115,18 @@ def test_batch_elements_loses_elements_on_dask(cluster, tmp_path):
 def test_chunks_cover_the_work_list_once_in_order(tmp_path):
     from pipeline.inputs import FileEntry
     from pipeline.job import write_worklist
-    from pipeline.worklist import plan_chunks, read_chunk
+    from pipeline.worklist import cut_chunks, read_chunk
 
     entries = [FileEntry(f"/x/{i:02d}.jpg", i, 1.5 * i) for i in range(10)]
     path = write_worklist(str(tmp_path), entries)
-    plan = plan_chunks(path, 4, salt="m")
+    plan = cut_chunks(path, 4, salt="m")
     assert [c.count for c in plan.chunks] == [4, 4, 2] and plan.total == 10
     assert [e for c in plan.chunks for e in read_chunk(path, c)] == entries
-    assert plan_chunks(path, 4, salt="m").tag == plan.tag  # the same run names the same shards
-    assert len({plan.tag, plan_chunks(path, 5, salt="m").tag, plan_chunks(path, 4, salt="n").tag}) == 3
+    assert cut_chunks(path, 4, salt="m").tag == plan.tag  # the same run names the same shards
+    assert len({plan.tag, cut_chunks(path, 5, salt="m").tag, cut_chunks(path, 4, salt="n").tag}) == 3
     with open(path, "a") as fh:
         fh.write("\n")  # a trailing blank line changes nothing but the tag
-    assert [c.count for c in plan_chunks(path, 4, salt="m").chunks] == [4, 4, 2]
+    assert [c.count for c in cut_chunks(path, 4, salt="m").chunks] == [4, 4, 2]
 
 
 def test_split_preprocessing_equals_the_model_transform(tiny_model):
@@ -134,8 +134,8 @@ def test_split_preprocessing_equals_the_model_transform(tiny_model):
     import torch
     from PIL import Image
 
+    from core.models import build_transform, load_model, parse_model_spec
     from pipeline.preprocess import split_transform, to_pixels
-    from vistag.models import build_transform, load_model, parse_model_spec
 
     identity = load_model(parse_model_spec(tiny_model), "cpu").identity
     split = split_transform(identity)

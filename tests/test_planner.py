@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer import index as versions
+from core.errors import InputError
+from indexer import build, vectors, versions
+from indexer.choice import choose_index, recall_at, tune
 from indexer.home import Home
-from indexer.planner import plan_index, recall_at, tune
 from pipeline import shards
-from vistag.errors import InputError
 
 
 def _norm(x):
@@ -27,36 +27,36 @@ def synthetic(n=20_000, d=64, clusters=200, seed=0):
 
 
 def test_plan_rules():
-    assert plan_index(50_000, 512).factory == "Flat"
-    big = plan_index(1_000_000, 512)
+    assert choose_index(50_000, 512).factory == "Flat"
+    big = choose_index(1_000_000, 512)
     assert big.factory.startswith("IVF") and big.factory.endswith("SQ8") and big.rerank == 0
     assert big.memory_bytes < 1_000_000 * 512 * 4 / 3
-    tight = plan_index(1_000_000, 512, memory_budget=200 * 2**20)
+    tight = choose_index(1_000_000, 512, memory_budget=200 * 2**20)
     assert "PQ64x8" in tight.factory and tight.rerank > 0 and tight.memory_bytes <= 200 * 2**20
-    assert plan_index(50_000, 512, memory_budget=40 * 2**20).factory.endswith("SQ8")  # Flat does not fit
+    assert choose_index(50_000, 512, memory_budget=40 * 2**20).factory.endswith("SQ8")  # Flat does not fit
     with pytest.raises(InputError, match="too small"):
-        plan_index(1_000_000, 512, memory_budget=2**20)
-    assert plan_index(10, 512, override="HNSW32,Flat").factory == "HNSW32,Flat"
+        choose_index(1_000_000, 512, memory_budget=2**20)
+    assert choose_index(10, 512, override="HNSW32,Flat").factory == "HNSW32,Flat"
     assert "re-rank" in tight.describe() and "MiB" in big.describe()
 
 
 def test_plan_says_why_not_hnsw():
-    big = plan_index(1_000_000, 512)
+    big = choose_index(1_000_000, 512)
     assert big.passed_over.startswith("HNSW32") and "text queries" in big.passed_over
     assert "; not HNSW32" in big.describe()
-    budget = plan_index(1_000_000, 512, memory_budget=800 * 2**20)  # SQ8 fits, HNSW's vectors do not
+    budget = choose_index(1_000_000, 512, memory_budget=800 * 2**20)  # SQ8 fits, HNSW's vectors do not
     assert budget.factory.endswith("SQ8") and "exceed the memory budget" in budget.passed_over
-    assert plan_index(50_000, 512).passed_over == ""  # exact: nothing was weighed against it
-    assert plan_index(10, 512, override="HNSW32,Flat").passed_over == ""
+    assert choose_index(50_000, 512).passed_over == ""  # exact: nothing was weighed against it
+    assert choose_index(10, 512, override="HNSW32,Flat").passed_over == ""
 
 
 @pytest.mark.parametrize("factory", ["IVF128,SQ8", "HNSW16,Flat"])
 def test_tuning_reaches_target_recall_for_text_and_image_queries(factory):
     xb, xt, xi = synthetic()
     ids = np.arange(len(xb), dtype=np.int64) + 1
-    choice = plan_index(len(xb), xb.shape[1], override=factory)
-    index = versions.build_index(xb, ids, factory)
-    exact = versions.build_index(xb, ids, "Flat")
+    choice = choose_index(len(xb), xb.shape[1], override=factory)
+    index = build.build_index(xb, ids, factory)
+    exact = build.build_index(xb, ids, "Flat")
     queries = {"text": (xt, exact.search(xt, 10)[1]), "image": (xi, exact.search(xi, 10)[1])}
     param = "nprobe" if "IVF" in factory else "efSearch"
     tuning = tune(index, choice, lambda xq, k, rerank: index.search(xq, k)[1], queries)
@@ -64,7 +64,7 @@ def test_tuning_reaches_target_recall_for_text_and_image_queries(factory):
     assert set(tuning.search) == {param}
     # the tuned value is the smallest that reaches the target: one step lower misses it for some set
     low = {"nprobe": 1, "efSearch": 4}[param]
-    from indexer.planner import set_search_params
+    from indexer.choice import set_search_params
 
     set_search_params(index, {param: low})
     assert min(recall_at(index.search(q, 10)[1], t) for q, t in queries.values()) < 0.95
@@ -73,16 +73,16 @@ def test_tuning_reaches_target_recall_for_text_and_image_queries(factory):
 def test_pq_codes_need_reranking_for_text_queries():
     xb, xt, _ = synthetic(d=64)
     ids = np.arange(len(xb), dtype=np.int64)
-    pq = versions.build_index(xb, ids, "IVF64,PQ8x8")
-    from indexer.planner import set_search_params
+    pq = build.build_index(xb, ids, "IVF64,PQ8x8")
+    from indexer.choice import set_search_params
 
     set_search_params(pq, {"nprobe": 64})
-    truth = versions.build_index(xb, ids, "Flat").search(xt, 10)[1]
+    truth = build.build_index(xb, ids, "Flat").search(xt, 10)[1]
     plain = recall_at(pq.search(xt, 10)[1], truth)
-    reranked = recall_at(versions.rerank_search(pq, xt, 10, 10, lambda i: xb[i])[1], truth)
+    reranked = recall_at(vectors.rerank_search(pq, xt, 10, 10, lambda i: xb[i])[1], truth)
     assert plain < 0.5 and reranked > plain + 0.2
-    choice = plan_index(len(xb), 64, override="IVF64,PQ8x8")
-    tuning = tune(pq, choice, lambda xq, k, r: versions.rerank_search(pq, xq, k, r, lambda i: xb[i])[1],
+    choice = choose_index(len(xb), 64, override="IVF64,PQ8x8")
+    tuning = tune(pq, choice, lambda xq, k, r: vectors.rerank_search(pq, xq, k, r, lambda i: xb[i])[1],
                   {"text": (xt, truth)})  # fmt: skip
     assert tuning.text_recall >= 0.95 and tuning.search["rerank"] > 10  # deeper re-ranking was needed
 
@@ -98,14 +98,14 @@ def test_build_from_store_and_exact_search_stream_the_shards(tmp_path):
                 for r, i in enumerate(range(start, start + 1000))]  # fmt: skip
         name = shards.write_shard(str(folder), meta, xb[start : start + 1000], [], model, name=f"s{s}")
         locations += [(i + 1, home.relative(folder), name, r) for r, i in enumerate(range(start, start + 1000))]
-    old_chunk = versions.BUILD_CHUNK
-    versions.BUILD_CHUNK = 700  # several chunks, crossing shard boundaries
+    old_chunk = vectors.BUILD_CHUNK
+    vectors.BUILD_CHUNK = 700  # several chunks, crossing shard boundaries
     try:
-        choice = plan_index(3000, 16, override="IVF16,SQ8")
-        index = versions.build_from_store(home, locations, 16, choice)
-        D, I = versions.exact_search(home, locations, 16, xt, 5)
+        choice = choose_index(3000, 16, override="IVF16,SQ8")
+        index = build.build_from_store(home, locations, 16, choice)
+        D, I = vectors.exact_search(home, locations, 16, xt, 5)
     finally:
-        versions.BUILD_CHUNK = old_chunk
+        vectors.BUILD_CHUNK = old_chunk
     assert index.ntotal == 3000
     brute = np.argsort(-(xt @ xb.T), axis=1)[:, :5] + 1
     assert (I == brute).mean() > 0.99
@@ -116,8 +116,8 @@ def test_build_from_store_and_exact_search_stream_the_shards(tmp_path):
 def test_approximate_index_end_to_end(corpus, tiny_model, tmp_path, factory, monkeypatch):
     """--index-type builds, tunes with text queries from the model, and serves (re-ranking PQ,
     with the version's own vector table: no catalog query per search)."""
+    from core.errors import NotFound
     from vistag import Archive
-    from vistag.errors import IndexNotFound
 
     with Archive(tmp_path / "home") as archive:
         archive.index([corpus.root], model=tiny_model, index_type=factory)
@@ -127,20 +127,20 @@ def test_approximate_index_end_to_end(corpus, tiny_model, tmp_path, factory, mon
         assert search["text_recall_at_10"] >= 0.95 and search["image_recall_at_10"] >= 0.95
         assert search["recall_queries"]["text"] >= 60
         assert (search["rerank"] > 0) == ("PQ" in factory)
-        table = versions.VectorTable.load(archive.home, version)
+        table = version.vector_table(archive.home)
         assert (table is not None) == ("PQ" in factory)
         if table is not None:
             ids = [r["id"] for r in archive.catalog.images()][::-1]
-            want = versions.stored_vectors(archive.home, archive.catalog, version.identity, ids)
+            want = vectors.stored_vectors(archive.home, archive.catalog, version.identity, ids)
             np.testing.assert_array_equal(table.fetch(np.array(ids)), want)
-            with pytest.raises(IndexNotFound):
+            with pytest.raises(NotFound):  # an id, not an index, is missing
                 table.fetch(np.array([max(ids) + 1000]))
 
             def no_sql(*args):
                 raise AssertionError("re-ranking went to the catalog")
 
             with monkeypatch.context() as m:
-                m.setattr(versions, "stored_vectors", no_sql)
+                m.setattr(vectors, "stored_vectors", no_sql)
                 hits = archive.searcher.search_vectors(want[:1], k=3)[0]
             assert hits[0].id == ids[0] and hits[0].score == pytest.approx(1.0, abs=1e-5)
             for name in (table.IDS, table.AT, table.NAMES):  # a version written before the table
@@ -163,33 +163,33 @@ def _cost(d: int) -> float:
 
 
 def test_latency_target_decides_between_exact_and_inverted_lists():
-    from indexer.planner import plan_index
+    from indexer.choice import choose_index
 
-    near = plan_index(150_000, 512, latency_ms=20, exact_cost=_cost)  # 15 ms: exact beyond EXACT_MAX
+    near = choose_index(150_000, 512, latency_ms=20, exact_cost=_cost)  # 15 ms: exact beyond EXACT_MAX
     assert near.exact and "15.0 ms" in near.reason and "within the 20 ms target" in near.reason
-    far = plan_index(50_000, 512, latency_ms=1, exact_cost=_cost)  # 5 ms: approximate below EXACT_MAX
+    far = choose_index(50_000, 512, latency_ms=1, exact_cost=_cost)  # 5 ms: approximate below EXACT_MAX
     assert far.factory.startswith("IVF") and far.factory.endswith(",SQ8") and "over the 1 ms target" in far.reason
     # the memory budget still wins over a generous latency target, and overrides win over both
-    tight = plan_index(150_000, 512, latency_ms=1000, memory_budget=100 * 2**20, exact_cost=_cost)
+    tight = choose_index(150_000, 512, latency_ms=1000, memory_budget=100 * 2**20, exact_cost=_cost)
     assert not tight.exact and tight.memory_bytes <= 100 * 2**20
-    assert plan_index(1000, 512, latency_ms=1e-9, override="Flat", exact_cost=_cost).exact
+    assert choose_index(1000, 512, latency_ms=1e-9, override="Flat", exact_cost=_cost).exact
 
 
 def test_latency_target_must_be_positive():
-    from indexer.planner import plan_index
-    from vistag.errors import InputError
+    from core.errors import InputError
+    from indexer.choice import choose_index
 
     for bad in (0, -5.0, float("nan")):
         with pytest.raises(InputError, match="latency target"):
-            plan_index(1000, 64, latency_ms=bad, exact_cost=_cost)
+            choose_index(1000, 64, latency_ms=bad, exact_cost=_cost)
 
 
 def test_exact_cost_is_measured_once_per_dimension():
-    from indexer import planner
+    from indexer import choice
 
-    first = planner.exact_ms_per_vector(64, sample=4000)
+    first = choice.exact_ms_per_vector(64, sample=4000)
     assert 0 < first < 1  # under a millisecond per 64-d vector on any machine
-    assert planner.exact_ms_per_vector(64) == first  # cached
+    assert choice.exact_ms_per_vector(64) == first  # cached
 
 
 def test_cli_dry_run_reports_the_latency_estimate(cli, corpus, tiny_model, tmp_path):

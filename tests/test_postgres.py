@@ -8,10 +8,10 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from indexer.catalog import WRITER_LOCK_KEY
+from core.errors import LockHeld
+from indexer.database import WRITER_LOCK_KEY
 from tests.conftest import fresh_database
 from vistag import Archive
-from vistag.errors import LockHeld
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from indexer import index as versions
+from indexer import versions
 from vistag import Archive
 
 OPS = st.lists(

@@ -84,12 +84,8 @@ class Server:
 
 
 def serve_command(*args: object) -> list[str]:
-    """``vistag serve ARGS`` (through ``python -m vistag.cli_serve`` until cli.py lists ``serve``)."""
-    from vistag import cli
-
-    if "serve" in cli.COMMANDS:
-        return [sys.executable, "-m", "vistag.cli", "serve", *map(str, args)]
-    return [sys.executable, "-m", "vistag.cli_serve", *map(str, args)]
+    """``vistag serve ARGS`` as a process."""
+    return [sys.executable, "-m", "vistag.cli", "serve", *map(str, args)]
 
 
 def free_port() -> int:
@@ -421,7 +417,7 @@ def thread_server(app: object) -> Iterator[int]:
     loopback port; yields the port."""
     import uvicorn
 
-    from query.service import listen, uvicorn_config
+    from vistag.http.server import listen, uvicorn_config
 
     sock = listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn_config(app))
@@ -442,8 +438,8 @@ def thread_server(app: object) -> Iterator[int]:
 def test_in_process_app_on_a_home_without_index(tmp_path):
     from indexer.catalog import Catalog
     from indexer.home import Home
-    from query.service import ServiceConfig, create_app
     from vistag import Archive
+    from vistag.http import ServiceConfig, create_app
 
     Catalog(Home.resolve(tmp_path / "empty").ensure().db_url).close()  # an archive that never published
     with (
@@ -464,8 +460,9 @@ def test_in_process_app_on_a_home_without_index(tmp_path):
 
 
 def test_config_and_listen_errors():
-    from query.service import Filters, ServiceConfig, listen, parse_time
-    from vistag.errors import InputError
+    from core.errors import InputError
+    from vistag.http import ServiceConfig, listen
+    from vistag.http.filters import parse_filter, parse_time
 
     with pytest.raises(InputError, match="at least 16"):
         ServiceConfig(write_token="short")
@@ -481,7 +478,7 @@ def test_config_and_listen_errors():
     assert (
         parse_time("2024-05-01T02:00:00+02:00") == 1714521600.0 and parse_time("1714521600") == 1714521600.0
     )
-    assert not Filters() and Filters.parse("cat", None, None, None)
+    assert not parse_filter(None, None, None, None) and parse_filter("cat", None, None, None)
 
 
 # -- hardening: thumbnails from the indexed bytes only, bounded waits, labels and connections -------
@@ -509,8 +506,8 @@ def test_thumbnails_only_from_the_indexed_regular_file(home_copy, tiny_model, tm
     """A FIFO, a symlink to another image and a rewritten file at indexed paths are all refused."""
     from PIL import Image
 
-    from query.service import ServiceConfig, create_app
     from vistag import Archive
+    from vistag.http import ServiceConfig, create_app
 
     home, corpus = home_copy
     folder = tmp_path / "mutable"
@@ -547,9 +544,10 @@ def test_thumbnails_only_from_the_indexed_regular_file(home_copy, tiny_model, tm
 def test_slow_renders_and_busy_render_slots_answer_503(home_copy, monkeypatch):
     """A render past render_timeout_s answers 503 and goes on (cached when done); with both render
     slots held, the next thumbnail request gets 503 too instead of waiting."""
-    import query.service as service_module
-    from query.service import RENDER_SLOTS, ServiceConfig, create_app
+    import vistag.http.thumbnails as service_module
     from vistag import Archive
+    from vistag.http import ServiceConfig, create_app
+    from vistag.http.config import RENDER_SLOTS
 
     gate, real_render = threading.Event(), service_module.render_thumbnail
 
@@ -604,15 +602,17 @@ def test_metric_labels_stay_bounded_whatever_the_method(server):
 def test_loopback_bind_answers_for_its_own_address(home_copy, monkeypatch):
     import argparse
 
-    from query.service import create_app
-    from vistag import Archive, cli_serve
+    from vistag import Archive
+    from vistag.cli.parser import add_serve_parser
+    from vistag.cli.serve import service_config
+    from vistag.http import create_app
 
     monkeypatch.delenv("VISTAG_WRITE_TOKEN", raising=False)
     parser = argparse.ArgumentParser()
-    cli_serve.add_parser(parser.add_subparsers(dest="command"))
+    add_serve_parser(parser.add_subparsers(dest="command"))
 
     def config(host: str) -> Any:
-        return cli_serve.service_config(parser.parse_args(["serve", "--host", host]))
+        return service_config(parser.parse_args(["serve", "--host", host]))
 
     assert config("0.0.0.0").allowed_hosts is None  # reachable from elsewhere: any Host, as before
     with (
@@ -625,8 +625,8 @@ def test_loopback_bind_answers_for_its_own_address(home_copy, monkeypatch):
 
 
 def test_slow_bodies_get_408_and_connections_are_bounded(home_copy):
-    from query.service import ServiceConfig, create_app
     from vistag import Archive
+    from vistag.http import ServiceConfig, create_app
 
     def head(method: str, path: str, length: int, ctype: str = "application/json") -> bytes:
         return (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from core.errors import ShardFormatError
 from pipeline import shards
-from vistag.errors import ShardFormatError
 
 MODEL = {"model": "m", "pretrained": None, "embed_dim": 4, "preprocess": {}, "fingerprint": "", "key": "k"}
 

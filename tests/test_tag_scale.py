@@ -8,13 +8,14 @@ import shutil
 import numpy as np
 import pytest
 
-from query import tagging
+from core.errors import InputError
+from query import scoring, tagging
 from query.calibration import fit_calibration, sample_rows
 from query.inductive import leave_self_out
-from query.tagging import TagConfig, best_labels, tag_corpus
+from query.scoring import TagConfig, best_labels
+from query.tagging import tag_corpus
 from query.vocab import parse_vocabulary
 from vistag import Archive
-from vistag.errors import InputError
 
 LABELS = ["red circle", "blue square", "green star", "yellow triangle"]
 
@@ -46,7 +47,7 @@ def test_store_top_stores_the_best_rows_of_a_full_run(home_copy, method):
                 assert got["confidence"] == pytest.approx(want["confidence"], abs=1e-12)
             assert rows[0]["score"] >= rows[1]["score"] >= max(t["score"] for t in full_rows[image_id][2:])
         assert best.top == full.top  # what is printed does not depend on what is stored
-        params = json.loads((tagging.run_dir(archive.home, best.run_id) / "run.json").read_text())
+        params = json.loads((scoring.run_dir(archive.home, best.run_id) / "run.json").read_text())
         assert params["store_top"] == 2
 
 
@@ -57,7 +58,7 @@ def test_scoring_and_storing_in_chunks_equals_one_block(home_copy, method, monke
     with Archive(home) as archive:
         config = TagConfig(tuple(parse_vocabulary(LABELS)), method=method, top=3)
         whole = tag_corpus(archive.home, archive.catalog, archive.searcher, config, chunk=10**6)
-        monkeypatch.setattr(tagging, "ROW_BATCH", 7)  # rows go to SQL in batches of at most 7
+        monkeypatch.setattr(scoring, "ROW_BATCH", 7)  # rows go to SQL in batches of at most 7
         add_tags = archive.catalog.add_tags
         monkeypatch.setattr(
             archive.catalog, "add_tags", lambda rows: (calls.append(len(rows)), add_tags(rows))
@@ -211,7 +212,7 @@ def test_ann_graph_rescores_exactly_and_puts_self_first(tmp_path):
     import faiss
 
     from indexer import graph as graphs
-    from indexer.index import IndexVersion
+    from indexer.versions import IndexVersion
 
     rng = np.random.default_rng(3)
     n, d = 600, 16
@@ -266,6 +267,6 @@ def test_storing_every_score_past_the_limit_needs_store_all(home_copy, cli, monk
 
 
 def tagging_version_count(archive):
-    from indexer import index as versions
+    from indexer import versions
 
     return versions.current_version(archive.home).manifest["count"]

@@ -8,12 +8,12 @@ import shutil
 import numpy as np
 import pytest
 
+from core.errors import InputError
 from query.calibration import fit_calibration
-from query.tagging import run_dir
+from query.scoring import run_dir
 from query.vocab import parse_vocabulary
 from query.zlap import zlap_transductive
 from vistag import Archive
-from vistag.errors import InputError
 
 LABELS = ["red circle", "blue square", "green star", "yellow triangle"]
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from core import uris
+from core.errors import InputError, NotFound
 from indexer.home import Home, normalize_db_url
 from tests.conftest import make_tiny_model
-from vistag import Archive, uris
-from vistag.errors import InputError, NotFound
+from vistag import Archive
 
 NO_MODEL = "local-dir:/no/such/model"  # any model work with it fails with exit code 3
 
@@ -203,7 +204,7 @@ def test_change_db_moves_the_home_and_reuses_its_shards(cli, tmp_path, corpus, t
 
 
 def test_a_file_too_large_to_be_an_image_is_refused_unread(tmp_path, corpus, tiny_model):
-    from pipeline.decode import max_file_bytes
+    from core.decode import max_file_bytes
 
     huge = corpus.root / "huge.jpg"
     with open(huge, "wb") as fh:  # sparse: no disk used, and reading it would fill memory

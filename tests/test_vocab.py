@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from core.errors import InputError
 from query.text import TextEncoder, label_prompts
 from query.vocab import Label, apply_structure, named_templates, parse_vocabulary
-from vistag.errors import InputError
 
 YAML = """\
 labels:

@@ -460,14 +460,14 @@ def test_fit_predict_gives_transductive_scores_and_table_in_one_pass():
 
 
 def test_large_graphs_are_solved_in_locality_order(monkeypatch):
-    import query.zlap as zlap
+    import query.zlap_solve as zlap
 
     x, t, _, q, _ = make_data(23, n=90, c=6, n_query=4)
     lap = build_graph(x, t)
     plain = propagate_labels(lap, len(t), chunk=4)
     one = ZLaPInductive(chunk=4).fit(x, t)
     monkeypatch.setattr(zlap, "REORDER_ABOVE", 10)
-    perm = zlap._locality_order(lap, len(t))
+    perm = zlap.locality_order(lap, len(t))
     assert perm is not None and sorted(perm.order.tolist()) == list(range(lap.shape[0]))
     np.testing.assert_array_equal(perm.order[: len(t)], np.arange(len(t)))  # text nodes keep their numbers
     np.testing.assert_array_equal(perm.lap.toarray(), lap.toarray()[np.ix_(perm.order, perm.order)])

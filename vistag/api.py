@@ -11,22 +11,22 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from core.errors import CatalogError, DamagedState, IndexNotFound, NotFound
 from indexer import check as integrity
-from indexer import index as versions
+from indexer import versions
 from indexer.catalog import Catalog
 from indexer.home import Home
-from indexer.job import IndexConfig, IndexResult, run_index
-from indexer.lock import WriterLock
-from query.evaluate import evaluate, explain, read_truth
-from query.export import export_rows, render
-from query.inductive import delete_tag_run, tag_new_images
 from query.search import Hit, Searcher
-from query.tagging import TagConfig, TagResult, tag_corpus
-from query.text import DEFAULT_TEMPLATES
-from query.vocab import Label, named_templates, parse_vocabulary
-from vistag.errors import CatalogError, DamagedState, IndexNotFound, NotFound
+from query.vocab import SHORT_TEMPLATES, Label
+
+if TYPE_CHECKING:
+    from indexer.job import IndexResult
+    from query.scoring import TagConfig, TagResult
+
+# Heavy modules (Beam, scipy, torch) are imported by the methods that need them: a search, a status
+# or a server never imports the indexing pipeline.
 
 
 class Archive:
@@ -61,8 +61,8 @@ class Archive:
 
     @property
     def searcher(self) -> Searcher:
-        """The searcher; :class:`CatalogMismatch` when the catalog is not the published index's."""
-        integrity.require_catalog(self.home, self.catalog)
+        """The searcher (it raises :class:`CatalogMismatch` when the catalog is not the published
+        index's)."""
         if self._searcher is None:
             self._searcher = Searcher(self.home, self.catalog, self.device)
         return self._searcher
@@ -84,6 +84,9 @@ class Archive:
         ``options`` are the fields of :class:`indexer.job.IndexConfig` (model, pretrained,
         batch_size, index_type, dry_run, progress, beam_args, ...).
         """
+        from indexer.job import IndexConfig, run_index
+        from query.inductive import tag_new_images
+
         options.setdefault("device", self.device)
         config = IndexConfig(inputs=tuple(str(p) for p in paths), **options)
 
@@ -110,7 +113,7 @@ class Archive:
 
     def tag(
         self, labels: str | Sequence[str | Label], top: int = 3, *, method: str = "zeroshot",
-        min_confidence: float = 0.0, templates: str | Sequence[str] = DEFAULT_TEMPLATES,
+        min_confidence: float = 0.0, templates: str | Sequence[str] = SHORT_TEMPLATES,
         store_top: int | None = None, store_all: bool = False, **zlap: Any,
     ) -> TagResult:  # fmt: skip
         """Tag every indexed image with ``labels`` (a list, a comma-separated string, a label file
@@ -124,6 +127,8 @@ class Archive:
         of more than 100 million (image, label) pairs is refused (:class:`InputError`) unless
         ``store_all``.
         """
+        from query.tagging import tag_corpus
+
         extra = {**zlap, "store_top": store_top, "store_all": store_all}
         config = self._tag_config(labels, method, top, min_confidence, templates, extra)
         return tag_corpus(self.home, self.catalog, self.searcher, config)
@@ -132,16 +137,21 @@ class Archive:
         """Delete a tag run (its tags and saved state): its label set is no longer applied to images
         that later :meth:`index` runs add. Returns ``run_id``, ``tags`` (rows deleted) and
         ``still_applied`` (other runs with the same labels and method, still applied)."""
-        with WriterLock(self.home.lock_path), self.catalog.writer_lock():
+        from indexer import recovery
+        from query.inductive import delete_tag_run
+
+        with recovery.writer(self.home, self.catalog):
             return delete_tag_run(self.home, self.catalog, int(run_id))
 
     def evaluate(
         self, truth: str, labels: str | Sequence[str | Label] | None = None, *,
         methods: Sequence[str] = ("zeroshot", "zlap"), min_confidence: float = 0.5, fit_thresholds: bool = False,
-        templates: str | Sequence[str] = DEFAULT_TEMPLATES, **zlap: Any,
+        templates: str | Sequence[str] = SHORT_TEMPLATES, **zlap: Any,
     ) -> dict[str, Any]:  # fmt: skip
         """Top-1 accuracy, per-label precision/recall and mAP of each method against a
         ``uri,label`` CSV; labels default to those in the truth file."""
+        from query.evaluate import evaluate, read_truth
+
         if labels is None:
             labels = read_truth(truth, self.catalog).names
         config = self._tag_config(labels, "zeroshot", 1, min_confidence, templates, zlap)
@@ -157,17 +167,27 @@ class Archive:
             raise NotFound(f"{row['uri']} could not be indexed ({why}); see `vistag failures`")
         if row["status"] != "indexed":
             raise NotFound(f"{row['uri']} is {row['status']}: it left the archive (no longer in a listed folder)")
+        from query.evaluate import explain
+
         return explain(self.catalog, self.searcher, image_id, top)
 
     def _tag_config(self, labels, method, top, min_confidence, templates, zlap) -> TagConfig:  # noqa: ANN001
+        from query.scoring import TagConfig
+        from query.vocab import named_templates, parse_vocabulary
+
         templates = named_templates(templates) if isinstance(templates, str) else tuple(templates)
         return TagConfig(tuple(parse_vocabulary(labels)), method, top, min_confidence, templates, **zlap)
 
     def export(self, fmt: str = "json") -> str:
         """Tags (of the latest tag run) and metadata for every image, as JSON or CSV text."""
-        return render(export_rows(self.catalog), fmt)
+        from query.export import render
+
+        return render(self.export_rows(), fmt)
 
     def export_rows(self) -> list[dict[str, Any]]:
+        """One dict per image that is not deleted: metadata and the latest tag run's tags."""
+        from query.export import export_rows
+
         return export_rows(self.catalog)
 
     def status(self) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from vistag.errors import InputError
+from core.errors import InputError
 
 ENV = "VISTAG_FAISS_GPU"
 GPU_EXACT_MAX = 5_000_000  # images: above, one exact all-pairs pass costs more than an IVF search

@@ -12,14 +12,14 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core import uris
 from pipeline.inputs import FileEntry, Listing
-from vistag import uris
 
 LIVE = ("indexed", "failed")
 
 
 @dataclass(frozen=True)
-class IndexPlan:
+class ReindexPlan:
     """What one index run will do; printable and testable before anything is built."""
 
     new: tuple[FileEntry, ...]
@@ -57,7 +57,7 @@ class IndexPlan:
         return "\n".join(lines)
 
 
-def make_plan(listing: Listing, states: Mapping[str, Mapping[str, Any]], known: Collection[str]) -> IndexPlan:
+def plan_reindex(listing: Listing, states: Mapping[str, Mapping[str, Any]], known: Collection[str]) -> ReindexPlan:
     """Compare ``listing`` with catalog ``states`` (uri -> id, sha256, size, mtime, status).
 
     ``known`` holds the sha256 of content already embedded with the run's model.
@@ -78,4 +78,4 @@ def make_plan(listing: Listing, states: Mapping[str, Mapping[str, Any]], known: 
     deleted = sorted(
         uri for uri, state in states.items() if state["status"] in LIVE and uri not in listed and below(uri)
     )
-    return IndexPlan(tuple(new), tuple(changed), tuple(reembed), tuple(unchanged), tuple(deleted), listing.missing)
+    return ReindexPlan(tuple(new), tuple(changed), tuple(reembed), tuple(unchanged), tuple(deleted), listing.missing)

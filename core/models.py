@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vistag.errors import ModelLoadError
+from core.errors import ModelLoadError
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
@@ -336,17 +336,3 @@ def build_transform(identity: ModelIdentity) -> Any:
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in identity.preprocess.items()}
     allowed = set(PreprocessCfg.__dataclass_fields__)
     return image_transform_v2(PreprocessCfg(**{k: v for k, v in cfg.items() if k in allowed}), False)
-
-
-def encode_texts(model: LoadedModel, texts: list[str], batch_size: int = 256) -> Any:
-    """(len(texts), D) float32 L2-normalised text embeddings (numpy), no validation or caching."""
-    import numpy as np
-    import torch
-
-    out = []
-    for start in range(0, len(texts), batch_size):
-        tokens = model.tokenizer(list(texts[start : start + batch_size])).to(model.device)
-        with torch.inference_mode():
-            feats = model.model.encode_text(tokens)
-        out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
-    return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros((0, model.identity.embed_dim), np.float32)

@@ -1,6 +1,6 @@
 """Choose a FAISS index for a corpus, then tune its search so that text queries keep recall.
 
-Plan (printable, unit-tested, decided before anything is built), from the vector count ``n``,
+The choice (printable, unit-tested, made before anything is built), from the vector count ``n``,
 the dimension ``d`` and an optional memory budget:
 
 - ``Flat`` (exact) up to ``EXACT_MAX`` vectors when the full vectors fit the budget; with a
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from vistag.errors import InputError
+from core.errors import InputError
 
 EXACT_MAX = 100_000
 TARGET_RECALL = 0.95
@@ -120,7 +120,7 @@ def exact_ms_per_vector(d: int, sample: int = 50_000) -> float:
 _EXACT_COST: dict[int, float] = {}
 
 
-def plan_index(
+def choose_index(
     n: int, d: int, *, memory_budget: int | None = None, override: str | None = None, exact_max: int = EXACT_MAX,
     storage: str = "auto", machine_memory: int | None = None, latency_ms: float | None = None,
     exact_cost: Callable[[int], float] = exact_ms_per_vector,

@@ -1,0 +1,116 @@
+"""Cleaning up after runs whose process died, and the writer lock that makes it safe.
+
+A writer (``index``, ``tag``, ``untag``) takes the home's writer lock (and the catalog database's),
+then :func:`recover`s: any run still ``running`` under the lock belongs to a dead process. An index
+run's complete shards are applied (so their images are not embedded again); a tag run's partial
+tags and folder are deleted. :func:`apply_shards` is also how a live index run records its shards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from core.faults import crash_point
+from indexer import check
+from indexer.catalog import Catalog
+from indexer.home import Home
+from indexer.lock import WriterLock
+from pipeline import shards
+from pipeline.inputs import FileEntry
+
+
+# dead runs --------------------------------------------------------------------------------------
+def unfinished_runs(catalog: Catalog) -> list[dict[str, Any]]:
+    """Index and tag runs still ``running`` or ``failed`` that recovery has not handled yet."""
+    runs = [
+        r
+        for r in catalog.runs(limit=1000)
+        if r["kind"] in ("index", "tag") and r["status"] in ("running", "failed")
+    ]
+    return [r for r in runs if not json.loads(r["params"]).get("recovered")]
+
+
+def drop_tag_run(home: Home, catalog: Catalog, run_id: int) -> int:
+    """Delete what a dead or failed tag run left: its tag rows and HOME/tagruns/run-N; returns the rows."""
+    rows = catalog.drop_run_tags(run_id)
+    shutil.rmtree(home.root / "tagruns" / f"run-{run_id:06d}", ignore_errors=True)
+    return rows
+
+
+@contextlib.contextmanager
+def writer(home: Home, catalog: Catalog) -> Iterator[None]:
+    """Hold the home's writer lock (and the catalog database's), after recovering what dead runs
+    left; :class:`core.errors.LockHeld` when another writer holds it."""
+    home.ensure()
+    with WriterLock(home.lock_path), catalog.writer_lock():
+        if unfinished_runs(catalog):
+            recover(home, catalog)
+        yield
+
+
+def recover(home: Home, catalog: Catalog) -> list[int]:
+    """Finish what dead or failed runs left: apply their completed shards, close them, drop
+    temporary files.
+
+    Called under the writer lock, so any run still marked ``running`` belongs to a dead process.
+    The complete shards of such index runs, and of index runs that failed (disk full, database
+    error...), are applied (idempotently, once), so their images are not embedded again. Such tag
+    runs leave partial tags: those and the run's folder are deleted.
+    """
+    dead = []
+    for run in unfinished_runs(catalog):
+        params = json.loads(run["params"])
+        folder = params.get("shards")
+        if run["kind"] == "tag":
+            drop_tag_run(home, catalog, run["id"])
+        elif run["model_id"] is not None and folder and shards.exists(folder):
+            apply_shards(home, catalog, folder, run["model_id"], run["id"], ())
+        catalog.update_run_params(run["id"], {"recovered": True})
+        if run["status"] == "running":
+            catalog.finish_run(run["id"], "interrupted", {}, message="the process ended before the run finished")
+            dead.append(run)
+    for tmp in list(home.index_root.glob("*/.tmp-*")) + list(home.index_root.glob("CURRENT.tmp-*")):
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    return [r["id"] for r in dead]
+
+
+def apply_shards(
+    home: Home, catalog: Catalog, folder: str, model_id: int, run_id: int, work: Sequence[FileEntry]
+) -> tuple[int, int, int]:
+    """Record every shard of ``folder`` in the catalog; returns (embedded, reused, failed) counts."""
+    by_uri = {e.uri: e for e in work}
+    embedded = reused = failed = 0
+    rel = home.relative(folder)
+    for name in shards.list_shards(folder):
+        shard = shards.read_shard(folder, name)
+        fresh = [m for m in shard.meta if m["row"] >= 0]
+        known = [m for m in shard.meta if m["row"] < 0]
+        sizes = catalog.sizes_by_sha([m["sha256"] for m in known])
+        unsized = [m["sha256"] for m in known if m["sha256"] not in sizes]
+        sizes |= check.shard_sizes(home, catalog, model_id, unsized)  # e.g. taken from shards by repair
+        for m in known:
+            m["width"], m["height"] = sizes.get(m["sha256"], (0, 0))
+        catalog.add_embeddings(
+            [{"sha256": m["sha256"], "model_id": model_id, "shard_dir": rel, "shard": name, "row": m["row"],
+              "run_id": run_id} for m in fresh]  # fmt: skip
+        )
+        rows = [{k: m[k] for k in ("uri", "sha256", "size", "mtime", "width", "height")} | {"status": "indexed"}
+                for m in shard.meta]  # fmt: skip
+        catalog.upsert_images(rows, run_id)
+        catalog.add_failures(shard.failures, run_id)
+        catalog.upsert_images([_failed_row(f["uri"], by_uri) for f in shard.failures], run_id)
+        crash_point("shard-applied")
+        embedded, reused, failed = embedded + len(fresh), reused + len(known), failed + len(shard.failures)
+    return embedded, reused, failed
+
+
+def _failed_row(uri: str, by_uri: dict[str, FileEntry]) -> dict[str, Any]:
+    entry = by_uri.get(uri)
+    row: dict[str, Any] = {"uri": uri, "status": "failed", "sha256": None}
+    if entry is not None:
+        row |= {"size": entry.size, "mtime": entry.mtime}
+    return row

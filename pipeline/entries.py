@@ -1,0 +1,131 @@
+"""One work-list entry, read, hashed, decoded and preprocessed: the same code in a Beam worker
+thread and in a decode process (see :mod:`pipeline.decode_pool`).
+
+An entry becomes a failure row (uri, stage, reason), the :class:`ImageKey` of content already
+embedded with the run's model (its SHA-256 is known), or a key and its (3, H, W) uint8 pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from core import uris
+from core.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image, max_file_bytes
+from core.models import ModelIdentity
+from pipeline.inputs import FileEntry
+from pipeline.preprocess import SplitTransform, split_transform, to_pixels
+
+
+@dataclass(frozen=True)
+class ImageKey:
+    """What the pipeline learns about an image before embedding it."""
+
+    uri: str
+    sha256: str
+    size: int
+    mtime: float
+    width: int
+    height: int
+
+    def row(self, row: int) -> dict[str, Any]:
+        return {
+            "uri": self.uri, "sha256": self.sha256, "size": self.size, "mtime": self.mtime,
+            "width": self.width, "height": self.height, "row": row,
+        }  # fmt: skip
+
+
+class KnownHashes(frozenset):
+    """A frozenset that ``shared.Shared`` can hold (it needs weak references)."""
+
+
+def failure(uri: str, stage: str, reason: str) -> dict[str, str]:
+    return {"uri": uri, "stage": stage, "reason": reason[:500]}
+
+
+def _reason(err: Exception) -> str:
+    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return f"{type(err).__name__}: {text}"
+
+
+def load_known(path: str | None) -> KnownHashes:
+    if not path:
+        return KnownHashes()
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path, compression_type="uncompressed") as fh:
+        return KnownHashes(line.strip() for line in fh.read().decode().splitlines() if line.strip())
+
+
+class EntryDecoder:
+    """Read, hash, decode and preprocess one work-list entry; the same code in a Beam worker thread
+    and in a decode process (see :mod:`pipeline.decode_pool`). Picklable until :meth:`setup`."""
+
+    def __init__(
+        self, identity: ModelIdentity, known_hashes_file: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    ):
+        self.identity = identity
+        self.known_hashes_file = known_hashes_file
+        self.max_pixels = max_pixels
+
+    def setup(self, known: frozenset[str] | None = None) -> EntryDecoder:
+        self._split: SplitTransform = split_transform(self.identity)
+        self._draft = int(max(self._split.shape[1:]))
+        self._known = known if known is not None else load_known(self.known_hashes_file)
+        return self
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self._split.shape
+
+    def one(self, entry: FileEntry) -> dict[str, str] | ImageKey | tuple[ImageKey, np.ndarray]:
+        """A failure row, a key of already-embedded content, or a key and its (3, H, W) pixels."""
+        limit = max_file_bytes(self.max_pixels)
+        if entry.size > limit:
+            return failure(entry.uri, "read", f"file of {entry.size} bytes is larger than the {limit} bytes read for an image")
+        try:
+            data = uris.read_bytes(entry.uri, max_bytes=limit)
+        except Exception as err:  # any filesystem's error: vanished, permission, I/O, not a regular file
+            return failure(entry.uri, "read", _reason(err))
+        sha = hashlib.sha256(data).hexdigest()
+        if sha in self._known:
+            return ImageKey(entry.uri, sha, len(data), entry.mtime, 0, 0)
+        try:
+            decoded = decode_image(data, max_pixels=self.max_pixels, draft_size=self._draft)
+        except DecodeError as err:
+            return failure(entry.uri, "decode", err.reason)
+        except Exception as err:  # a bad file must never stop the run
+            return failure(entry.uri, "preprocess", _reason(err))
+        try:
+            arr = to_pixels(self._split.to_image(decoded.image))
+            if arr.shape != self._split.shape:
+                raise ValueError(f"preprocessed to {arr.shape}, expected {self._split.shape}")
+        except Exception as err:
+            return failure(entry.uri, "preprocess", _reason(err))
+        return ImageKey(entry.uri, sha, len(data), entry.mtime, decoded.width, decoded.height), arr
+
+
+Outcome = dict[str, str] | tuple[ImageKey, int]
+
+
+def decode_entries(entries: Sequence[FileEntry], decoder: EntryDecoder) -> tuple[list[Outcome], np.ndarray]:
+    """Decode ``entries`` in this thread: per entry a failure row or (key, row in pixels; -1 when
+    already embedded), and the (E, 3, H, W) uint8 pixels of the decoded ones."""
+    outcomes: list[Outcome] = []
+    pixels: list[np.ndarray] = []
+    for entry in entries:
+        outcome = decoder.one(entry)
+        if isinstance(outcome, dict):
+            outcomes.append(outcome)
+        elif isinstance(outcome, ImageKey):
+            outcomes.append((outcome, -1))
+        else:
+            key, arr = outcome
+            outcomes.append((key, len(pixels)))
+            pixels.append(arr)
+    batch = np.stack(pixels) if pixels else np.zeros((0, *decoder.shape), np.uint8)
+    return outcomes, batch

@@ -1,0 +1,168 @@
+"""The routes of the API and the page."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+)
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+
+from core.errors import (
+    InputError,
+)
+from indexer.catalog import ImageFilter
+from vistag.http.config import MAX_ID, MULTIPART_OVERHEAD, STATIC, PayloadTooLarge, UnsupportedMedia
+from vistag.http.filters import parse_filter
+from vistag.http.schemas import (
+    ERRORS,
+    UPLOAD_BODY,
+    ErrorOut,
+    ImageOut,
+    LabelsOut,
+    SearchOut,
+    TagIn,
+    TagRunOut,
+    VectorIn,
+)
+from vistag.http.service import Service
+
+log = logging.getLogger(__name__)
+
+
+async def read_upload(request: Request, limit: int) -> bytes:
+    """The bytes of the one file of a multipart/form-data body (field ``file``), kept in memory."""
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise UnsupportedMedia("send the image as multipart/form-data in a field named 'file'")
+    parser = MultiPartParser(request.headers, request.stream(), max_files=1, max_fields=4)
+    parser.spool_max_size = limit + MULTIPART_OVERHEAD  # the file part never spills to a temporary file
+    try:
+        form = await parser.parse()
+    except MultiPartException as err:
+        raise InputError(f"malformed multipart upload: {err.message}") from err
+    except ClientDisconnect as err:
+        raise InputError("the upload was interrupted") from err
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InputError("no file in the upload: send it in a form field named 'file'")
+        data = await upload.read(limit + 1)
+    finally:
+        await form.close()
+    if len(data) > limit:
+        raise PayloadTooLarge(f"upload larger than {limit} bytes")
+    return data
+
+
+async def _filters(  # async: pure parsing, no hop to the thread pool
+    tag: Annotated[str | None, Query(max_length=200, description="label among the image's top tags")] = None,
+    prefix: Annotated[str | None, Query(max_length=4096, description="uri prefix")] = None,
+    since: Annotated[str | None, Query(max_length=40, description="mtime >= (ISO date or epoch s)")] = None,
+    until: Annotated[str | None, Query(max_length=40, description="mtime <= (ISO date or epoch s)")] = None,
+) -> ImageFilter:
+    return parse_filter(tag, prefix, since, until)
+
+
+FilterDep = Annotated[ImageFilter, Depends(_filters)]
+ImageId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="catalog image id")]
+
+
+def add_read_routes(app: FastAPI, service: Service) -> None:
+    config = service.config  # limits from the config: default-value style, evaluated right here
+
+    def K(default: int) -> Any:  # noqa: N802
+        return Query(default, ge=1, le=config.max_k, description="number of results")
+
+    @app.get("/api/search", response_model=SearchOut, responses=ERRORS, summary="Text-to-image search")
+    def search(
+        filters: FilterDep, q: str = Query(min_length=1, max_length=config.max_query_chars), k: int = K(24)
+    ) -> dict[str, Any]:
+        return service.search_text(q, k, filters)
+
+    @app.post("/api/search/image", response_model=SearchOut, responses=ERRORS | {415: {"model": ErrorOut}},
+              openapi_extra={"requestBody": UPLOAD_BODY}, summary="Search by example image (never stored)")  # fmt: skip
+    async def search_image(request: Request, filters: FilterDep, k: int = K(24)) -> dict[str, Any]:
+        data = await read_upload(request, config.max_upload_bytes)
+        return await run_in_threadpool(service.search_upload, data, k, filters)
+
+    @app.post(
+        "/api/search/vector",
+        response_model=SearchOut,
+        responses=ERRORS,
+        summary="Search by a query embedding",
+    )
+    def search_vector(body: VectorIn, filters: FilterDep, k: int = K(10)) -> dict[str, Any]:
+        return service.search_vector(body.vector, k, filters)
+
+    @app.get("/api/similar/{image_id}", response_model=SearchOut, responses=ERRORS,
+             summary="Images similar to an indexed image (itself first)")  # fmt: skip
+    def similar(image_id: ImageId, filters: FilterDep, k: int = K(24)) -> dict[str, Any]:
+        return service.similar(image_id, k, filters)
+
+    @app.get(
+        "/api/images/{image_id}",
+        response_model=ImageOut,
+        responses=ERRORS,
+        summary="Metadata and tags of an image",
+    )
+    def image(image_id: ImageId) -> dict[str, Any]:
+        return service.image(image_id)
+
+    @app.get("/api/images/{image_id}/thumbnail", responses=ERRORS | {409: {"model": ErrorOut}},
+             response_class=Response, summary="JPEG thumbnail (cached)")  # fmt: skip
+    def thumbnail(
+        image_id: ImageId, size: int = 256, if_none_match: Annotated[str | None, Header()] = None
+    ) -> Response:
+        row = service.image_row(image_id)
+        etag = f'"{row["sha256"]}-{service.check_size(size)}"'
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if if_none_match == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(service.thumbnail(row, size), media_type="image/jpeg", headers=headers)
+
+    @app.get("/api/labels", response_model=LabelsOut, summary="Labels of the latest tag run")
+    def labels() -> dict[str, Any]:
+        return service.labels()
+
+    @app.get("/api/status", summary="Counts, model, index version, limits")
+    def status() -> dict[str, Any]:
+        return service.status()
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", response_class=Response, summary="Prometheus metrics")
+    def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def add_write_routes(app: FastAPI, service: Service) -> None:
+    codes = ERRORS | {c: {"model": ErrorOut} for c in (401, 403, 409)}
+
+    @app.post(
+        "/api/tag",
+        response_model=TagRunOut,
+        responses=codes,
+        summary="Zero-shot tag run (needs the write token)",
+    )
+    def tag(body: TagIn, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        service.authorize(authorization)
+        return service.tag(body.labels, body.top)
+
+
+def add_page_routes(app: FastAPI, service: Service) -> None:
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
