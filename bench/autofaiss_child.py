@@ -31,29 +31,49 @@ def main() -> None:
     rss0 = status("VmRSS")
     start = time.perf_counter()
     index, infos = build_index(
-        embeddings=str(work / "embeddings"), index_path=str(work / "autofaiss.index"),
-        index_infos_path=str(work / "autofaiss.json"), max_index_memory_usage=memory,
-        current_memory_available="16G", metric_type="ip", max_index_query_time_ms=10, verbose=30,
-    )  # fmt: skip
+        embeddings=str(work / "embeddings"),
+        index_path=str(work / "autofaiss.index"),
+        index_infos_path=str(work / "autofaiss.json"),
+        max_index_memory_usage=memory,
+        current_memory_available="16G",
+        metric_type="ip",
+        max_index_query_time_ms=10,
+        verbose=30,
+    )
     build = time.perf_counter() - start
     peak = status("VmHWM")
     recall = {}
     for kind, xq in (("text", xt), ("image", xi)):
         got = index.search(xq, 10)[1]
-        recall[kind] = float(np.mean([len(set(g) & set(t)) / 10 for g, t in zip(got, truth[kind], strict=True)]))
+        recall[kind] = float(
+            np.mean([len(set(g) & set(t)) / 10 for g, t in zip(got, truth[kind], strict=True)])
+        )
     faiss.omp_set_num_threads(1)
     lat = []
     for q in xt[:100]:
         t1 = time.perf_counter()
         index.search(q[None, :], 10)
         lat.append((time.perf_counter() - t1) * 1000)
-    print(json.dumps({
-        "type": "autofaiss", "factory": infos.get("index_key", "?"), "storage": "memory", "block": 0,
-        "build_s": build, "rss_added_mb": (peak - rss0) / 1024, "anon_added_mb": float("nan"),
-        "disk_mb": (work / "autofaiss.index").stat().st_size / 2**20, "load_mb": 0.0, "mapped": False,
-        "p50_ms": statistics.median(lat), "text_recall": recall["text"], "image_recall": recall["image"],
-        "search": infos.get("index_param", "?"),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "type": "autofaiss",
+                "factory": infos.get("index_key", "?"),
+                "storage": "memory",
+                "block": 0,
+                "build_s": build,
+                "rss_added_mb": (peak - rss0) / 1024,
+                "anon_added_mb": float("nan"),
+                "disk_mb": (work / "autofaiss.index").stat().st_size / 2**20,
+                "load_mb": 0.0,
+                "mapped": False,
+                "p50_ms": statistics.median(lat),
+                "text_recall": recall["text"],
+                "image_recall": recall["image"],
+                "search": infos.get("index_param", "?"),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,15 +24,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def rows(n: int) -> list[dict]:
-    return [{"uri": f"/archive/{i:08d}.jpg", "sha256": f"{i:064x}", "size": 1000 + i, "mtime": 1.5e9 + i,
-             "width": 640, "height": 480, "status": "indexed"} for i in range(n)]  # fmt: skip
+    return [
+        {
+            "uri": f"/archive/{i:08d}.jpg",
+            "sha256": f"{i:064x}",
+            "size": 1000 + i,
+            "mtime": 1.5e9 + i,
+            "width": 640,
+            "height": 480,
+            "status": "indexed",
+        }
+        for i in range(n)
+    ]
 
 
 def raw_insert(url: str, data: list[dict]) -> float:
     engine = sa.create_engine(url)
     meta = sa.MetaData()
-    table = sa.Table("raw_images", meta, sa.Column("id", sa.Integer, primary_key=True),
-                     *[sa.Column(c, sa.Text if c in ("uri", "sha256", "status") else sa.Float) for c in data[0]])  # fmt: skip
+    table = sa.Table(
+        "raw_images",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        *[sa.Column(c, sa.Text if c in ("uri", "sha256", "status") else sa.Float) for c in data[0]],
+    )
     meta.create_all(engine)
     start = time.perf_counter()
     with engine.begin() as conn:
@@ -57,8 +71,18 @@ def measure(url: str, n: int) -> dict[str, float]:
     out["upsert_images (update)"] = (n // 10) / (time.perf_counter() - start)
     ids = [r["id"] for r in catalog.images(status=None)]
     label = catalog.label_ids(["bench"])[0]
-    tags = [{"image_id": i, "label_id": label, "score": 0.5, "confidence": 0.9, "rank": 0, "method": "zeroshot",
-             "run_id": run} for i in ids]  # fmt: skip
+    tags = [
+        {
+            "image_id": i,
+            "label_id": label,
+            "score": 0.5,
+            "confidence": 0.9,
+            "rank": 0,
+            "method": "zeroshot",
+            "run_id": run,
+        }
+        for i in ids
+    ]
     start = time.perf_counter()
     catalog.add_tags(tags)
     out["add_tags (insert)"] = len(tags) / (time.perf_counter() - start)
@@ -77,12 +101,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=100_000)
     args = ap.parse_args()
-    from tests import pg
+    from devkit import postgres
 
     with tempfile.TemporaryDirectory() as tmp:
         results = {"SQLite": measure(f"sqlite:///{tmp}/catalog.db", args.rows)}
-        if pg.available():
-            with pg.postgres_server() as url:
+        if postgres.available():
+            with postgres.postgres_server() as url:
                 results["PostgreSQL"] = measure(url, args.rows)
     for db, figures in results.items():
         base = figures["raw executemany insert"]

@@ -36,7 +36,10 @@ def make_local_model(folder: Path, name: str, seed: int = 0) -> str:
     torch.manual_seed(seed)
     model = open_clip.create_model(name, pretrained=None)
     save_file(model.state_dict(), str(folder / "open_clip_model.safetensors"))
-    preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in open_clip.get_model_preprocess_cfg(model).items()}
+    preprocess = {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in open_clip.get_model_preprocess_cfg(model).items()
+    }
     config = {"model_cfg": open_clip.get_model_config(name), "preprocess_cfg": preprocess}
     (folder / "open_clip_config.json").write_text(json.dumps(config))
     return f"local-dir:{folder}"
@@ -50,9 +53,15 @@ def timed_run(images: Path, out: Path, model: Any, beam_args: list[str], args: a
     start = time.perf_counter()
     entries = expand_inputs([str(images)]).entries
     config = PipelineConfig(
-        worklist=write_worklist(str(out), entries), total=len(entries), output=str(out), identity=model,
-        batch_size=args.batch_size, chunk_size=args.chunk_size, beam_args=tuple(beam_args), timeout_s=1800,
-    )  # fmt: skip
+        worklist=write_worklist(str(out), entries),
+        total=len(entries),
+        output=str(out),
+        identity=model,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        beam_args=tuple(beam_args),
+        timeout_s=1800,
+    )
     run_config(config)
     return time.perf_counter() - start
 
@@ -68,10 +77,14 @@ def vectors(out: Path) -> dict[str, np.ndarray]:
     return found
 
 
-def measure(tmp: Path, label: str, model: dict, beam_args: list[str], args: argparse.Namespace) -> tuple[float, float]:
+def measure(
+    tmp: Path, label: str, model: dict, beam_args: list[str], args: argparse.Namespace
+) -> tuple[float, float]:
     """(cold seconds, best warm images/s of ``args.repeats`` runs) of the job on one runner."""
     cold = timed_run(tmp / "images", tmp / f"{label}-warmup", model, beam_args, args)
-    seconds = min(timed_run(tmp / "images", tmp / f"{label}-{i}", model, beam_args, args) for i in range(args.repeats))
+    seconds = min(
+        timed_run(tmp / "images", tmp / f"{label}-{i}", model, beam_args, args) for i in range(args.repeats)
+    )
     (tmp / f"{label}-0").rename(tmp / label)
     got = vectors(tmp / label)
     assert len(got) == args.images, (label, len(got))
@@ -111,12 +124,16 @@ def main() -> None:
 
 
 def report(rates: dict[str, tuple[float, float]], args: argparse.Namespace, threads: int) -> None:
-    print(f"model {args.model} (seeded random weights), {args.images} JPEG images {args.image_size}px, "
-          f"batch {args.batch_size}, chunk {args.chunk_size}; FnApiRunner torch threads {threads}, "
-          f"Dask workers 1 thread each")  # fmt: skip
+    print(
+        f"model {args.model} (seeded random weights), {args.images} JPEG images {args.image_size}px, "
+        f"batch {args.batch_size}, chunk {args.chunk_size}; FnApiRunner torch threads {threads}, "
+        f"Dask workers 1 thread each"
+    )
     base = rates["FnApiRunner"][1]
     for label, (cold, rate) in rates.items():
-        print(f"{label:22s}: {rate:7.1f} images/s  ({rate / base:5.2f} x FnApiRunner; first run {cold:.1f} s)")
+        print(
+            f"{label:22s}: {rate:7.1f} images/s  ({rate / base:5.2f} x FnApiRunner; first run {cold:.1f} s)"
+        )
     dask = [v[1] for k, v in rates.items() if k.startswith("Dask")]
     if len(dask) == 2:
         print(f"Dask scaling, 2nd count / 1st count: {dask[1] / dask[0]:.2f}")

@@ -24,7 +24,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.hostile import comment_bomb_gif, scan_bomb_jpeg, segment_bomb_jpeg, sixteen_bit_png  # noqa: E402
+from vistag.synth.hostile import comment_bomb_gif, scan_bomb_jpeg, segment_bomb_jpeg, sixteen_bit_png  # noqa: E402
 
 CHILD = """
 import importlib.util, json, re, sys, time
@@ -65,8 +65,13 @@ def cases() -> list[tuple[str, int, bytes, bytes]]:
 
 def measure(decode: Path, path: Path, draft: int, timeout: float) -> dict:
     try:
-        run = subprocess.run([sys.executable, "-c", CHILD, str(decode), str(path), str(draft)],
-                             capture_output=True, text=True, cwd=ROOT, timeout=timeout)  # fmt: skip
+        run = subprocess.run(
+            [sys.executable, "-c", CHILD, str(decode), str(path), str(draft)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"seconds": timeout, "peak_mb": float("nan"), "result": f"still running after {timeout:.0f} s"}
     if run.returncode != 0:
@@ -91,9 +96,13 @@ def main(argv: list[str] | None = None) -> None:
                 path.write_bytes(data)
                 rows[kind] = measure(args.decode, path, draft, args.timeout) | {"bytes": len(data)}
             base, row = rows["base"], rows["bomb"]
-            print(f"{name:31} {row['bytes']:9d} {row['seconds']:8.3f} {row['seconds'] / base['seconds']:7.1f} "
-                  f"{row['peak_mb']:8.0f} {row['peak_mb'] / base['peak_mb']:7.2f}  {row['result'][:60]}")  # fmt: skip
-            print(f"{'  baseline':31} {base['bytes']:9d} {base['seconds']:8.3f} {'':7} {base['peak_mb']:8.0f}")  # fmt: skip
+            print(
+                f"{name:31} {row['bytes']:9d} {row['seconds']:8.3f} {row['seconds'] / base['seconds']:7.1f} "
+                f"{row['peak_mb']:8.0f} {row['peak_mb'] / base['peak_mb']:7.2f}  {row['result'][:60]}"
+            )
+            print(
+                f"{'  baseline':31} {base['bytes']:9d} {base['seconds']:8.3f} {'':7} {base['peak_mb']:8.0f}"
+            )
 
 
 if __name__ == "__main__":

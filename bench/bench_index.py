@@ -51,10 +51,13 @@ import procmem  # beside this file (the script's folder is on sys.path)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 TYPES = {
-    "Flat": ("Flat", "memory"), "IVF-SQ8": ("IVF{nlist},SQ8", "memory"), "IVF-PQ": ("IVF{nlist},PQ64x8np", "memory"),
-    "HNSW32": ("HNSW32,Flat", "memory"), "IVF-SQ8-disk": ("IVF{nlist},SQ8", "ondisk"),
+    "Flat": ("Flat", "memory"),
+    "IVF-SQ8": ("IVF{nlist},SQ8", "memory"),
+    "IVF-PQ": ("IVF{nlist},PQ64x8np", "memory"),
+    "HNSW32": ("HNSW32,Flat", "memory"),
+    "IVF-SQ8-disk": ("IVF{nlist},SQ8", "ondisk"),
     "IVF-PQ-disk": ("IVF{nlist},PQ64x8np", "ondisk"),
-}  # fmt: skip
+}
 DEFAULT_TYPES = "Flat,IVF-SQ8,IVF-PQ,HNSW32,IVF-SQ8-disk"
 CLUSTERS, QUERIES, ROWS = 1000, 200, 65_536
 
@@ -111,7 +114,14 @@ def prepare(n: int, d: int, tmp: Path, ivf: bool, save: bool = False) -> dict:
         with blas_for_few_queries():
             np.save(tmp / f"truth-{kind}.npy", faiss.knn(xq, xb, 10, metric=faiss.METRIC_INNER_PRODUCT)[1])
     exact_s = time.perf_counter() - t0
-    out = {"gen_s": gen_s, "exact_s": exact_s, "nlist": _nlist(n), "train_n": 0, "train_s": 0.0, "train_on": "cpu"}
+    out = {
+        "gen_s": gen_s,
+        "exact_s": exact_s,
+        "nlist": _nlist(n),
+        "train_n": 0,
+        "train_s": 0.0,
+        "train_on": "cpu",
+    }
     if ivf:
         choice = choose_index(n, d, override=f"IVF{_nlist(n)},Flat", storage="memory")
         sample = xb[np.sort(np.random.default_rng(0).choice(n, choice.train_size, replace=False))]
@@ -119,7 +129,11 @@ def prepare(n: int, d: int, tmp: Path, ivf: bool, save: bool = False) -> dict:
         index = empty_index(d, choice.factory, id_map=False)
         with faiss_gpu.ivf_training(index) as on_gpu:  # as vistag trains: on the GPU where FAISS has one
             index.train(sample)
-        out |= {"train_n": len(sample), "train_s": time.perf_counter() - t0, "train_on": "gpu" if on_gpu else "cpu"}
+        out |= {
+            "train_n": len(sample),
+            "train_s": time.perf_counter() - t0,
+            "train_on": "gpu" if on_gpu else "cpu",
+        }
         quantizer = faiss.extract_index_ivf(index).quantizer
         np.save(tmp / "centroids.npy", quantizer.reconstruct_n(0, quantizer.ntotal))
     return out
@@ -136,7 +150,9 @@ def one(kind: str, n: int, d: int, ondisk_budget: int, tmp: Path) -> dict:
     truth = {kind_: np.load(tmp / f"truth-{kind_}.npy") for kind_ in ("text", "image")}
     pattern, storage = TYPES[kind]
     factory = pattern.format(nlist=_nlist(n))
-    choice = choose_index(n, d, override=factory, storage=storage, memory_budget=ondisk_budget if storage == "ondisk" else None)
+    choice = choose_index(
+        n, d, override=factory, storage=storage, memory_budget=ondisk_budget if storage == "ondisk" else None
+    )
     centroids = np.load(tmp / "centroids.npy") if factory.startswith("IVF") else None
     folder = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-", dir=tmp))
     ids = np.arange(n, dtype=np.int64)
@@ -163,12 +179,18 @@ def one(kind: str, n: int, d: int, ondisk_budget: int, tmp: Path) -> dict:
     mapped = any(str(folder) in line for line in Path("/proc/self/maps").read_text().splitlines())
 
     def search(xq: np.ndarray, k: int, rerank: int) -> np.ndarray:
-        return vectors.rerank_search(served, xq, k, rerank, lambda i: xb[i])[1] if rerank else served.search(xq, k)[1]
+        return (
+            vectors.rerank_search(served, xq, k, rerank, lambda i: xb[i])[1]
+            if rerank
+            else served.search(xq, k)[1]
+        )
 
     with vectors.blas_for_few_queries():  # batches of 200 queries (Flat: exact search on millions)
         tuning = tune(served, choice, search, {"text": (xt, truth["text"]), "image": (xi, truth["image"])})
-        recall = {kind_: recall_at(search(xq, 10, tuning.search.get("rerank", 0)), truth[kind_])
-                  for kind_, xq in (("text", xt), ("image", xi))}  # fmt: skip
+        recall = {
+            kind_: recall_at(search(xq, 10, tuning.search.get("rerank", 0)), truth[kind_])
+            for kind_, xq in (("text", xt), ("image", xi))
+        }
     rerank = tuning.search.get("rerank", 0)
     faiss.omp_set_num_threads(1)
     lat: list[float] = []
@@ -180,10 +202,22 @@ def one(kind: str, n: int, d: int, ondisk_budget: int, tmp: Path) -> dict:
         if time.perf_counter() - spent > 30 and len(lat) >= 10:  # exact search on millions: enough samples
             break
     faiss.omp_set_num_threads(os.cpu_count() or 1)
-    result = {"type": kind, "factory": factory, "storage": storage, "block": choice.block, "build_s": build_s,
-              "rss_added_mb": (peak - rss0) / 1024, "anon_added_mb": (anon.peak - anon.start) / 1024,
-              "disk_mb": disk / 2**20, "load_mb": load_mb, "mapped": mapped, "p50_ms": statistics.median(lat),
-              "text_recall": recall["text"], "image_recall": recall["image"], "search": tuning.search}  # fmt: skip
+    result = {
+        "type": kind,
+        "factory": factory,
+        "storage": storage,
+        "block": choice.block,
+        "build_s": build_s,
+        "rss_added_mb": (peak - rss0) / 1024,
+        "anon_added_mb": (anon.peak - anon.start) / 1024,
+        "disk_mb": disk / 2**20,
+        "load_mb": load_mb,
+        "mapped": mapped,
+        "p50_ms": statistics.median(lat),
+        "text_recall": recall["text"],
+        "image_recall": recall["image"],
+        "search": tuning.search,
+    }
     shutil.rmtree(folder, ignore_errors=True)
     return result
 
@@ -195,18 +229,29 @@ def main() -> None:
     ap.add_argument("--vectors", type=int, default=200_000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--types", help=f"comma-separated, of {', '.join(TYPES)} (default {DEFAULT_TYPES})")
-    ap.add_argument("--ondisk-budget", type=parse_size, default=2**30,
-                    help="memory budget of the on-disk builds: sets their block size (default 1G)")  # fmt: skip
-    ap.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()), help="where index files are written")
-    ap.add_argument("--autofaiss-python", metavar="PYTHON",
-                    help="also build the index autofaiss chooses, with this Python (a separate environment: "
-                    "autofaiss needs numpy<2), on the same vectors and queries")
+    ap.add_argument(
+        "--ondisk-budget",
+        type=parse_size,
+        default=2**30,
+        help="memory budget of the on-disk builds: sets their block size (default 1G)",
+    )
+    ap.add_argument(
+        "--tmp", type=Path, default=Path(tempfile.gettempdir()), help="where index files are written"
+    )
+    ap.add_argument(
+        "--autofaiss-python",
+        metavar="PYTHON",
+        help="also build the index autofaiss chooses, with this Python (a separate environment: "
+        "autofaiss needs numpy<2), on the same vectors and queries",
+    )
     ap.add_argument("--autofaiss-memory", default="4G", help="autofaiss max_index_memory_usage (default 4G)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         if args.child.startswith("prepare"):
-            result = prepare(args.vectors, args.dim, args.tmp, ivf="ivf" in args.child, save="save" in args.child)
+            result = prepare(
+                args.vectors, args.dim, args.tmp, ivf="ivf" in args.child, save="save" in args.child
+            )
         else:
             result = one(args.child, args.vectors, args.dim, args.ondisk_budget, args.tmp)
         print(json.dumps(result))
@@ -229,10 +274,27 @@ def main() -> None:
 
 
 def _child(args: argparse.Namespace, kind: str, work: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--vectors", str(args.vectors), "--dim", str(args.dim),
-           "--ondisk-budget", str(args.ondisk_budget), "--tmp", str(work)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--vectors",
+        str(args.vectors),
+        "--dim",
+        str(args.dim),
+        "--ondisk-budget",
+        str(args.ondisk_budget),
+        "--tmp",
+        str(work),
+    ]
     if kind == "autofaiss":
-        cmd = [args.autofaiss_python, str(ROOT / "bench" / "autofaiss_child.py"), str(work), args.autofaiss_memory]
+        cmd = [
+            args.autofaiss_python,
+            str(ROOT / "bench" / "autofaiss_child.py"),
+            str(work),
+            args.autofaiss_memory,
+        ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
@@ -243,31 +305,49 @@ def _child(args: argparse.Namespace, kind: str, work: Path) -> dict:
 
 def run(args: argparse.Namespace, kinds: list[str], work: Path) -> None:
     ivf = any(TYPES[k][0].startswith("IVF") for k in kinds if k in TYPES)
-    prep = _child(args, "prepare" + ("-ivf" if ivf else "") + ("-save" if args.autofaiss_python else ""), work)
-    print(f"{args.vectors} vectors x {args.dim}-d, clustered; {QUERIES} text-like and {QUERIES} image queries; k=10; "
-          f"{os.cpu_count()} cores; data generated in {prep['gen_s']:.1f}s; exact baseline (400 queries, all cores) "
-          f"{prep['exact_s']:.1f}s; IVF{prep['nlist']} coarse quantizer trained once on {prep['train_n']} vectors: "
-          f"train s {prep['train_s']:.1f} (k-means on the {prep['train_on'].upper()})", flush=True)  # fmt: skip
-    print(f"{'type':13} {'factory':18} {'build s':>8} {'peak+MB':>8} {'anon+MB':>8} {'disk MB':>8} {'load+MB':>8} "
-          f"{'p50 ms':>7} {'vs Flat':>7} {'R@10 text':>9} {'R@10 img':>8}  search", flush=True)  # fmt: skip
+    prep = _child(
+        args, "prepare" + ("-ivf" if ivf else "") + ("-save" if args.autofaiss_python else ""), work
+    )
+    print(
+        f"{args.vectors} vectors x {args.dim}-d, clustered; {QUERIES} text-like and {QUERIES} image queries; k=10; "
+        f"{os.cpu_count()} cores; data generated in {prep['gen_s']:.1f}s; exact baseline (400 queries, all cores) "
+        f"{prep['exact_s']:.1f}s; IVF{prep['nlist']} coarse quantizer trained once on {prep['train_n']} vectors: "
+        f"train s {prep['train_s']:.1f} (k-means on the {prep['train_on'].upper()})",
+        flush=True,
+    )
+    print(
+        f"{'type':13} {'factory':18} {'build s':>8} {'peak+MB':>8} {'anon+MB':>8} {'disk MB':>8} {'load+MB':>8} "
+        f"{'p50 ms':>7} {'vs Flat':>7} {'R@10 text':>9} {'R@10 img':>8}  search",
+        flush=True,
+    )
     results = []
     for kind in kinds:
         r = _child(args, kind, work)
         results.append(r)
         if kind == "autofaiss":
-            print(f"autofaiss chose {r['factory']} with {r['search']} "
-                  f"(max_index_memory_usage {args.autofaiss_memory}, max_index_query_time_ms 10)", flush=True)
+            print(
+                f"autofaiss chose {r['factory']} with {r['search']} "
+                f"(max_index_memory_usage {args.autofaiss_memory}, max_index_query_time_ms 10)",
+                flush=True,
+            )
         base = next((x for x in results if x["type"] == "Flat"), results[0])
         load = f"{r['load_mb']:.0f}{'m' if r['mapped'] else ''}"
-        print(f"{r['type']:13} {r['factory']:18} {r['build_s']:8.1f} {r['rss_added_mb']:8.0f} {r['anon_added_mb']:8.0f} "
-              f"{r['disk_mb']:8.0f} {load:>8} {r['p50_ms']:7.2f} {r['p50_ms'] / base['p50_ms']:7.2f} "
-              f"{r['text_recall']:9.3f} {r['image_recall']:8.3f}  {r['search']}", flush=True)  # fmt: skip
+        print(
+            f"{r['type']:13} {r['factory']:18} {r['build_s']:8.1f} {r['rss_added_mb']:8.0f} {r['anon_added_mb']:8.0f} "
+            f"{r['disk_mb']:8.0f} {load:>8} {r['p50_ms']:7.2f} {r['p50_ms'] / base['p50_ms']:7.2f} "
+            f"{r['text_recall']:9.3f} {r['image_recall']:8.3f}  {r['search']}",
+            flush=True,
+        )
     for r in results:
         if r["storage"] == "ondisk":
-            print(f"{r['type']}: built in blocks of {r['block']} vectors (--ondisk-budget {args.ondisk_budget}), "
-                  "lists merged on disk into index.ivfdata and served through mmap")  # fmt: skip
-    print("IVF build s excludes the shared coarse training (train s above); load+MB: anonymous memory added by "
-          "loading the written index as the searcher does ('m': memory-mapped)")  # fmt: skip
+            print(
+                f"{r['type']}: built in blocks of {r['block']} vectors (--ondisk-budget {args.ondisk_budget}), "
+                "lists merged on disk into index.ivfdata and served through mmap"
+            )
+    print(
+        "IVF build s excludes the shared coarse training (train s above); load+MB: anonymous memory added by "
+        "loading the written index as the searcher does ('m': memory-mapped)"
+    )
 
 
 if __name__ == "__main__":

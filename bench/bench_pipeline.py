@@ -41,7 +41,9 @@ def _write_images(args: tuple[str, int, int, int]) -> None:
     yy, xx = np.mgrid[0:size, 0:size] / size
     for i in range(start, stop):
         rng = np.random.default_rng(i)
-        base = np.stack([np.sin(xx * rng.uniform(1, 9) + yy * rng.uniform(0, 5) + c) for c in rng.uniform(0, 6, 3)], -1)
+        base = np.stack(
+            [np.sin(xx * rng.uniform(1, 9) + yy * rng.uniform(0, 5) + c) for c in rng.uniform(0, 6, 3)], -1
+        )
         arr = ((base * 0.5 + 0.5) * 200 + rng.normal(0, 20, (size, size, 3))).clip(0, 255).astype(np.uint8)
         Image.fromarray(arr).save(Path(folder) / f"img-{i:06d}.jpg", quality=90)
 
@@ -83,7 +85,9 @@ def raw_forward(model_spec: str, pretrained: str, n: int, batch_size: int, devic
     return done / (time.perf_counter() - start)
 
 
-def decode_rate(folder: Path, work: Path, model_spec: str, pretrained: str, threads: int, processes: int = 0) -> float:
+def decode_rate(
+    folder: Path, work: Path, model_spec: str, pretrained: str, threads: int, processes: int = 0
+) -> float:
     """Images/s of the pipeline's read + hash + decode + preprocess stage: ``threads`` worker
     threads, each decoding itself or (``processes`` > 0) through one shared decode pool."""
     from core.models import load_model, parse_model_spec
@@ -121,7 +125,9 @@ def pipeline_run(folder: Path, home: Path, args: argparse.Namespace) -> tuple[fl
 
     start = time.perf_counter()
     with Archive(home, device=args.device) as archive:
-        result = archive.index([folder], model=args.model, pretrained=args.pretrained, batch_size=args.batch_size)
+        result = archive.index(
+            [folder], model=args.model, pretrained=args.pretrained, batch_size=args.batch_size
+        )
     return time.perf_counter() - start, result.to_dict()
 
 
@@ -133,11 +139,17 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="default: the job's (256 on GPU, 32 on CPU)")
     ap.add_argument("--image-size", type=int, default=320)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--decode-threads", default="1",
-                    help="comma-separated thread counts for the in-thread decode figures (default 1)")
-    ap.add_argument("--decode-processes", default=None,
-                    help="comma-separated decode pool sizes for the pool figures (default: the job's, "
-                    "one per core on a GPU, none on CPU)")  # fmt: skip
+    ap.add_argument(
+        "--decode-threads",
+        default="1",
+        help="comma-separated thread counts for the in-thread decode figures (default 1)",
+    )
+    ap.add_argument(
+        "--decode-processes",
+        default=None,
+        help="comma-separated decode pool sizes for the pool figures (default: the job's, "
+        "one per core on a GPU, none on CPU)",
+    )
     args = ap.parse_args()
     import torch
 
@@ -145,7 +157,9 @@ def main() -> None:
     from pipeline.job import POOL_THREADS, PipelineConfig, local_gpu_config
 
     batch = args.batch_size or default_batch_size(args.device)
-    job = local_gpu_config(PipelineConfig("", 0, "", ModelIdentity("none", None, 1, {})), args.device, 10**9)[0]
+    job = local_gpu_config(PipelineConfig("", 0, "", ModelIdentity("none", None, 1, {})), args.device, 10**9)[
+        0
+    ]
     job_pool = job.decode_processes or 0
     threads = sorted({int(t) for t in args.decode_threads.split(",") if t})
     pools = sorted({int(p) for p in (args.decode_processes or str(job_pool)).split(",") if int(p) > 0})
@@ -155,8 +169,10 @@ def main() -> None:
         make_images(folder, args.images, args.image_size)
         made = time.perf_counter() - start
         raw = raw_forward(args.model, args.pretrained, args.images, batch, args.device)
-        decode = {f"{t} thread(s)": decode_rate(folder, Path(tmp) / f"w{t}", args.model, args.pretrained, t)
-                  for t in threads}  # fmt: skip
+        decode = {
+            f"{t} thread(s)": decode_rate(folder, Path(tmp) / f"w{t}", args.model, args.pretrained, t)
+            for t in threads
+        }
         for n in pools:
             decode[f"pool of {n} processes"] = decode_rate(
                 folder, Path(tmp) / f"p{n}", args.model, args.pretrained, POOL_THREADS, n
@@ -171,9 +187,11 @@ def main() -> None:
         again, _ = pipeline_run(folder, Path(tmp) / "home", args)
     rate = args.images / seconds
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"model {args.model} ({args.pretrained}), {args.images} JPEG images {args.image_size}px "
-          f"(written in {made:.1f} s), batch {batch}, device {args.device} ({name}), "
-          f"torch threads {torch.get_num_threads()}, CPU cores {os.cpu_count()}")  # fmt: skip
+    print(
+        f"model {args.model} ({args.pretrained}), {args.images} JPEG images {args.image_size}px "
+        f"(written in {made:.1f} s), batch {batch}, device {args.device} ({name}), "
+        f"torch threads {torch.get_num_threads()}, CPU cores {os.cpu_count()}"
+    )
     print(f"raw encode_image forward : {raw:8.1f} images/s")
     for what, r in decode.items():
         print(f"decode stage, {what:24s}: {r:8.1f} images/s")
@@ -184,8 +202,10 @@ def main() -> None:
     print(f"ratio job / slowest stage: {rate / ceiling:8.2f}  (min of raw forward and decode, {job_decode})")
     added = args.images - args.images // 2
     steady = added / (seconds - half_seconds) if seconds > half_seconds else float("inf")
-    print(f"steady state (marginal)  : {steady:8.1f} images/s  ((N - N/2) / (t(N) - t(N/2)); "
-          f"t(N/2) = {half_seconds:.1f} s: start-up and fixed costs cancel)")  # fmt: skip
+    print(
+        f"steady state (marginal)  : {steady:8.1f} images/s  ((N - N/2) / (t(N) - t(N/2)); "
+        f"t(N/2) = {half_seconds:.1f} s: start-up and fixed costs cancel)"
+    )
     print(f"ratio steady / raw       : {steady / raw:8.2f}")
     print(f"ratio steady / slowest   : {steady / ceiling:8.2f}")
     print(f"no-change re-run         : {again:8.1f} s ({again / seconds:.2f} of the full run)")

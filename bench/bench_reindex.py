@@ -59,8 +59,10 @@ def main() -> None:
     print(f"{args.images} JPEG images, model {args.model} ({args.pretrained}), batch {args.batch_size}")
     print(f"full index          : {full:8.1f} s  ({args.images / full:.1f} images/s)")
     print(f"no-change re-run    : {same:8.1f} s  ratio to full {same / full:.3f}")
-    print(f"{args.change:.0%} changed re-run : {delta:8.1f} s  ratio to full {delta / full:.3f}  "
-          f"({changed}; embedded {r_delta['embedded']}, reused {r_delta['reused']}, deleted {r_delta['deleted']})")  # fmt: skip
+    print(
+        f"{args.change:.0%} changed re-run : {delta:8.1f} s  ratio to full {delta / full:.3f}  "
+        f"({changed}; embedded {r_delta['embedded']}, reused {r_delta['reused']}, deleted {r_delta['deleted']})"
+    )
 
 
 if __name__ == "__main__":

@@ -29,9 +29,10 @@ def clustered(n: int, d: int, clusters: int, rng: np.random.Generator) -> np.nda
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def build_home(root: Path, xb: np.ndarray, index_type: str = "Flat", rerank: int = 0):
+def build_home(root: Path, xb: np.ndarray, index_type: str = "Flat", rerank: int = 0, nprobe: int = 16):
     """A home whose catalog and shards hold ``xb`` (as ``vistag index`` leaves them), with a
-    published ``index_type`` version; ``rerank`` > 0 re-ranks that many times k candidates."""
+    published ``index_type`` version (and its hit table); ``rerank`` > 0 re-ranks that many times
+    k candidates; IVF types search ``nprobe`` lists."""
     from core.models import ModelIdentity
     from indexer import build, versions
     from indexer.catalog import Catalog
@@ -44,22 +45,51 @@ def build_home(root: Path, xb: np.ndarray, index_type: str = "Flat", rerank: int
     identity = ModelIdentity("synthetic", None, xb.shape[1], {"size": 224}, "")
     model_id = catalog.model_id(identity)
     run = catalog.start_run("index", model_id)
-    rows = [{"uri": f"/archive/{i:07d}.jpg", "sha256": f"{i:064x}", "size": 1, "mtime": 0.0, "width": 640,
-             "height": 480, "status": "indexed"} for i in range(len(xb))]  # fmt: skip
+    rows = [
+        {
+            "uri": f"/archive/{i:07d}.jpg",
+            "sha256": f"{i:064x}",
+            "size": 1,
+            "mtime": 0.0,
+            "width": 640,
+            "height": 480,
+            "status": "indexed",
+        }
+        for i in range(len(xb))
+    ]
     catalog.upsert_images(rows, run)
     folder = home.shard_dir(identity.key, run)
     embeddings = []
     for start in range(0, len(xb), 100_000):
         part = xb[start : start + 100_000]
         name = shards.write_shard(folder, [], part, [], identity.to_dict(), name=f"shard-{start:09d}")
-        embeddings += [{"sha256": f"{start + j:064x}", "model_id": model_id, "shard_dir": home.relative(folder),
-                        "shard": name, "row": j, "run_id": run} for j in range(len(part))]  # fmt: skip
+        embeddings += [
+            {
+                "sha256": f"{start + j:064x}",
+                "model_id": model_id,
+                "shard_dir": home.relative(folder),
+                "shard": name,
+                "row": j,
+                "run_id": run,
+            }
+            for j in range(len(part))
+        ]
     catalog.add_embeddings(embeddings)
     locations = catalog.vector_locations(model_id)
     choice = choose_index(len(xb), xb.shape[1], override=index_type, storage="memory")
     index = build.build_from_store(home, locations, xb.shape[1], choice)
-    search = {"params": {"nprobe": 16} if index_type.startswith("IVF") else {}, "rerank": rerank}
-    version = versions.write_version(home, identity, index, index_type, run, search=search, locations=locations)
+    search = {"params": {"nprobe": nprobe} if index_type.startswith("IVF") else {}, "rerank": rerank}
+    version = versions.write_version(
+        home,
+        identity,
+        index,
+        index_type,
+        run,
+        search=search,
+        locations=locations,
+        catalog_id=catalog.catalog_id(),
+        hits=catalog.hit_rows(),
+    )
     versions.publish(home, version)
     return home, catalog
 
@@ -79,7 +109,7 @@ def text_encode_ms(n: int = 50) -> float:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from core.models import load_model, parse_model_spec
     from query.text import TextEncoder
-    from tests.conftest import make_tiny_model
+    from vistag.synth import make_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         loaded = load_model(parse_model_spec("local-dir:" + str(make_tiny_model(Path(tmp)))), "cpu")
@@ -97,9 +127,15 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("-k", type=int, default=10)
-    ap.add_argument("--index-type", default="Flat", help="FAISS factory string (default Flat), e.g. IVF1024,PQ64x8np")
-    ap.add_argument("--rerank", type=int, default=None,
-                    help="re-rank this many times k candidates with stored vectors (default: 10 for PQ, else 0)")  # fmt: skip
+    ap.add_argument(
+        "--index-type", default="Flat", help="FAISS factory string (default Flat), e.g. IVF1024,PQ64x8np"
+    )
+    ap.add_argument(
+        "--rerank",
+        type=int,
+        default=None,
+        help="re-rank this many times k candidates with stored vectors (default: 10 for PQ, else 0)",
+    )
     args = ap.parse_args()
     from query.search import Searcher
 
@@ -122,15 +158,23 @@ def main() -> None:
             by_catalog = per_query_ms(lambda q: searcher.search_vectors(q, args.k), xq)
             assert [h.id for h in searcher.search_vectors(xq[:1], args.k)[0]] == [h.id for h in hits]
     p50 = statistics.median
-    print(f"{args.vectors} vectors x {args.dim}-d, {args.index_type} inner product, k={args.k}, {args.queries} queries"
-          + (f", re-rank {rerank} x k candidates" if rerank else ""))  # fmt: skip
-    print(f"raw FAISS search          : p50 {p50(raw):7.3f} ms   max {max(raw):7.3f} ms"
-          + (f"  ({args.k * rerank} candidates)" if rerank else ""))  # fmt: skip
-    print(f"vistag search (+catalog)  : p50 {p50(full):7.3f} ms   max {max(full):7.3f} ms"
-          + ("  (re-ranked from the version's vector table)" if rerank else ""))  # fmt: skip
+    print(
+        f"{args.vectors} vectors x {args.dim}-d, {args.index_type} inner product, k={args.k}, {args.queries} queries"
+        + (f", re-rank {rerank} x k candidates" if rerank else "")
+    )
+    print(
+        f"raw FAISS search          : p50 {p50(raw):7.3f} ms   max {max(raw):7.3f} ms"
+        + (f"  ({args.k * rerank} candidates)" if rerank else "")
+    )
+    print(
+        f"vistag search (+catalog)  : p50 {p50(full):7.3f} ms   max {max(full):7.3f} ms"
+        + ("  (re-ranked from the version's vector table)" if rerank else "")
+    )
     print(f"ratio vistag / raw (p50)  : {p50(full) / p50(raw):7.2f}")
     if by_catalog is not None:
-        print(f"re-rank via catalog SQL   : p50 {p50(by_catalog):7.3f} ms   ratio to raw {p50(by_catalog) / p50(raw):7.2f}")
+        print(
+            f"re-rank via catalog SQL   : p50 {p50(by_catalog):7.3f} ms   ratio to raw {p50(by_catalog) / p50(raw):7.2f}"
+        )
     print(f"text encoding, tiny model : {text_encode_ms():7.3f} ms per query (model-dependent)")
 
 

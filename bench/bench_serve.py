@@ -2,11 +2,14 @@
 
     python bench/bench_serve.py [--vectors 100000] [--dim 512] [--clients 4] [--requests 400] [--seconds 60]
 
-Builds a catalog and a published Flat index of clustered synthetic vectors in a temporary home
-(as bench_search.py does), then, on the same queries, times per query:
+Builds a catalog and a published index (``--index-type``, Flat by default; as vistag builds it,
+with its hit table) of clustered synthetic vectors in a temporary home (as bench_search.py does),
+then, on the same queries, times per query:
 
-- in-process ``Searcher.search_vectors`` (FAISS search + catalog join: the baseline),
+- raw ``index.search`` on the loaded FAISS index (the floor),
+- in-process ``Searcher.search_vectors`` (FAISS search + hits from the version's hit table: the baseline),
 - in-process ``Service.search_vector`` (what the endpoint runs: + filters, tags, response dict),
+- the Searcher joining hits through the catalog instead (versions written before hit tables),
 - ``POST /api/search/vector`` on a ``vistag serve`` process, one client, then N concurrent
   clients on keep-alive connections (bounded by --requests and --seconds).
 
@@ -31,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -118,24 +122,28 @@ def load(
     return [ms for r in results for ms in r], time.perf_counter() - start
 
 
-def single_query_paths(home, catalog, port: int, k: int) -> dict[str, Callable[[np.ndarray], object]]:
-    """Name -> function of one query (1, D): in-process Searcher (baseline), in-process Service (the
-    endpoint's work), one HTTP request, and the Searcher with FAISS's default OpenMP threads."""
+def single_query_paths(home, port: int, k: int) -> dict[str, Callable[[np.ndarray], object]]:
+    """Name -> function of one query (1, D): in-process Searcher (the baseline), in-process Service
+    (the endpoint's work), one HTTP request, the Searcher joining hits through the catalog (versions
+    written before hit tables), and the Searcher with FAISS's default OpenMP threads."""
     import faiss
-    from query.service import FAISS_THREADS, Filters, Service, ServiceConfig
 
+    from indexer.catalog import ImageFilter
     from query.search import Searcher
+    from vistag import Archive
+    from vistag.http.config import FAISS_THREADS, ServiceConfig
+    from vistag.http.service import Service
 
-    searcher = Searcher(home, catalog)
-    searcher.search_vectors(np.zeros((1, searcher.version().manifest["dim"]), np.float32), k)  # load once
+    archive = Archive(home.root)
+    service = Service(archive, ServiceConfig())
+    searcher = service.searcher
+    dim = searcher.version().manifest["dim"]
+    searcher.search_vectors(np.zeros((1, dim), np.float32), k)  # load once
+    by_catalog = Searcher(home, archive.catalog)
+    by_catalog.search_vectors(np.zeros((1, dim), np.float32), k)
+    by_catalog._hits = None  # noqa: SLF001 - as a version without a hit table
     default_threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(FAISS_THREADS)  # as the server runs its searches
-
-    class _Archive:  # what Service takes from an Archive, sharing the loaded searcher
-        def __init__(self) -> None:
-            self.home, self.catalog, self.searcher = home, catalog, searcher
-
-    service = Service(_Archive(), ServiceConfig())
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
     def http_one(q: np.ndarray) -> None:
@@ -150,12 +158,31 @@ def single_query_paths(home, catalog, port: int, k: int) -> dict[str, Callable[[
         searcher.search_vectors(q, k)
         faiss.omp_set_num_threads(FAISS_THREADS)
 
+    index = searcher._index  # noqa: SLF001 - the loaded FAISS index, for the raw baseline
     return {
+        "raw FAISS index.search": lambda q: index.search(q, k),
         "in-process Searcher.search_vectors": lambda q: searcher.search_vectors(q, k),
-        "in-process Service.search_vector": lambda q: service.search_vector(q[0].tolist(), k, Filters()),
+        "in-process Service.search_vector": lambda q: service.search_vector(q[0].tolist(), k, ImageFilter()),
         "HTTP /api/search/vector, 1 client": http_one,
+        "in-process, hits joined by the catalog": lambda q: by_catalog.search_vectors(q, k),
         "in-process, FAISS default threads": default_threads_search,
     }
+
+
+def reuse_or_build(root: Path, xb: np.ndarray, args: argparse.Namespace) -> Any:
+    """The home at ``root``: built there from ``xb`` unless a home built with the same options is."""
+    from indexer.home import Home
+
+    stamp = root / "bench-serve.json"
+    options = {"vectors": args.vectors, "dim": args.dim, "index_type": args.index_type, "nprobe": args.nprobe}
+    if stamp.exists() and json.loads(stamp.read_text()) == options:
+        print(f"reusing the home in {root}")
+        return Home.resolve(root)
+    start = time.perf_counter()
+    home, _ = build_home(root, xb, args.index_type, nprobe=args.nprobe)
+    stamp.write_text(json.dumps(options))
+    print(f"built {args.vectors} x {args.dim}-d {args.index_type} index + catalog in {time.perf_counter() - start:.1f}s")
+    return home
 
 
 def interleaved(paths: dict[str, Callable[[np.ndarray], object]], xq: np.ndarray) -> dict[str, list[float]]:
@@ -179,6 +206,11 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400, help="requests of the concurrent run (default 400)")
     ap.add_argument("--seconds", type=float, default=60, help="time cap of each HTTP run (default 60)")
     ap.add_argument("-k", type=int, default=10)
+    ap.add_argument("--index-type", default="Flat", help="FAISS factory string, as vistag builds it (default Flat), "
+                    "e.g. IVF4096,SQ8")  # fmt: skip
+    ap.add_argument("--nprobe", type=int, default=16, help="lists searched by IVF types (default 16)")
+    ap.add_argument("--home", type=Path, help="build the home here and keep it; a home built before with the "
+                    "same options is reused (default: a temporary one)")  # fmt: skip
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
@@ -187,15 +219,11 @@ def main() -> None:
     bodies = [json.dumps({"vector": q.tolist()}).encode() for q in xq]
     path = f"/api/search/vector?k={args.k}"
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        home, catalog = build_home(Path(tmp), xb)
-        print(
-            f"built {args.vectors} x {args.dim}-d Flat index + catalog in {time.perf_counter() - start:.1f}s"
-        )
+        home = reuse_or_build(args.home or Path(tmp) / "home", xb, args)
         proc, port = start_server(home.root)
         try:
             load(port, bodies[:20], path, 1, args.seconds)  # warm up the server
-            rows = interleaved(single_query_paths(home, catalog, port, args.k), xq)
+            rows = interleaved(single_query_paths(home, port, args.k), xq)
             many_bodies = (bodies * (args.requests // len(bodies) + 1))[: args.requests]
             many, wall = load(port, many_bodies, path, args.clients, args.seconds)
         finally:
@@ -206,14 +234,15 @@ def main() -> None:
 
 def report(args: argparse.Namespace, rows: dict[str, list[float]], wall: float) -> None:
     """Print p50/p99 of each row, ratios against the in-process baseline, concurrent throughput."""
-    print(f"{args.vectors} vectors x {args.dim}-d, Flat, k={args.k}; {os.cpu_count()} CPU cores shared by "
+    kind = args.index_type + (f", nprobe {args.nprobe}" if args.index_type.startswith("IVF") else "")
+    print(f"{args.vectors} vectors x {args.dim}-d, {kind}, k={args.k}; {os.cpu_count()} CPU cores shared by "
           "server and clients; 1 FAISS thread per search unless said")  # fmt: skip
     for name, ms in rows.items():
         p50, p99 = percentiles(ms)
         print(f"{name:<38}: p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  ({len(ms)} queries)")
-    names = list(rows)
-    raw, one, many = rows[names[0]], rows[names[2]], rows[names[4]]
+    faiss_raw, raw, one, many = (rows[name] for name in (*list(rows)[:2], "HTTP /api/search/vector, 1 client", list(rows)[-1]))
     base = percentiles(raw)[0]
+    print(f"ratio in-process / raw FAISS (p50)      : {base / percentiles(faiss_raw)[0]:6.2f}")
     print(f"ratio HTTP 1 client / in-process (p50)  : {percentiles(one)[0] / base:6.2f}")
     print(f"ratio HTTP {args.clients} clients / in-process (p50) : {percentiles(many)[0] / base:6.2f}")
     print(f"throughput, {args.clients} clients               : {len(many) / wall:7.1f} requests/s "

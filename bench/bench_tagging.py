@@ -38,7 +38,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--labels", choices=("shape", "colour-shape"), default="colour-shape")
-    ap.add_argument("--store-top", type=int, default=None, help="store each image's N best labels (default: all)")
+    ap.add_argument(
+        "--store-top", type=int, default=None, help="store each image's N best labels (default: all)"
+    )
     args = ap.parse_args()
     from query.tagging import corpus_matrix
     from vistag import Archive, synth
@@ -64,8 +66,10 @@ def main() -> None:
     print(f"raw scores + ranking (baseline) : {raw:12,.0f} images/s")
     stored = len(labels) if args.store_top is None else min(args.store_top, len(labels))
     for method, rate in rates.items():
-        print(f"tag --method {method:9}         : {rate:12,.0f} images/s  (ratio to raw {rate / raw:.4f}; stores "
-              f"{stored} of {len(labels)} scores per image)")  # fmt: skip
+        print(
+            f"tag --method {method:9}         : {rate:12,.0f} images/s  (ratio to raw {rate / raw:.4f}; stores "
+            f"{stored} of {len(labels)} scores per image)"
+        )
     results = report["methods"]
     print(f"{'':22}{'zeroshot':>12}{'zlap':>12}")
     for key, name in (("top1", "top-1 accuracy"), ("map", "mAP")):

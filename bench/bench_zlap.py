@@ -130,8 +130,14 @@ def image_knn(
     recall = np.mean(
         [len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(I[rows], truth, strict=True)]
     )
-    return (D, I), {"nlist": nlist, "nprobe": nprobe, "train": n_train, "train_s": train_s,
-                    "search_s": search_s, "recall": float(recall)}  # fmt: skip
+    return (D, I), {
+        "nlist": nlist,
+        "nprobe": nprobe,
+        "train": n_train,
+        "train_s": train_s,
+        "search_s": search_s,
+        "recall": float(recall),
+    }
 
 
 def query_latency(model: ZLaPInductive, q: np.ndarray, sparse: bool, singles: int) -> tuple[float, float]:
@@ -189,8 +195,15 @@ def product_path(
         return store_tags(catalog, blocks, config.names, "zlap", 0, store_top=min(args.store_top, len(t)))
 
     _, pass_s, pass_gb, pass_up = measure(store)
-    return {"prod_fit_s": fit_s, "prod_fit_GB": fit_gb, "prod_fit_+GB": fit_up, "prod_pass_s": pass_s,
-            "prod_pass_GB": pass_gb, "prod_workers": workers, "prod_rows": catalog.rows}  # fmt: skip
+    return {
+        "prod_fit_s": fit_s,
+        "prod_fit_GB": fit_gb,
+        "prod_fit_+GB": fit_up,
+        "prod_pass_s": pass_s,
+        "prod_pass_GB": pass_gb,
+        "prod_workers": workers,
+        "prod_rows": catalog.rows,
+    }
 
 
 def run_case(n: int, c: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -216,30 +229,74 @@ def run_case(n: int, c: int, args: argparse.Namespace) -> dict[str, Any]:
     sp_b, sp_1 = query_latency(model, q, sparse=True, singles=5)
     model = None
     row: dict[str, Any] = {
-        "N": n, "C": c, "knn": mode, "synth_s": synth_s,
-        "knn_s": knn_s, "knn_GB": knn_gb, "graph_s": knn_s + asm_s, "graph_GB": max(knn_gb, asm_gb),
-        "graph_+GB": max(knn_up, asm_up), "trans_s": tr_s, "trans_GB": tr_gb, "trans_+GB": tr_up,
-        "cg_it": info.iterations, "pre_s": pre_s, "fit_s": fit_s, "pre_GB": fit_gb, "pre_+GB": fit_up,
-        "qx_batch_ms": ex_b, "qx_1_ms": ex_1, "qs_batch_ms": sp_b, "qs_1_ms": sp_1,
-        "trans/knn": tr_s / knn_s, "prop/knn": (tr_s + pre_s) / knn_s, "prop/graph": (tr_s + pre_s) / (knn_s + asm_s),
-        "acc_zs": acc_zs, "acc_zlap": acc_lp, "ivf": ivf,
-    }  # fmt: skip
+        "N": n,
+        "C": c,
+        "knn": mode,
+        "synth_s": synth_s,
+        "knn_s": knn_s,
+        "knn_GB": knn_gb,
+        "graph_s": knn_s + asm_s,
+        "graph_GB": max(knn_gb, asm_gb),
+        "graph_+GB": max(knn_up, asm_up),
+        "trans_s": tr_s,
+        "trans_GB": tr_gb,
+        "trans_+GB": tr_up,
+        "cg_it": info.iterations,
+        "pre_s": pre_s,
+        "fit_s": fit_s,
+        "pre_GB": fit_gb,
+        "pre_+GB": fit_up,
+        "qx_batch_ms": ex_b,
+        "qx_1_ms": ex_1,
+        "qs_batch_ms": sp_b,
+        "qs_1_ms": sp_1,
+        "trans/knn": tr_s / knn_s,
+        "prop/knn": (tr_s + pre_s) / knn_s,
+        "prop/graph": (tr_s + pre_s) / (knn_s + asm_s),
+        "acc_zs": acc_zs,
+        "acc_zlap": acc_lp,
+        "ivf": ivf,
+    }
     if args.product:
         row |= product_path(x, t, (dist, idx), args)
     return row
 
 
 COLUMNS = [
-    ("N", "{:>8d}"), ("C", "{:>5d}"), ("knn", "{:>5s}"), ("knn_s", "{:>7.2f}"), ("graph_s", "{:>8.2f}"),
-    ("graph_GB", "{:>8.2f}"), ("trans_s", "{:>8.2f}"), ("trans_GB", "{:>8.2f}"), ("trans_+GB", "{:>9.2f}"),
-    ("cg_it", "{:>5d}"), ("pre_s", "{:>7.2f}"), ("fit_s", "{:>7.2f}"), ("pre_GB", "{:>7.2f}"),
-    ("qx_batch_ms", "{:>11.2f}"), ("qx_1_ms", "{:>8.2f}"), ("qs_batch_ms", "{:>11.3f}"), ("qs_1_ms", "{:>8.3f}"),
-    ("trans/knn", "{:>9.3f}"), ("prop/knn", "{:>8.3f}"), ("prop/graph", "{:>10.3f}"),
-    ("acc_zs", "{:>6.3f}"), ("acc_zlap", "{:>8.3f}"),
-]  # fmt: skip
-PRODUCT = [("N", "{:>8d}"), ("C", "{:>5d}"), ("prod_fit_s", "{:>10.2f}"), ("prod_fit_GB", "{:>11.2f}"),
-           ("prod_fit_+GB", "{:>12.2f}"), ("prod_workers", "{:>12d}"), ("prod_pass_s", "{:>11.2f}"),
-           ("prod_pass_GB", "{:>12.2f}"), ("prod_rows", "{:>10d}")]  # fmt: skip
+    ("N", "{:>8d}"),
+    ("C", "{:>5d}"),
+    ("knn", "{:>5s}"),
+    ("knn_s", "{:>7.2f}"),
+    ("graph_s", "{:>8.2f}"),
+    ("graph_GB", "{:>8.2f}"),
+    ("trans_s", "{:>8.2f}"),
+    ("trans_GB", "{:>8.2f}"),
+    ("trans_+GB", "{:>9.2f}"),
+    ("cg_it", "{:>5d}"),
+    ("pre_s", "{:>7.2f}"),
+    ("fit_s", "{:>7.2f}"),
+    ("pre_GB", "{:>7.2f}"),
+    ("qx_batch_ms", "{:>11.2f}"),
+    ("qx_1_ms", "{:>8.2f}"),
+    ("qs_batch_ms", "{:>11.3f}"),
+    ("qs_1_ms", "{:>8.3f}"),
+    ("trans/knn", "{:>9.3f}"),
+    ("prop/knn", "{:>8.3f}"),
+    ("prop/graph", "{:>10.3f}"),
+    ("acc_zs", "{:>6.3f}"),
+    ("acc_zlap", "{:>8.3f}"),
+]
+PRODUCT = [
+    ("N", "{:>8d}"),
+    ("C", "{:>5d}"),
+    ("prod_fit_s", "{:>10.2f}"),
+    ("prod_fit_GB", "{:>11.2f}"),
+    ("prod_fit_+GB", "{:>12.2f}"),
+    ("prod_workers", "{:>12d}"),
+    ("prod_pass_s", "{:>11.2f}"),
+    ("prod_pass_GB", "{:>12.2f}"),
+    ("prod_rows", "{:>10d}"),
+]
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
@@ -276,8 +333,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--exact-queries", type=int, default=32, help="queries of the exact inductive batch")
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--chunk", type=int, default=32, help="right-hand sides solved together")
-    ap.add_argument("--graph-knn", choices=["auto", "exact", "ivf"], default="auto",
-                    help="auto: exact up to --ivf-above images, IVF above")  # fmt: skip
+    ap.add_argument(
+        "--graph-knn",
+        choices=["auto", "exact", "ivf"],
+        default="auto",
+        help="auto: exact up to --ivf-above images, IVF above",
+    )
     ap.add_argument("--ivf-above", type=int, default=200_000, help="auto mode: IVF graph above this N")
     ap.add_argument("--nlist", type=int, default=0, help="IVF lists (0: 4 sqrt(N))")
     ap.add_argument("--nprobe", type=int, default=16, help="IVF lists probed per image")
@@ -287,8 +348,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--workers", type=int, default=0, help="threads of the block solves (0: as --threads)")
     ap.add_argument("--store-top", type=int, default=5, help="product path: labels stored per image")
-    ap.add_argument("--product", action=argparse.BooleanOptionalAction, default=True,
-                    help="also run the product's tag path on the same graph")  # fmt: skip
+    ap.add_argument(
+        "--product",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the product's tag path on the same graph",
+    )
     return ap.parse_args(argv)
 
 
@@ -321,16 +386,20 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         if r["ivf"]:
             v = r["ivf"]
-            print(f"N={r['N']} C={r['C']}: IVF-Flat nlist={v['nlist']} nprobe={v['nprobe']}, trained on "
-                  f"{v['train']:,} images in {v['train_s']:.1f} s, search {v['search_s']:.1f} s, "
-                  f"graph recall@{args.k} vs exact {v['recall']:.3f} (1000 sampled images)")  # fmt: skip
+            print(
+                f"N={r['N']} C={r['C']}: IVF-Flat nlist={v['nlist']} nprobe={v['nprobe']}, trained on "
+                f"{v['train']:,} images in {v['train_s']:.1f} s, search {v['search_s']:.1f} s, "
+                f"graph recall@{args.k} vs exact {v['recall']:.3f} (1000 sampled images)"
+            )
         print(f"N={r['N']} C={r['C']}: synthetic data {r['synth_s']:.1f} s")
     if args.product:
         print("product path (vistag tag --method zlap without text encoding and SQL):")
         print_table(rows, PRODUCT)
     print(LEGEND)
-    print(f"process peak RSS {max(procmem.status('VmHWM') * 1024, _rss()) / GB:.2f} GB (since the last phase's reset); "
-          f"total wall time {time.perf_counter() - start:.0f} s")  # fmt: skip
+    print(
+        f"process peak RSS {max(procmem.status('VmHWM') * 1024, _rss()) / GB:.2f} GB (since the last phase's reset); "
+        f"total wall time {time.perf_counter() - start:.0f} s"
+    )
 
 
 if __name__ == "__main__":

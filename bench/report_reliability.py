@@ -3,7 +3,7 @@ re-index. Prints the counts (the baseline of each part is "everything survived")
 
     python bench/report_reliability.py [--clients 4] [--seconds 20]
 
-1. Hostile archive (tests/hostile.py) plus a generated good corpus: files tried, images indexed,
+1. Hostile archive (vistag/synth/hostile.py) plus a generated good corpus: files tried, images indexed,
    failures recorded with stage and reason, and a re-run that retries nothing.
 2. Faults: a real `vistag index` process killed at each crash point, then re-run; counts runs
    whose final catalog and index equal an uninterrupted run's.
@@ -30,13 +30,15 @@ POINTS = ("planned", "shard-written:2", "shard-applied:2", "deleted", "version-w
 
 def _vistag(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     exe = str(Path(sys.executable).with_name("vistag"))
-    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=600, env=os.environ | (env or {}))
+    return subprocess.run(
+        [exe, *map(str, args)], capture_output=True, text=True, timeout=600, env=os.environ | (env or {})
+    )
 
 
 def hostile(tmp: Path, model: str) -> dict[str, int]:
-    from tests.conftest import write_corpus
-    from tests.hostile import make_hostile
     from vistag import Archive
+    from vistag.synth import write_corpus
+    from vistag.synth.hostile import make_hostile
 
     files = make_hostile(tmp / "archive" / "hostile")
     corpus = write_corpus(tmp / "archive" / "corpus", n=40)
@@ -45,10 +47,14 @@ def hostile(tmp: Path, model: str) -> dict[str, int]:
         first = archive.index([tmp / "archive"], model=model)
         second = archive.index([tmp / "archive"], model=model)
         failures = archive.failures()
-    return {"files tried": tried, "images indexed": first.embedded + first.reused, "failures recorded": len(failures),
-            "failures with stage and reason": sum(bool(f["stage"] and f["reason"]) for f in failures),
-            "expected good": len(corpus.good) + sum(e == "index" for _, e in files),
-            "re-run: files retried": second.embedded + second.failed}  # fmt: skip
+    return {
+        "files tried": tried,
+        "images indexed": first.embedded + first.reused,
+        "failures recorded": len(failures),
+        "failures with stage and reason": sum(bool(f["stage"] and f["reason"]) for f in failures),
+        "expected good": len(corpus.good) + sum(e == "index" for _, e in files),
+        "re-run: files retried": second.embedded + second.failed,
+    }
 
 
 def _snapshot(home: Path) -> tuple:
@@ -61,7 +67,7 @@ def _snapshot(home: Path) -> tuple:
 
 
 def faults(tmp: Path, model: str) -> dict[str, int]:
-    from tests.conftest import write_corpus
+    from vistag.synth import write_corpus
 
     corpus = write_corpus(tmp / "faults-corpus", n=16)
     base = ["index", corpus.root, "--model", model, "--shard-size", 5]
@@ -72,19 +78,26 @@ def faults(tmp: Path, model: str) -> dict[str, int]:
         home = tmp / f"crash-{point.replace(':', '-')}"
         killed += _vistag(*base, "--home", home, env={"VISTAG_CRASH_AT": point}).returncode == 137
         survived += _vistag(*base, "--home", home).returncode == 0 and _snapshot(home) == reference
-    return {"crash points": len(POINTS), "processes killed": killed, "re-runs equal to uninterrupted": survived}
+    return {
+        "crash points": len(POINTS),
+        "processes killed": killed,
+        "re-runs equal to uninterrupted": survived,
+    }
 
 
 def load(tmp: Path, model: str, clients: int, seconds: float) -> dict[str, int]:
-    from tests.conftest import write_corpus
-    from tests.test_service import free_port, http_request
+    from devkit.http import free_port, http_request
+    from vistag.synth import write_corpus
 
     corpus = write_corpus(tmp / "load-corpus", n=60)
     home = tmp / "home-load"
     _vistag("index", corpus.root, "--home", home, "--model", model)
     port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).with_name("vistag")), "serve", "--home", str(home),
-                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("vistag")), "serve", "--home", str(home), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     counts = {"requests": 0, "errors": 0}
     seen: set[int] = set()
     lock, stop = threading.Lock(), threading.Event()
@@ -116,7 +129,7 @@ def load(tmp: Path, model: str, clients: int, seconds: float) -> dict[str, int]:
 
 
 def _wait(port: int) -> None:
-    from tests.test_service import http_request
+    from devkit.http import http_request
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -133,13 +146,16 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=20)
     args = ap.parse_args()
-    from tests.conftest import make_tiny_model
+    from vistag.synth import make_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model = "local-dir:" + str(make_tiny_model(tmp / "model"))
-        sections = {"hostile inputs": hostile(tmp, model), "faults injected": faults(tmp, model),
-                    "HTTP load during a re-index": load(tmp, model, args.clients, args.seconds)}  # fmt: skip
+        sections = {
+            "hostile inputs": hostile(tmp, model),
+            "faults injected": faults(tmp, model),
+            "HTTP load during a re-index": load(tmp, model, args.clients, args.seconds),
+        }
     for title, figures in sections.items():
         print(title)
         for name, value in figures.items():

@@ -14,6 +14,9 @@ from core.errors import NotFound
 from indexer import schema as t
 from indexer.database import chunks, insert_many, text_sha
 
+# built once: a search asks for it on every request (building the statement cost more than running it)
+_LATEST_TAG_RUN = sa.select(sa.func.max(t.runs.c.id)).where(t.runs.c.kind == "tag", t.runs.c.status == "ok")
+
 
 class TagQueries:
     """Tags, labels and text embeddings; mixed into :class:`indexer.catalog.Catalog`."""
@@ -105,9 +108,9 @@ class TagQueries:
             return int(conn.execute(t.tags.delete().where(t.tags.c.run_id == run_id)).rowcount)
 
     def latest_tag_run(self) -> int | None:
-        query = sa.select(sa.func.max(t.runs.c.id)).where(t.runs.c.kind == "tag", t.runs.c.status == "ok")
+        """The id of the newest finished tag run (the one a search shows tags of), or None."""
         with self.engine.connect() as conn:
-            found = conn.execute(query).scalar()
+            found = conn.execute(_LATEST_TAG_RUN).scalar()
         return int(found) if found is not None else None
 
     def top_tags(self, run_id: int | None, ids: Sequence[int], ranks: int) -> dict[int, list[dict[str, Any]]]:

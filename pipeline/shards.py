@@ -36,8 +36,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from core.errors import DamagedState, ShardFormatError
 
@@ -49,18 +47,9 @@ STAMP_SUFFIX = ".stamp"
 RACY_NS = 2_000_000_000
 READ_BLOCK = 1 << 20
 SHARD_REPAIR = "`vistag index PATH` re-embeds the images whose vectors it held"
-META_SCHEMA = pa.schema(
-    [
-        ("uri", pa.string()),
-        ("sha256", pa.string()),
-        ("size", pa.int64()),
-        ("mtime", pa.float64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("row", pa.int32()),
-    ]
-)
-FAILURE_SCHEMA = pa.schema([("uri", pa.string()), ("stage", pa.string()), ("reason", pa.string())])
+META_COLUMNS = (("uri", "string"), ("sha256", "string"), ("size", "int64"), ("mtime", "float64"),
+                ("width", "int32"), ("height", "int32"), ("row", "int32"))
+FAILURE_COLUMNS = (("uri", "string"), ("stage", "string"), ("reason", "string"))
 
 
 @dataclass(frozen=True)
@@ -109,7 +98,13 @@ def _read(path: str) -> bytes:
         return fh.read()
 
 
-def _parquet_bytes(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> bytes:
+def _parquet_bytes(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> bytes:
+    """``rows`` as Parquet with ``columns`` ((name, pyarrow type name)); pyarrow is imported only
+    here and where shards are read (a search never imports it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in columns])
     table = pa.Table.from_pylist(list(rows), schema=schema)
     buf = io.BytesIO()
     pq.write_table(table, buf)
@@ -249,8 +244,8 @@ def write_shard(
         FileSystems.mkdirs(folder)
     buf = io.BytesIO()
     np.save(buf, embeddings)
-    payloads = {f"{name}.npy": buf.getvalue(), f"{name}.parquet": _parquet_bytes(meta, META_SCHEMA),
-                f"{name}.failures.parquet": _parquet_bytes(failures, FAILURE_SCHEMA)}  # fmt: skip
+    payloads = {f"{name}.npy": buf.getvalue(), f"{name}.parquet": _parquet_bytes(meta, META_COLUMNS),
+                f"{name}.failures.parquet": _parquet_bytes(failures, FAILURE_COLUMNS)}  # fmt: skip
     for file_name, payload in payloads.items():
         _write_atomic(join(folder, file_name), payload)
     manifest = {
@@ -358,6 +353,8 @@ def read_meta(folder: str, name: str, columns: Sequence[str] | None = None) -> l
         data = _read(path)
         if want:
             check_bytes(data, want, shard_label(folder, name), f"{name}.parquet", SHARD_REPAIR, path)
+        import pyarrow.parquet as pq
+
         return pq.read_table(io.BytesIO(data), columns=list(columns) if columns else None).to_pylist()
     except DamagedState:
         raise
@@ -386,6 +383,8 @@ def read_shard(folder: str, name: str) -> Shard:
         return data
 
     try:
+        import pyarrow.parquet as pq
+
         meta = pq.read_table(io.BytesIO(part(".parquet"))).to_pylist()
         failures = pq.read_table(io.BytesIO(part(".failures.parquet"))).to_pylist()
         embeddings = np.load(io.BytesIO(part(".npy")))

@@ -29,7 +29,6 @@ from core import uris
 from core.errors import InputError, NotFound
 from indexer.catalog import Catalog
 from indexer.home import Home
-from query.inductive import applied_runs
 from query.scoring import Scored, TagConfig
 from query.search import Searcher
 from query.tagging import score_corpus
@@ -155,14 +154,3 @@ def load_thresholds(path: str | Path) -> dict[str, float]:
         return {str(k): float(v) for k, v in data.items()}
     except (OSError, ValueError, AttributeError) as err:
         raise InputError(f"cannot read thresholds {path}: expected a JSON object label -> number ({err})") from err
-
-
-def explain(catalog: Catalog, searcher: Searcher, image_id: int, top: int = 5) -> list[dict[str, Any]]:
-    """The image's best labels in every label set applied (newest run per set): raw score,
-    calibrated confidence, method and run."""
-    out = []
-    for run in applied_runs(catalog, searcher.version().identity.key):
-        for tag in catalog.tags(run["id"], image_ids=[image_id])[:top]:
-            out.append({"run_id": run["id"], "label": tag["label"], "score": tag["score"],
-                        "confidence": tag["confidence"], "rank": tag["rank"], "method": tag["method"]})  # fmt: skip
-    return out

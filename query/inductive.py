@@ -19,12 +19,9 @@ images by :class:`query.scoring.CorpusScores`.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -35,6 +32,7 @@ from indexer.home import Home
 from query.calibration import Calibration, fit_calibration, sample_rows
 from query.scoring import CorpusScores, Scored, TagConfig, TextSet, run_dir, store_tags, zero_shot_scores
 from query.search import Searcher
+from query.tagruns import applied_runs
 from query.text import max_per_label
 from query.vocab import Label, apply_structure
 from query.zlap import ZLaPInductive
@@ -104,32 +102,6 @@ def fit_zlap(
         np.savez(folder / "calibration.npz", **calibration.to_arrays())
         np.savez(folder / "calibration-inductive.npz", **fit_calibration(inductive, log=True).to_arrays())
     return CorpusScores(graph.ids, raw, calibration)
-
-
-def applied_runs(catalog: Catalog, model_key: str) -> list[dict[str, Any]]:
-    """The newest successful tag run of each distinct (method, labels) made with this model."""
-    seen, out = set(), []
-    for run in catalog.runs(limit=500):
-        params = json.loads(run["params"] or "{}")
-        if run["kind"] != "tag" or run["status"] != "ok" or params.get("model_key") != model_key:
-            continue
-        key = (params.get("method"), tuple(params.get("labels", ())))
-        if key not in seen:
-            seen.add(key)
-            out.append(run | {"config": params})
-    return out
-
-
-def delete_tag_run(home: Home, catalog: Catalog, run_id: int) -> dict[str, Any]:
-    """Delete tag run ``run_id``: its tags and its folder; its label set is then no longer applied to
-    new images (unless another run with the same labels and method remains, named in ``still_applied``)."""
-    run = next((r for r in catalog.runs(limit=100_000) if r["id"] == run_id), None)
-    tags = catalog.delete_tag_run(run_id)
-    shutil.rmtree(run_dir(home, run_id), ignore_errors=True)
-    params = json.loads((run or {}).get("params") or "{}")
-    same = [r["id"] for r in applied_runs(catalog, params.get("model_key", ""))
-            if (r["config"].get("method"), r["config"].get("labels")) == (params.get("method"), params.get("labels"))]  # fmt: skip
-    return {"run_id": run_id, "tags": tags, "still_applied": same}
 
 
 def tag_new_images(home: Home, catalog: Catalog, searcher: Searcher, image_ids: Sequence[int]) -> list[int]:

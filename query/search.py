@@ -72,11 +72,15 @@ class Searcher:
         self._hits: HitTable | None = None
         self._model: LoadedModel | None = None
         self._memo = TextMemo()
+        self._read_mark: tuple[int, int, int] | None = None  # of the CURRENT file the version came from
 
     def version(self) -> versions.IndexVersion:
         """The current version, reloading the index if a newer one was published;
         :class:`CatalogMismatch` when the catalog is not the one it was built from."""
         with self._lock:
+            mark = self._pointer_mark()
+            if self._version is not None and mark is not None and mark == self._read_mark:
+                return self._version
             path = versions.current_version_path(self.home)
             if self._version is None or path != self._version.path:
                 version = versions.current_version(self.home)
@@ -86,7 +90,16 @@ class Searcher:
                 self._index = version.load(self.mmap)
                 self._vectors, self._hits = version.vector_table(self.home), version.hit_table()
                 self._version, self._memo = version, TextMemo()
+            self._read_mark = mark
             return self._version
+
+    def _pointer_mark(self) -> tuple[int, int, int] | None:
+        """What tells one CURRENT file from the next (publishing replaces it: a new inode), by one stat."""
+        try:
+            st = os.stat(self.home.current_pointer)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
 
     def model(self) -> LoadedModel:
         """The version's model (loaded once; :class:`ModelMismatch` if its files changed since)."""

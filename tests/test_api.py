@@ -11,8 +11,8 @@ import pytest
 from core.errors import EmptyCorpus, LockHeld, NotFound
 from indexer.home import Home
 from indexer.lock import WriterLock
-from tests.conftest import make_tiny_model
 from vistag import Archive
+from vistag.synth import make_tiny_model
 
 
 def test_api_search_similar_tag_status(home_copy):
@@ -41,10 +41,10 @@ def test_changed_deleted_moved_and_duplicated_files(corpus, tiny_model, tmp_path
     with Archive(tmp_path / "home") as archive:
         archive.index([corpus.root], model=tiny_model)
         before = {h.uri: h.id for h in archive.similar(good[2], k=len(good))}
-        os.remove(good[0])                                   # deleted
-        shutil.move(good[1], corpus.root / "moved.png")      # moved: same content, new name
-        shutil.copy(good[3], corpus.root / "copy.jpg")       # duplicate content
-        shutil.copy(good[5], good[4])                        # changed in place
+        os.remove(good[0])  # deleted
+        shutil.move(good[1], corpus.root / "moved.png")  # moved: same content, new name
+        shutil.copy(good[3], corpus.root / "copy.jpg")  # duplicate content
+        shutil.copy(good[5], good[4])  # changed in place
         os.utime(good[4], (1, 1))
         result = archive.index([corpus.root], model=tiny_model)
         plan = result.plan.counts()
@@ -91,7 +91,9 @@ def test_empty_corpus(tmp_path, tiny_model):
 def test_shards_outside_the_home(corpus, tiny_model, tmp_path, cli):
     """--shards puts the embedding shards elsewhere (a shared location for remote workers)."""
     shared = tmp_path / "shared-shards"
-    res = cli("index", corpus.root, "--home", tmp_path / "home", "--model", tiny_model, "--shards", shared, "--json")
+    res = cli(
+        "index", corpus.root, "--home", tmp_path / "home", "--model", tiny_model, "--shards", shared, "--json"
+    )
     assert res.code == 0, res.err
     assert list(shared.rglob("*.npy")) and not (tmp_path / "home" / "shards").exists()
     hits = cli("similar", corpus.good[0], "-k", 1, "--home", tmp_path / "home", "--json").json()
@@ -101,6 +103,8 @@ def test_shards_outside_the_home(corpus, tiny_model, tmp_path, cli):
 def test_beam_options_from_a_file(corpus, tiny_model, tmp_path, cli):
     options = tmp_path / "local.args"
     options.write_text("--runner=FnApiRunner\n--direct_num_workers=1\n")
-    res = cli("index", corpus.root, "--home", tmp_path / "home", "--model", tiny_model, f"@{options}", "--json")
+    res = cli(
+        "index", corpus.root, "--home", tmp_path / "home", "--model", tiny_model, f"@{options}", "--json"
+    )
     assert res.code == 0, res.err
     assert res.json()["embedded"] == len(corpus.good)

@@ -11,15 +11,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_service import copy_home, running_server
+from tests.helpers import copy_home, running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOT = Path("/tmp/vistag-browser.png")
 WAIT_S = 30
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1280,900")  # fmt: skip
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,900",
+)
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
@@ -54,8 +62,10 @@ def _cards(driver: object) -> list:
 
 
 def _thumbnails_loaded(driver: object) -> bool:
-    script = ("const imgs = [...document.querySelectorAll('#grid img')].slice(0, 8);"
-              "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);")  # fmt: skip
+    script = (
+        "const imgs = [...document.querySelectorAll('#grid img')].slice(0, 8);"
+        "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);"
+    )
     return bool(driver.execute_script(script))  # type: ignore[attr-defined]
 
 

@@ -25,7 +25,15 @@ def catalog(db_url):
 
 
 def _img(uri, sha="a" * 64, **kw):
-    return {"uri": uri, "sha256": sha, "size": 1, "mtime": 2.0, "width": 3, "height": 4, "status": "indexed"} | kw
+    return {
+        "uri": uri,
+        "sha256": sha,
+        "size": 1,
+        "mtime": 2.0,
+        "width": 3,
+        "height": 4,
+        "status": "indexed",
+    } | kw
 
 
 def test_migrations_match_the_schema(catalog):
@@ -88,8 +96,9 @@ def test_injection_strings_are_data(catalog):
     run = catalog.start_run("tag", mid)
     catalog.upsert_images([_img(f"/x/{evil}.jpg")], run)
     (label_id,) = catalog.label_ids([evil])
-    catalog.add_tags([{"image_id": 1, "label_id": label_id, "score": 0.5, "rank": 0, "method": "zeroshot",
-                       "run_id": run}])  # fmt: skip
+    catalog.add_tags(
+        [{"image_id": 1, "label_id": label_id, "score": 0.5, "rank": 0, "method": "zeroshot", "run_id": run}]
+    )
     catalog.finish_run(run, "ok", {})
     assert catalog.tags()[0]["label"] == evil
     assert catalog.images()[0]["uri"] == f"/x/{evil}.jpg"
@@ -125,12 +134,20 @@ def test_catalog_from_the_previous_schema_version_is_upgraded_with_its_data(tmp_
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")
-        conn.execute(sa.text("INSERT INTO runs (kind, status, started, listed, new, changed, unchanged, deleted, "
-                             "embedded, reused, failed, params) VALUES ('tag', 'ok', 1, 0,0,0,0,0,0,0,0, '{}')"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO runs (kind, status, started, listed, new, changed, unchanged, deleted, "
+                "embedded, reused, failed, params) VALUES ('tag', 'ok', 1, 0,0,0,0,0,0,0,0, '{}')"
+            )
+        )
         conn.execute(sa.text("INSERT INTO images (uri, status, updated) VALUES ('/a.jpg', 'indexed', 1)"))
         conn.execute(sa.text("INSERT INTO labels (name) VALUES ('cat')"))
-        conn.execute(sa.text("INSERT INTO tags (image_id, label_id, score, rank, method, run_id) "
-                             "VALUES (1, 1, 0.25, 0, 'zeroshot', 1)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO tags (image_id, label_id, score, rank, method, run_id) "
+                "VALUES (1, 1, 0.25, 0, 'zeroshot', 1)"
+            )
+        )
     engine.dispose()
     catalog = Catalog(url)
     (tag,) = catalog.tags()
@@ -148,23 +165,29 @@ def test_bulk_writes_round_trip_and_fail_whole(catalog):
     mid = catalog.model_id(IDENTITY)
     run = catalog.start_run("index", mid)
     evil = "tab\\there\nnew line, quote ' \" and \\N"  # what COPY's text format escapes
-    images = [_img(f"/bulk/{i:04d}{evil if i == 7 else ''}.jpg", f"{i:064x}", size=i, mtime=i + 0.5)
-              for i in range(n)]  # fmt: skip
+    images = [
+        _img(f"/bulk/{i:04d}{evil if i == 7 else ''}.jpg", f"{i:064x}", size=i, mtime=i + 0.5)
+        for i in range(n)
+    ]
     catalog.upsert_images(images, run)
     stored = catalog.images()
     assert [(r["uri"], r["sha256"], r["size"], r["mtime"]) for r in stored] == [
         (r["uri"], r["sha256"], r["size"], r["mtime"]) for r in images
     ]
     assert all(r["first_run"] == run and r["width"] == 3 for r in stored)
-    rows = [{"sha256": f"{i:064x}", "model_id": mid, "shard_dir": "s", "shard": "x", "row": i, "run_id": run}
-            for i in range(n)]  # fmt: skip
+    rows = [
+        {"sha256": f"{i:064x}", "model_id": mid, "shard_dir": "s", "shard": "x", "row": i, "run_id": run}
+        for i in range(n)
+    ]
     assert catalog.add_embeddings(rows + rows[:5]) == n  # duplicates of content: stored once
     assert [loc[3] for loc in catalog.vector_locations(mid)] == list(range(n))
     catalog.add_failures([{"uri": f"/bad/{i}", "stage": "decode", "reason": evil} for i in range(n)], run)
     assert len(catalog.failures()) == n and catalog.failures(1)[0]["reason"] == evil
     (label,) = catalog.label_ids(["cat"])
-    tags = [{"image_id": r["id"], "label_id": label, "score": 0.5, "rank": 0, "method": "zeroshot", "run_id": run}
-            for r in stored]  # fmt: skip
+    tags = [
+        {"image_id": r["id"], "label_id": label, "score": 0.5, "rank": 0, "method": "zeroshot", "run_id": run}
+        for r in stored
+    ]
     catalog.add_tags(tags)  # no "confidence": the column's default (NULL)
     got = catalog.tags(run)
     assert len(got) == n and {t["confidence"] for t in got} == {None}

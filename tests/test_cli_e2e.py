@@ -108,5 +108,7 @@ def test_console_script_and_help(tmp_path):
         assert command in out
     env = os.environ | {"VISTAG_HOME": str(tmp_path / "envhome")}
     res = subprocess.run([str(exe), "status", "--json"], capture_output=True, text=True, timeout=120, env=env)
-    assert res.returncode == 4 and f"no archive in {tmp_path / 'envhome'}" in res.stderr  # read, never created
+    assert (
+        res.returncode == 4 and f"no archive in {tmp_path / 'envhome'}" in res.stderr
+    )  # read, never created
     assert not (tmp_path / "envhome").exists()

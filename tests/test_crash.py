@@ -23,7 +23,9 @@ SHARD = 5
 
 def _run_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     exe = str(Path(sys.executable).with_name("vistag"))
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=300, env=os.environ | (env or {}))
+    return subprocess.run(
+        [exe, *args], capture_output=True, text=True, timeout=300, env=os.environ | (env or {})
+    )
 
 
 def _state(home: Path) -> tuple[dict, dict]:
@@ -41,7 +43,7 @@ def _state(home: Path) -> tuple[dict, dict]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_model):
     """An uninterrupted run over a corpus with a deletion and a change between two runs."""
-    from tests.conftest import write_corpus
+    from vistag.synth import write_corpus
 
     root = tmp_path_factory.mktemp("crash-ref")
     corpus = write_corpus(root / "corpus", n=16)

@@ -27,7 +27,7 @@ from pipeline.inputs import expand_inputs  # noqa: E402
 from pipeline.job import PipelineConfig, chunking, run_config, write_worklist  # noqa: E402
 from pipeline.runners import DASK_RUNNER, dask_cluster, normalize_args  # noqa: E402
 from pipeline.worklist import shard_name  # noqa: E402
-from tests.conftest import Corpus, write_corpus  # noqa: E402
+from vistag.synth import Corpus, write_corpus  # noqa: E402
 
 CHUNK = 4
 TIMEOUT_S = 180
@@ -91,13 +91,22 @@ def dask_corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     return write_corpus(tmp_path_factory.mktemp("dask") / "corpus", n=24)
 
 
-def _config(corpus: Corpus, out: Path, model: ModelIdentity, beam_args: list[str], reshuffle: bool = False) -> PipelineConfig:
+def _config(
+    corpus: Corpus, out: Path, model: ModelIdentity, beam_args: list[str], reshuffle: bool = False
+) -> PipelineConfig:
     entries = expand_inputs([str(corpus.root)]).entries
     return PipelineConfig(
-        worklist=write_worklist(str(out), entries), total=len(entries), output=str(out), identity=model,
-        batch_size=3, shard_size=100, chunk_size=CHUNK, beam_args=tuple(beam_args), timeout_s=TIMEOUT_S,
+        worklist=write_worklist(str(out), entries),
+        total=len(entries),
+        output=str(out),
+        identity=model,
+        batch_size=3,
+        shard_size=100,
+        chunk_size=CHUNK,
+        beam_args=tuple(beam_args),
+        timeout_s=TIMEOUT_S,
         reshuffle=reshuffle,
-    )  # fmt: skip
+    )
 
 
 def _read_all(out: Path) -> tuple[list[str], dict[str, np.ndarray], list[str], list[tuple[str, str, str]]]:
@@ -148,8 +157,6 @@ def test_dask_run_equals_fnapi_run(cluster, dask_corpus, model, tiny_model, tmp_
     assert 1 <= len(pids) <= 2 and len(set(pids)) == len(pids)  # once per worker process, at most
 
 
-
-
 @pytest.mark.parametrize("when", ["task", "shard"])
 def test_worker_killed_mid_run_loses_and_duplicates_nothing(when, cluster, dask_corpus, model, tmp_path):
     marker = tmp_path / "armed"
@@ -173,7 +180,10 @@ def test_runner_names_and_partitioning():
     args = normalize_args(["--runner", "DaskRunner", "--dask_client_address=tcp://127.0.0.1:1"])
     assert f"--runner={DASK_RUNNER}" in args and "--dask_partition_size=1" in args
     assert normalize_args(["--runner=dask", "--dask_npartitions=3"]).count("--dask_npartitions=3") == 1
-    assert not any(a.startswith("--dask_partition_size") for a in normalize_args(["--runner=dask", "--dask_npartitions=3"]))
+    assert not any(
+        a.startswith("--dask_partition_size")
+        for a in normalize_args(["--runner=dask", "--dask_npartitions=3"])
+    )
     assert normalize_args([]) == ["--runner=FnApiRunner"]
     assert normalize_args(["--direct_num_workers=2"]) == ["--direct_num_workers=2", "--runner=FnApiRunner"]
 

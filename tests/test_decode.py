@@ -22,7 +22,7 @@ from core.decode import (
     decode_image,
     to_rgb,
 )
-from tests.hostile import (
+from vistag.synth.hostile import (
     comment_bomb_gif,
     deflate_tiff,
     scan_bomb_jpeg,
@@ -245,8 +245,13 @@ def test_sixteen_bit_40mp_decodes_in_bounded_memory(png_40mp_16bit, draft_size, 
         "peak = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
         "print(out.image.size[0], int(row[0]), int(row[-1]), peak)\n"
     )
-    run = subprocess.run([sys.executable, "-c", code, str(png_40mp_16bit)], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1], timeout=120)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(png_40mp_16bit)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     width, first, last, peak_kb = map(int, run.stdout.split())
     assert width == (8000 if draft_size == 0 else 8000 // 22) and first == 0 and last >= 254

@@ -284,7 +284,9 @@ def test_an_entry_that_crashes_its_process_is_a_decode_failure(case, caplog):
     finally:
         pool.close()
     bad = _failure_of(want_outcomes, "corrupt.jpg")
-    assert got_outcomes == [o if o is not bad else _failure_of(got_outcomes, "corrupt.jpg") for o in want_outcomes]
+    assert got_outcomes == [
+        o if o is not bad else _failure_of(got_outcomes, "corrupt.jpg") for o in want_outcomes
+    ]
     crashed = _failure_of(got_outcomes, "corrupt.jpg")
     assert crashed["stage"] == "decode" and crashed["reason"].startswith("the decode process died 3 times")
     np.testing.assert_array_equal(got, want)
@@ -358,11 +360,15 @@ def test_processes_exit_when_the_worker_is_killed(case):
         "    import multiprocessing.forkserver as fs\n"
         "    print(json.dumps(pool.pids() + [fs._forkserver._forkserver_pid]), flush=True)\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
-    )  # fmt: skip
+    )
     done = subprocess.run(
-        [sys.executable, "-c", script], input=json.dumps([model, [e.uri for e in entries]]), text=True,
-        capture_output=True, timeout=240, cwd=Path(__file__).parent.parent,
-    )  # fmt: skip
+        [sys.executable, "-c", script],
+        input=json.dumps([model, [e.uri for e in entries]]),
+        text=True,
+        capture_output=True,
+        timeout=240,
+        cwd=Path(__file__).parent.parent,
+    )
     pids = json.loads(done.stdout.strip().splitlines()[-1])
     assert done.returncode == -signal.SIGKILL and len(pids) == 3
     assert _until(lambda: not any(_alive(pid) for pid in pids), 30)
@@ -416,8 +422,20 @@ def test_index_goes_on_while_decode_processes_are_killed(cli, tmp_path, tiny_mod
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        out = cli("index", tmp_path / "images", "--home", tmp_path / "home", "--model", tiny_model,
-                  "--decode-processes", "2", "--chunk-size", "16", "--batch-size", "16")  # fmt: skip
+        out = cli(
+            "index",
+            tmp_path / "images",
+            "--home",
+            tmp_path / "home",
+            "--model",
+            tiny_model,
+            "--decode-processes",
+            "2",
+            "--chunk-size",
+            "16",
+            "--batch-size",
+            "16",
+        )
     finally:
         stop.set()
         thread.join()

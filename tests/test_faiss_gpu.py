@@ -190,7 +190,9 @@ def test_gpu_trained_ivf_has_the_recall_of_a_cpu_trained_one():
     assert abs(recalls[0] - recalls[1]) < 0.02, recalls
 
 
-def test_cli_stops_at_once_when_the_gpu_is_required_but_missing(cli, tmp_path, corpus, tiny_model, monkeypatch):
+def test_cli_stops_at_once_when_the_gpu_is_required_but_missing(
+    cli, tmp_path, corpus, tiny_model, monkeypatch
+):
     monkeypatch.setattr(faiss_gpu, "gpu_count", lambda: 0)
     monkeypatch.setenv(faiss_gpu.ENV, "1")
     out = cli("index", str(corpus.root), "--home", tmp_path / "home", "--model", tiny_model)
@@ -201,8 +203,17 @@ def test_cli_stops_at_once_when_the_gpu_is_required_but_missing(cli, tmp_path, c
 def test_dry_run_names_the_gpu_for_an_approximate_index(cli, tmp_path, corpus, tiny_model, monkeypatch):
     monkeypatch.setattr(faiss_gpu, "gpu_count", lambda: 2)
     monkeypatch.setenv(faiss_gpu.ENV, "auto")
-    out = cli("index", str(corpus.root), "--home", tmp_path, "--model", tiny_model, "--dry-run",
-              "--index-type", "IVF4,Flat")  # fmt: skip
+    out = cli(
+        "index",
+        str(corpus.root),
+        "--home",
+        tmp_path,
+        "--model",
+        tiny_model,
+        "--dry-run",
+        "--index-type",
+        "IVF4,Flat",
+    )
     assert out.code == 0 and "FAISS on 2 GPU(s)" in out.out
     out = cli("index", str(corpus.root), "--home", tmp_path, "--model", tiny_model, "--dry-run")
     assert out.code == 0 and "Flat" in out.out and "GPU" not in out.out  # exact: nothing to train

@@ -24,11 +24,16 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 def test_gpu_defaults_add_decode_threads_only_for_the_in_process_runner_on_a_gpu(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert gpu_defaults([], "cuda", 100) == [
-        "--runner=FnApiRunner", "--direct_num_workers=16", "--direct_running_mode=multi_threading",
-    ]  # fmt: skip
+        "--runner=FnApiRunner",
+        "--direct_num_workers=16",
+        "--direct_running_mode=multi_threading",
+    ]
     assert "--direct_num_workers=3" in gpu_defaults([], "cuda:1", 3)  # never more threads than chunks
     assert gpu_defaults([], "cpu", 100) == ["--runner=FnApiRunner"]
-    assert gpu_defaults(["--direct_num_workers=4"], "cuda", 100) == ["--direct_num_workers=4", "--runner=FnApiRunner"]
+    assert gpu_defaults(["--direct_num_workers=4"], "cuda", 100) == [
+        "--direct_num_workers=4",
+        "--runner=FnApiRunner",
+    ]
     assert gpu_defaults(["--runner=DataflowRunner"], "cuda", 100) == ["--runner=DataflowRunner"]
 
 
@@ -54,9 +59,19 @@ def test_decode_threads_embed_exactly_what_one_thread_does(tmp_path, corpus, tin
     runs = {}
     for name, extra, pool in [("one", (), 0), ("threads", threads, 0), ("pool", threads, 2)]:
         with Archive(tmp_path / name, device="cpu") as archive:
-            result = archive.index([corpus.root], model=tiny_model, batch_size=8, chunk_size=16, beam_args=extra,
-                                   decode_processes=pool)  # fmt: skip
-            runs[name] = (result.to_dict(), _embeddings(archive), sorted(f["uri"] for f in archive.failures()))
+            result = archive.index(
+                [corpus.root],
+                model=tiny_model,
+                batch_size=8,
+                chunk_size=16,
+                beam_args=extra,
+                decode_processes=pool,
+            )
+            runs[name] = (
+                result.to_dict(),
+                _embeddings(archive),
+                sorted(f["uri"] for f in archive.failures()),
+            )
     one, one_vecs, one_failed = runs["one"]
     assert one["embedded"] == len(one_vecs) > 16 and one_failed  # several chunks ran, bad files failed
     for name in ("threads", "pool"):
@@ -103,7 +118,9 @@ def test_input_dtype_of_a_half_precision_model_is_half():
 
 
 def test_cli_rejects_bad_decode_processes(cli, tmp_path, corpus, tiny_model):
-    out = cli("index", str(corpus.root), "--home", tmp_path, "--model", tiny_model, "--decode-processes", "-1")
+    out = cli(
+        "index", str(corpus.root), "--home", tmp_path, "--model", tiny_model, "--decode-processes", "-1"
+    )
     assert out.code == 2 and "--decode-processes must be 0 or more" in out.err
 
 
@@ -166,7 +183,9 @@ def test_two_model_copies_share_the_chunks_and_embed_what_one_does(tmp_path, cor
         return real_encode(model, *args)
 
     monkeypatch.setattr(handler, "replica_devices", lambda device: [device, device])
-    monkeypatch.setattr(handler, "load_model", lambda spec, device: models._load(spec, device))  # fresh copies
+    monkeypatch.setattr(
+        handler, "load_model", lambda spec, device: models._load(spec, device)
+    )  # fresh copies
     monkeypatch.setattr(handler, "encode_pixels", encode)
     with Archive(tmp_path / "two", device="cpu") as archive:
         archive.index([corpus.root], model=tiny_model, batch_size=4, chunk_size=8, beam_args=threads)

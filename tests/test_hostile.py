@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from core.decode import DecodeError, decode_image
-from tests.hostile import make_hostile
 from vistag import Archive
+from vistag.synth.hostile import make_hostile
 
 
 def test_hostile_archive(tmp_path, tiny_model):

@@ -45,7 +45,10 @@ def test_dockerfile_is_the_beam_sdk_image_of_the_installed_beam():
         "infra/worker/Dockerfile's BEAM_VERSION must be the installed apache-beam's: workers run the launcher's Beam"
     )
     python = _major_minor(defaults["PYTHON_VERSION"])
-    assert python[0] == sys.version_info[0] and (3, 10) <= python <= (3, 13)  # Beam publishes these SDK images
+    assert python[0] == sys.version_info[0] and (3, 10) <= python <= (
+        3,
+        13,
+    )  # Beam publishes these SDK images
     assert re.search(r'"apache-beam\[gcp\]==\$\{BEAM_VERSION\}"', DOCKERFILE)  # pip may not move Beam
     assert not re.search(r"^(ENTRYPOINT|CMD)\b", DOCKERFILE, flags=re.M)  # Beam's boot entrypoint stays
 
@@ -63,21 +66,27 @@ def test_pinned_worker_libraries_are_the_installed_ones():
             installed = version(name)
         except PackageNotFoundError:
             pytest.fail(f"{name} is pinned for the workers but not installed here")
-        assert _major_minor(installed) == _major_minor(pinned), f"{name}: workers {pinned}, launcher {installed}"
+        assert _major_minor(installed) == _major_minor(pinned), (
+            f"{name}: workers {pinned}, launcher {installed}"
+        )
 
 
 def test_dockerfile_copies_what_exists_and_is_in_its_build_context():
     ignore = [x.strip() for x in (WORKER / "Dockerfile.dockerignore").read_text().splitlines()]
     allowed = {x[1:].rstrip("/") for x in ignore if x.startswith("!")}
     assert "*" in ignore
-    sources = [src for line in re.findall(r"^COPY (.+)$", DOCKERFILE, flags=re.M) for src in line.split()[:-1]]
+    sources = [
+        src for line in re.findall(r"^COPY (.+)$", DOCKERFILE, flags=re.M) for src in line.split()[:-1]
+    ]
     assert sources
     for src in sources:
         assert (ROOT / src).exists(), src
         assert src.rstrip("/") in allowed, f"{src} is copied but left out of the build context"
     if tomllib is None:
         return
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"][
+        "include"
+    ]
     assert {p.rstrip("*") for p in packages} <= {s.rstrip("/") for s in sources}  # every package of vistag
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert "gpu" in extras and "VISTAG_EXTRAS" in DOCKERFILE
@@ -119,5 +128,7 @@ def _commands(markdown: str) -> list[str]:
     """Lines of the ```bash blocks, continuation lines joined."""
     lines = []
     for block in re.findall(r"```bash\n(.*?)```", markdown, flags=re.S):
-        lines += [x.strip() for x in block.replace("\\\n", " ").splitlines() if x.strip() and not x.startswith("#")]
+        lines += [
+            x.strip() for x in block.replace("\\\n", " ").splitlines() if x.strip() and not x.startswith("#")
+        ]
     return lines

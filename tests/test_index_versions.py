@@ -41,7 +41,9 @@ def test_publish_switches_pointer_and_keeps_previous(tmp_path):
     xb, ids = _data()
     made = []
     for n in (50, 100, 150):
-        version = versions.write_version(home, IDENTITY, build.build_index(xb[:n], ids[:n], "Flat"), "Flat", None)
+        version = versions.write_version(
+            home, IDENTITY, build.build_index(xb[:n], ids[:n], "Flat"), "Flat", None
+        )
         versions.publish(home, version)
         made.append(version)
         current = versions.current_version(home)

@@ -35,7 +35,9 @@ def test_systemd_service_and_timer():
 
 
 def test_cron_line():
-    lines = [x for x in (INFRA / "cron" / "vistag.cron").read_text().splitlines() if x and not x.startswith("#")]
+    lines = [
+        x for x in (INFRA / "cron" / "vistag.cron").read_text().splitlines() if x and not x.startswith("#")
+    ]
     (line,) = lines
     fields = line.split(None, 6)
     assert all(f == "*" or f.isdigit() for f in fields[:5]) and fields[5] == "vistag"
@@ -50,14 +52,21 @@ def test_kubernetes_cronjob():
     (container,) = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     _parses_as_index(container["command"])
     mounts = {m["name"] for m in container["volumeMounts"]}
-    assert mounts == {"home", "photos"} and {"name": "VISTAG_HOME", "value": "/var/lib/vistag"} in container["env"]
+    assert (
+        mounts == {"home", "photos"}
+        and {"name": "VISTAG_HOME", "value": "/var/lib/vistag"} in container["env"]
+    )
 
 
 @pytest.mark.parametrize(
     "name, runner",
-    [("dataflow-gpu.args", "DataflowRunner"), ("flink.args", "FlinkRunner"), ("spark.args", "SparkRunner"),
-     ("local-multiprocess.args", "FnApiRunner")],
-)  # fmt: skip
+    [
+        ("dataflow-gpu.args", "DataflowRunner"),
+        ("flink.args", "FlinkRunner"),
+        ("spark.args", "SparkRunner"),
+        ("local-multiprocess.args", "FnApiRunner"),
+    ],
+)
 def test_beam_option_files(name, runner):
     args, extra = build_parser().parse_known_args(["index", "/photos", f"@{INFRA / 'beam' / name}"])
     assert PipelineOptions(list(beam_args(args, extra))).view_as(StandardOptions).runner == runner
@@ -70,8 +79,18 @@ def test_local_multiprocess_options_really_run(corpus, tiny_model, tmp_path, cli
     from query.tagging import corpus_matrix
     from vistag import Archive
 
-    res = cli("index", corpus.root, "--home", tmp_path / "home", "--model", tiny_model, "--chunk-size", "8",
-              f"@{INFRA / 'beam' / 'local-multiprocess.args'}", "--json")  # fmt: skip
+    res = cli(
+        "index",
+        corpus.root,
+        "--home",
+        tmp_path / "home",
+        "--model",
+        tiny_model,
+        "--chunk-size",
+        "8",
+        f"@{INFRA / 'beam' / 'local-multiprocess.args'}",
+        "--json",
+    )
     assert res.code == 0, res.err
     assert res.json()["embedded"] == len(corpus.good) and res.json()["failed"] == len(corpus.bad)
     assert cli("index", corpus.root, "--home", tmp_path / "one", "--model", tiny_model, "--json").code == 0

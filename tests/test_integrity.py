@@ -18,8 +18,8 @@ from indexer.catalog import Catalog
 from indexer.home import Home
 from indexer.lock import WriterLock
 from pipeline import shards
-from tests.conftest import write_corpus
 from vistag import Archive
+from vistag.synth import write_corpus
 
 SHARD = 5
 
@@ -181,8 +181,18 @@ def _leave_dead_tag_run(archive: Archive, home) -> tuple[int, object]:
     model_id = catalog.model_id(versions.current_version(archive.home).identity)
     run = catalog.start_run("tag", model_id, {"labels": ["x"]})
     label = catalog.label_ids(["x"])[0]
-    rows = [{"image_id": r["id"], "label_id": label, "score": 0.5, "confidence": 0.5, "rank": 0,
-             "method": "zeroshot", "run_id": run} for r in catalog.images()[:3]]  # fmt: skip
+    rows = [
+        {
+            "image_id": r["id"],
+            "label_id": label,
+            "score": 0.5,
+            "confidence": 0.5,
+            "rank": 0,
+            "method": "zeroshot",
+            "run_id": run,
+        }
+        for r in catalog.images()[:3]
+    ]
     catalog.add_tags(rows)
     folder = home / "tagruns" / f"run-{run:06d}"
     folder.mkdir(parents=True)

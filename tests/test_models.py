@@ -36,7 +36,9 @@ def test_bad_specs(model, pretrained, message):
         parse_model_spec(model, pretrained)
 
 
-@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "https://127.0.0.1:9"}])
+@pytest.mark.parametrize(
+    "env", [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "https://127.0.0.1:9"}]
+)
 def test_pretrained_weights_offline_fail_fast_with_advice(monkeypatch, tmp_path, env):
     """Offline (asked, or the hub unreachable): a clear error within seconds, not a minute's hang."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
@@ -63,7 +65,7 @@ def test_local_model_identity_round_trip(tiny_model):
 
 
 def test_changed_local_weights_change_the_key(tmp_path):
-    from tests.conftest import make_tiny_model
+    from vistag.synth import make_tiny_model
 
     a = load_model(parse_model_spec("local-dir:" + str(make_tiny_model(tmp_path / "a", seed=1))), "cpu")
     b = load_model(parse_model_spec("local-dir:" + str(make_tiny_model(tmp_path / "b", seed=2))), "cpu")
@@ -74,7 +76,7 @@ def test_identity_cache_skips_building_the_model_until_the_weights_change(tmp_pa
     import shutil
 
     from core import models
-    from tests.conftest import make_tiny_model
+    from vistag.synth import make_tiny_model
 
     folder = make_tiny_model(tmp_path / "m", seed=3)
     spec = parse_model_spec("local-dir:" + str(folder))
@@ -120,7 +122,7 @@ def test_no_change_index_run_builds_no_model(tmp_path, corpus, tiny_model, monke
 
 def test_local_dir_without_weights_is_refused(tmp_path, cli):
     """OpenCLIP would build such a model with random weights and every image would be re-embedded as noise."""
-    from tests.conftest import make_tiny_model
+    from vistag.synth import make_tiny_model
 
     folder = make_tiny_model(tmp_path / "m")
     for weights in folder.glob("*.safetensors"):

@@ -42,15 +42,31 @@ def _store(home: Home, xb: np.ndarray, per_shard: int = 1500) -> list[tuple[int,
     locations = []
     for s, start in enumerate(range(0, len(xb), per_shard)):
         rows = range(start, min(start + per_shard, len(xb)))
-        meta = [{"uri": f"/{i}", "sha256": f"{i:064x}", "size": 1, "mtime": 0.0, "width": 1, "height": 1, "row": r}
-                for r, i in enumerate(rows)]  # fmt: skip
-        name = shards.write_shard(str(folder), meta, xb[rows.start : rows.stop], [], {"embed_dim": D}, name=f"s{s}")
+        meta = [
+            {
+                "uri": f"/{i}",
+                "sha256": f"{i:064x}",
+                "size": 1,
+                "mtime": 0.0,
+                "width": 1,
+                "height": 1,
+                "row": r,
+            }
+            for r, i in enumerate(rows)
+        ]
+        name = shards.write_shard(
+            str(folder), meta, xb[rows.start : rows.stop], [], {"embed_dim": D}, name=f"s{s}"
+        )
         locations += [(10 + 3 * i, home.relative(folder), name, r) for r, i in enumerate(rows)]
     return locations
 
 
 def _mapped_files() -> set[str]:
-    return {line.split(None, 5)[5] for line in Path("/proc/self/maps").read_text().splitlines() if len(line.split(None, 5)) == 6}
+    return {
+        line.split(None, 5)[5]
+        for line in Path("/proc/self/maps").read_text().splitlines()
+        if len(line.split(None, 5)) == 6
+    }
 
 
 @pytest.fixture
@@ -60,7 +76,9 @@ def stored(tmp_path):
     return home, _store(home, xb), xb, xt
 
 
-@pytest.mark.parametrize("factory", ["IVF32,SQ8", "IVF32,PQ8x8"])
+@pytest.mark.parametrize(
+    "factory", ["IVF32,SQ8", "IVF32,PQ8x4", pytest.param("IVF32,PQ8x8", marks=pytest.mark.slow)]
+)
 def test_ondisk_build_answers_like_the_in_memory_build(stored, factory, monkeypatch):
     home, locations, xb, xt = stored
     monkeypatch.setattr(vectors, "BUILD_CHUNK", 600)  # chunks cross shard and block boundaries
@@ -74,7 +92,7 @@ def test_ondisk_build_answers_like_the_in_memory_build(stored, factory, monkeypa
     assert sorted(p.name for p in staging.iterdir()) == ["index.ivfdata"]  # blocks merged and removed
     lists = build.ondisk_lists(on_disk)
     assert lists is not None and Path(lists.filename) == staging / "index.ivfdata"
-    code = D + 8 if "SQ8" in factory else 8 + 8
+    code = 8 + (D if "SQ8" in factory else 8 * int(factory[-1]) // 8)  # id + codes: SQ8 or PQ8xBITS
     assert (staging / "index.ivfdata").stat().st_size == N * code
     for index in (in_memory, on_disk):
         set_search_params(index, {"nprobe": 8})
@@ -88,7 +106,9 @@ def test_ondisk_build_answers_like_the_in_memory_build(stored, factory, monkeypa
         fetch = lambda ids: xb[[by_id[int(i)] for i in ids]]  # noqa: E731
         Dr, Ir = vectors.rerank_search(on_disk, xt, 10, 10, fetch)
         np.testing.assert_array_equal(Ir, vectors.rerank_search(in_memory, xt, 10, 10, fetch)[1])
-        np.testing.assert_allclose(Dr, (fetch(Ir.ravel()).reshape(len(xt), 10, D) * xt[:, None, :]).sum(-1), atol=1e-5)
+        np.testing.assert_allclose(
+            Dr, (fetch(Ir.ravel()).reshape(len(xt), 10, D) * xt[:, None, :]).sum(-1), atol=1e-5
+        )
         truth = np.array([[locations[j][0] for j in row] for row in np.argsort(-(xt @ xb.T), axis=1)[:, :10]])
         assert recall_at(Ir, truth) > recall_at(I1, truth) + 0.1  # exact re-scoring of the candidates
 
@@ -100,7 +120,9 @@ def test_ondisk_version_is_self_contained_and_relocatable(stored, tmp_path):
     index = build.build_from_store(home, locations, D, choice, folder=staging)
     set_search_params(index, {"nprobe": 8})
     want_d, want_i = index.search(xt, 10)
-    version = versions.write_version(home, IDENTITY, index, choice.factory, None, search={"params": {"nprobe": 8}})
+    version = versions.write_version(
+        home, IDENTITY, index, choice.factory, None, search={"params": {"nprobe": 8}}
+    )
     assert version.path.name == "v000001" and not staging.exists()  # the staging folder became the version
     assert sorted(p.name for p in version.path.iterdir()) == ["index.faiss", "index.ivfdata", "manifest.json"]
     assert version.manifest["storage"] == "ondisk" and version.manifest["ivfdata"] == "index.ivfdata"
@@ -183,8 +205,19 @@ def test_ondisk_index_end_to_end(corpus, tiny_model, tmp_path, factory, cli):
     from vistag import Archive
 
     home = tmp_path / "home"
-    res = cli("index", corpus.root, "--home", home, "--model", tiny_model, "--index-type", factory,
-              "--index-storage", "ondisk", "--json")  # fmt: skip
+    res = cli(
+        "index",
+        corpus.root,
+        "--home",
+        home,
+        "--model",
+        tiny_model,
+        "--index-type",
+        factory,
+        "--index-storage",
+        "ondisk",
+        "--json",
+    )
     assert res.code == 0, res.err
     assert res.json()["index_count"] == len(corpus.good)
     with Archive(home) as archive:
@@ -196,12 +229,16 @@ def test_ondisk_index_end_to_end(corpus, tiny_model, tmp_path, factory, cli):
         hits = archive.search("a photo of a red circle", k=5)
         assert len(hits) == 5 and str(version.path / "index.ivfdata") in _mapped_files()
         first = archive.similar(hits[0].id, k=3)  # by id: the stored vector comes from the shards
-        assert first[0].id == hits[0].id and first[0].score == pytest.approx(1.0, abs=1e-5 if "PQ" in factory else 2e-2)
+        assert first[0].id == hits[0].id and first[0].score == pytest.approx(
+            1.0, abs=1e-5 if "PQ" in factory else 2e-2
+        )
         by_path = archive.similar(corpus.good[3], k=1)[0]
         assert by_path.uri == str(corpus.good[3])
     again = cli("index", corpus.root, "--home", home, "--model", tiny_model, "--json")
     assert again.json()["index_version"] is None  # nothing changed: the on-disk version stays
-    back = cli("index", corpus.root, "--home", home, "--model", tiny_model, "--index-storage", "memory", "--json")
+    back = cli(
+        "index", corpus.root, "--home", home, "--model", tiny_model, "--index-storage", "memory", "--json"
+    )
     assert back.code == 0 and back.json()["index_version"]
     assert versions.current_version(Home.resolve(home)).storage == "memory"
 

@@ -73,7 +73,11 @@ def _arrived(args: list[str], stage, folder: Path) -> Counter:
 
 def _dask(cluster) -> list[str]:
     # 16 elements per bundle: bundles of several elements, as a real run has
-    return ["--runner=DaskRunner", f"--dask_client_address={cluster.scheduler_address}", "--dask_partition_size=16"]
+    return [
+        "--runner=DaskRunner",
+        f"--dask_client_address={cluster.scheduler_address}",
+        "--dask_partition_size=16",
+    ]
 
 
 def test_every_element_arrives_after_inference_on_both_runners(cluster, handler, tmp_path):
@@ -105,7 +109,7 @@ class _BatchPerImage(beam.PTransform):
         )
 
 
-@pytest.mark.xfail(strict=False, reason="Beam 2.77 DaskRunner drops what finish_bundle emits (BatchElements)")
+@pytest.mark.xfail(strict=True, reason="Beam 2.77 DaskRunner drops what finish_bundle emits (BatchElements)")
 def test_batch_elements_loses_elements_on_dask(cluster, tmp_path):
     """The canary: the batching the job avoids still loses elements there (an XPASS means Beam fixed it)."""
     arrived = _arrived(_dask(cluster), _BatchPerImage(), tmp_path / "dask")

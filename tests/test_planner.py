@@ -22,7 +22,9 @@ def synthetic(n=20_000, d=64, clusters=200, seed=0):
     centres = _norm(rng.standard_normal((clusters, d)))
     xb = _norm(centres[rng.integers(0, clusters, n)] + 0.35 * rng.standard_normal((n, d)))
     gap = _norm(rng.standard_normal((1, d)))
-    xt = _norm(0.5 * centres[rng.integers(0, clusters, 100)] + 0.8 * gap + 0.1 * rng.standard_normal((100, d)))
+    xt = _norm(
+        0.5 * centres[rng.integers(0, clusters, 100)] + 0.8 * gap + 0.1 * rng.standard_normal((100, d))
+    )
     return xb, xt, xb[rng.choice(n, 100, replace=False)]
 
 
@@ -82,8 +84,12 @@ def test_pq_codes_need_reranking_for_text_queries():
     reranked = recall_at(vectors.rerank_search(pq, xt, 10, 10, lambda i: xb[i])[1], truth)
     assert plain < 0.5 and reranked > plain + 0.2
     choice = choose_index(len(xb), 64, override="IVF64,PQ8x8")
-    tuning = tune(pq, choice, lambda xq, k, r: vectors.rerank_search(pq, xq, k, r, lambda i: xb[i])[1],
-                  {"text": (xt, truth)})  # fmt: skip
+    tuning = tune(
+        pq,
+        choice,
+        lambda xq, k, r: vectors.rerank_search(pq, xq, k, r, lambda i: xb[i])[1],
+        {"text": (xt, truth)},
+    )
     assert tuning.text_recall >= 0.95 and tuning.search["rerank"] > 10  # deeper re-ranking was needed
 
 
@@ -94,10 +100,22 @@ def test_build_from_store_and_exact_search_stream_the_shards(tmp_path):
     model = {"embed_dim": 16}
     locations = []
     for s, start in enumerate(range(0, 3000, 1000)):
-        meta = [{"uri": f"/{i}", "sha256": f"{i:064x}", "size": 1, "mtime": 0.0, "width": 1, "height": 1, "row": r}
-                for r, i in enumerate(range(start, start + 1000))]  # fmt: skip
+        meta = [
+            {
+                "uri": f"/{i}",
+                "sha256": f"{i:064x}",
+                "size": 1,
+                "mtime": 0.0,
+                "width": 1,
+                "height": 1,
+                "row": r,
+            }
+            for r, i in enumerate(range(start, start + 1000))
+        ]
         name = shards.write_shard(str(folder), meta, xb[start : start + 1000], [], model, name=f"s{s}")
-        locations += [(i + 1, home.relative(folder), name, r) for r, i in enumerate(range(start, start + 1000))]
+        locations += [
+            (i + 1, home.relative(folder), name, r) for r, i in enumerate(range(start, start + 1000))
+        ]
     old_chunk = vectors.BUILD_CHUNK
     vectors.BUILD_CHUNK = 700  # several chunks, crossing shard boundaries
     try:
@@ -150,11 +168,15 @@ def test_approximate_index_end_to_end(corpus, tiny_model, tmp_path, factory, mon
             old = Searcher(archive.home, archive.catalog).search_vectors(want[:1], k=3)[0]
             assert [(h.id, h.score) for h in old] == [(h.id, h.score) for h in hits]  # through the catalog
         hit = archive.similar(corpus.good[2], k=1)[0]
-        assert hit.uri == str(corpus.good[2]) and hit.score == pytest.approx(1.0, abs=1e-3 if "PQ" not in factory else 1e-5)
+        assert hit.uri == str(corpus.good[2]) and hit.score == pytest.approx(
+            1.0, abs=1e-3 if "PQ" not in factory else 1e-5
+        )
 
 
 def test_untrainable_index_type_is_a_clear_error(corpus, tiny_model, tmp_path, cli):
-    res = cli("index", corpus.root, "--home", tmp_path / "h", "--model", tiny_model, "--index-type", "IVF4,PQ4x8")
+    res = cli(
+        "index", corpus.root, "--home", tmp_path / "h", "--model", tiny_model, "--index-type", "IVF4,PQ4x8"
+    )
     assert res.code == 2 and "cannot train IVF4,PQ4x8" in res.err and res.err.count("\n") == 1
 
 
@@ -168,7 +190,11 @@ def test_latency_target_decides_between_exact_and_inverted_lists():
     near = choose_index(150_000, 512, latency_ms=20, exact_cost=_cost)  # 15 ms: exact beyond EXACT_MAX
     assert near.exact and "15.0 ms" in near.reason and "within the 20 ms target" in near.reason
     far = choose_index(50_000, 512, latency_ms=1, exact_cost=_cost)  # 5 ms: approximate below EXACT_MAX
-    assert far.factory.startswith("IVF") and far.factory.endswith(",SQ8") and "over the 1 ms target" in far.reason
+    assert (
+        far.factory.startswith("IVF")
+        and far.factory.endswith(",SQ8")
+        and "over the 1 ms target" in far.reason
+    )
     # the memory budget still wins over a generous latency target, and overrides win over both
     tight = choose_index(150_000, 512, latency_ms=1000, memory_budget=100 * 2**20, exact_cost=_cost)
     assert not tight.exact and tight.memory_bytes <= 100 * 2**20
@@ -193,8 +219,28 @@ def test_exact_cost_is_measured_once_per_dimension():
 
 
 def test_cli_dry_run_reports_the_latency_estimate(cli, corpus, tiny_model, tmp_path):
-    res = cli("index", corpus.root, "--home", tmp_path / "h", "--model", tiny_model, "--dry-run", "--latency-target", "50")
+    res = cli(
+        "index",
+        corpus.root,
+        "--home",
+        tmp_path / "h",
+        "--model",
+        tiny_model,
+        "--dry-run",
+        "--latency-target",
+        "50",
+    )
     assert res.code == 0, res.err
     assert "exact search estimated at" in res.out and "within the 50 ms target" in res.out
-    bad = cli("index", corpus.root, "--home", tmp_path / "h", "--model", tiny_model, "--dry-run", "--latency-target", "0")
+    bad = cli(
+        "index",
+        corpus.root,
+        "--home",
+        tmp_path / "h",
+        "--model",
+        tiny_model,
+        "--dry-run",
+        "--latency-target",
+        "0",
+    )
     assert bad.code == 2 and "latency target must be more than 0 ms" in bad.err

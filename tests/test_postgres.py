@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from core.errors import LockHeld
+from devkit.postgres import fresh_database
 from indexer.database import WRITER_LOCK_KEY
-from tests.conftest import fresh_database
 from vistag import Archive
 
 
@@ -29,7 +29,9 @@ def test_cli_end_to_end_on_postgresql(cli, corpus, tiny_model, tmp_path, pg_db):
     hits = cli("similar", corpus.good[1], "-k", 2, "--home", home, "--db", pg_db, "--json").json()
     assert hits[0]["uri"] == str(corpus.good[1])
     evil = "circle'); DROP TABLE images; --"
-    res = cli("tag", "--labels", f"{evil},square", "--method", "zlap", "--home", home, "--db", pg_db, "--json")
+    res = cli(
+        "tag", "--labels", f"{evil},square", "--method", "zlap", "--home", home, "--db", pg_db, "--json"
+    )
     assert res.code == 0, res.err
     exported = cli("export", "--home", home, "--db", pg_db).json()
     assert {t["label"] for r in exported if r["status"] == "indexed" for t in r["tags"]} == {evil, "square"}

@@ -14,8 +14,15 @@ MODEL = {"model": "m", "pretrained": None, "embed_dim": 4, "preprocess": {}, "fi
 
 
 def _meta(i, row):
-    return {"uri": f"/x/{i}.jpg", "sha256": f"{i:064x}", "size": 10 + i, "mtime": 1.5 * i, "width": 3, "height": 4,
-            "row": row}  # fmt: skip
+    return {
+        "uri": f"/x/{i}.jpg",
+        "sha256": f"{i:064x}",
+        "size": 10 + i,
+        "mtime": 1.5 * i,
+        "width": 3,
+        "height": 4,
+        "row": row,
+    }
 
 
 def test_round_trip(tmp_path):

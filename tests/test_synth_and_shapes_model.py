@@ -18,6 +18,7 @@ MODEL_DIR = Path(__file__).resolve().parent / "fixtures" / "shapes-clip"
 
 # ----------------------------------------------------------------------------- synth
 
+
 def _digest(items):
     h = hashlib.sha256()
     for path, spec in items:
@@ -72,8 +73,12 @@ def test_caption():
 @pytest.mark.parametrize("background", ["plain", "noise"])
 @pytest.mark.parametrize("color", ["white", "black", "yellow"])
 def test_draw_shape_is_visible(background, color):
-    img = synth.draw([synth.ShapeSpec(color, "square", "large")], image_size=96,
-                     background=background, rng=np.random.default_rng(3))
+    img = synth.draw(
+        [synth.ShapeSpec(color, "square", "large")],
+        image_size=96,
+        background=background,
+        rng=np.random.default_rng(3),
+    )
     assert img.mode == "RGB" and img.size == (96, 96)
     a = np.asarray(img, np.float32)
     target = np.asarray(synth.COLORS[color], np.float32)
@@ -135,6 +140,7 @@ def test_make_corpus_speed(tmp_path):
 
 
 # ----------------------------------------------------------------------------- model
+
 
 @pytest.fixture(scope="module")
 def shapes_clip():

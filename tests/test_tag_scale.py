@@ -127,11 +127,14 @@ def test_store_top_through_the_cli_and_for_new_images(corpus, tiny_model, tmp_pa
     assert res.code == 0 and "best 3 of 4 labels stored" in res.err
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    (0, "--store-top must be a whole number of labels, at least 1"),
-    (-3, "--store-top must be a whole number of labels, at least 1"),
-    (5, "--store-top 5 is more than the 4 labels"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0, "--store-top must be a whole number of labels, at least 1"),
+        (-3, "--store-top must be a whole number of labels, at least 1"),
+        (5, "--store-top 5 is more than the 4 labels"),
+    ],
+)
 def test_bad_store_top_is_a_one_line_error(indexed_home, cli, value, message):
     home, _ = indexed_home
     res = cli("tag", "--labels", ",".join(LABELS), "--store-top", value, "--home", home)

@@ -67,7 +67,18 @@ def test_zlap_run_matches_the_reference_solver_and_tags_new_images(corpus, tiny_
         by = {(t["image_id"], t["label"]): t["score"] for t in archive.catalog.tags(zero.run_id)}
         assert by[(twin, LABELS[0])] == pytest.approx(by[(copy, LABELS[0])], abs=1e-6)
 
-    res = cli("tag", "--labels", ",".join(LABELS), "--method", "zlap", "--min-confidence", 0.99, "--home", home, "--json")
+    res = cli(
+        "tag",
+        "--labels",
+        ",".join(LABELS),
+        "--method",
+        "zlap",
+        "--min-confidence",
+        0.99,
+        "--home",
+        home,
+        "--json",
+    )
     assert res.code == 0, res.err
     assert all(row["confidence"] >= 0.99 for row in res.json())
 
@@ -113,8 +124,10 @@ def test_bad_tag_options(indexed_home):
 
 def test_vocabulary_with_negatives_and_parents_through_both_methods(corpus, tiny_model, tmp_path):
     vocab = tmp_path / "vocab.yaml"
-    vocab.write_text("labels:\n  - name: circle\n    parent: shape\n    negatives: [a drawing of a square]\n"
-                     "  - name: square\n    parent: shape\n    synonyms: [box]\n  - shape\n")  # fmt: skip
+    vocab.write_text(
+        "labels:\n  - name: circle\n    parent: shape\n    negatives: [a drawing of a square]\n"
+        "  - name: square\n    parent: shape\n    synonyms: [box]\n  - shape\n"
+    )
     with Archive(tmp_path / "home") as archive:
         archive.index([corpus.root], model=tiny_model)
         for method in ("zeroshot", "zlap"):
@@ -161,7 +174,9 @@ def test_eval_explain_and_thresholds_through_the_cli(corpus, tiny_model, tmp_pat
     table = cli("eval", "--truth", truth, "--home", home, "--methods", "zeroshot")
     assert "top-1 accuracy" in table.out and "mAP" in table.out
 
-    res = cli("tag", "--labels", ",".join(names), "--home", home, "--thresholds", tmp_path / "th.json", "--json")
+    res = cli(
+        "tag", "--labels", ",".join(names), "--home", home, "--thresholds", tmp_path / "th.json", "--json"
+    )
     cut = {n: max(0.0, thresholds[n]) for n in names}
     assert all(r["confidence"] >= cut[r["label"]] - 1e-6 for r in res.json())
     rows = cli("explain", shapes[0], "--home", home, "--json").json()

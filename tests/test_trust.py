@@ -12,8 +12,8 @@ import pytest
 from core import uris
 from core.errors import InputError, NotFound
 from indexer.home import Home, normalize_db_url
-from tests.conftest import make_tiny_model
 from vistag import Archive
+from vistag.synth import make_tiny_model
 
 NO_MODEL = "local-dir:/no/such/model"  # any model work with it fails with exit code 3
 
@@ -43,7 +43,9 @@ def test_beam_options_pass_and_bad_values_and_harmful_ones_are_refused(cli, corp
     assert out.code == 2 and "use --dry-run" in out.err
     out = cli("index", corpus.root, "--home", home, "--model", NO_MODEL, "--dry")  # no abbreviations
     assert out.code == 2 and "unknown option --dry;" in out.err
-    out = cli("index", corpus.root, "--home", home, "--model", tiny_model, "--direct_num_workers", "1", "--json")
+    out = cli(
+        "index", corpus.root, "--home", home, "--model", tiny_model, "--direct_num_workers", "1", "--json"
+    )
     assert out.code == 0 and out.json()["embedded"] == len(corpus.good)
 
 
@@ -138,10 +140,15 @@ def test_database_urls_are_normalised(tmp_path):
     assert remembered.db_url == "postgresql+psycopg://u@h/db" and remembered.settings.db_password_removed
     assert "secret" not in (tmp_path / "h" / "settings.json").read_text()
     assert oct((tmp_path / "h" / "settings.json").stat().st_mode & 0o777) == "0o600"
-    assert Home.resolve(tmp_path / "h", "postgres://u:secret@h/db").db_url == "postgresql+psycopg://u:secret@h/db"
+    assert (
+        Home.resolve(tmp_path / "h", "postgres://u:secret@h/db").db_url
+        == "postgresql+psycopg://u:secret@h/db"
+    )
     with pytest.raises(InputError, match="a home keeps one catalog"):
         Home.resolve(tmp_path / "h", f"sqlite:///{tmp_path / 'b.db'}")
-    assert Home.resolve(tmp_path / "h", f"sqlite:///{tmp_path / 'b.db'}", change_db=True).db_url.endswith("b.db")
+    assert Home.resolve(tmp_path / "h", f"sqlite:///{tmp_path / 'b.db'}", change_db=True).db_url.endswith(
+        "b.db"
+    )
 
 
 def test_explain_a_failed_file_says_why(cli, indexed_home):
@@ -200,7 +207,9 @@ def test_change_db_moves_the_home_and_reuses_its_shards(cli, tmp_path, corpus, t
     status = cli("status", "--json", "--home", home).json()
     assert status["database"] == url and status["indexed"] == first["embedded"]
     after = cli("search", "a red circle", "--json", "--home", home).json()
-    assert [(h["uri"], round(h["score"], 5)) for h in after] == [(h["uri"], round(h["score"], 5)) for h in before]
+    assert [(h["uri"], round(h["score"], 5)) for h in after] == [
+        (h["uri"], round(h["score"], 5)) for h in before
+    ]
 
 
 def test_a_file_too_large_to_be_an_image_is_refused_unread(tmp_path, corpus, tiny_model):
@@ -212,7 +221,10 @@ def test_a_file_too_large_to_be_an_image_is_refused_unread(tmp_path, corpus, tin
     with Archive(tmp_path / "home") as archive:
         archive.index([corpus.root], model=tiny_model, max_pixels=1000)
         failure = {f["uri"]: f for f in archive.failures()}[str(huge)]
-    assert failure["stage"] == "read" and "larger than the 268435456 bytes read for an image" in failure["reason"]
+    assert (
+        failure["stage"] == "read"
+        and "larger than the 268435456 bytes read for an image" in failure["reason"]
+    )
 
 
 INDEX_AND_PEAK = """
@@ -229,8 +241,13 @@ def _index_in_a_process(folder: Path, home: Path, model: str) -> tuple[dict, dic
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-c", INDEX_AND_PEAK, str(folder), str(home), model], capture_output=True,
-                         text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", INDEX_AND_PEAK, str(folder), str(home), model],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert run.returncode == 0, run.stderr
     result, _, peak = run.stdout.strip().rpartition("\n")
     return json.loads(result), json.loads(peak)
@@ -240,8 +257,8 @@ def _index_in_a_process(folder: Path, home: Path, model: str) -> tuple[dict, dic
 def test_a_folder_of_hostile_files_is_indexed_in_bounded_memory(tmp_path, tiny_model):
     """The issue's folder: a Latin-1 name, a 600 KB scan-bomb JPEG and a 40 MP 16-bit PNG, beside
     ordinary images, cost little more memory than the ordinary images alone (measured in this run)."""
-    from tests.hostile import scan_bomb_jpeg, sixteen_bit_png
     from vistag import synth
+    from vistag.synth.hostile import scan_bomb_jpeg, sixteen_bit_png
 
     plain, hostile = tmp_path / "plain", tmp_path / "hostile"
     synth.make_corpus(plain, 12, seed=1)

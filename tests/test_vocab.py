@@ -27,11 +27,17 @@ def test_yaml_vocabulary(tmp_path):
     f = tmp_path / "vocab.yaml"
     f.write_text(YAML)
     cat, dog, animal = parse_vocabulary(str(f))
-    assert cat == Label("cat", ("kitten", "house cat"), "a small domesticated feline", "animal", ("a drawing of a cat",))
+    assert cat == Label(
+        "cat", ("kitten", "house cat"), "a small domesticated feline", "animal", ("a drawing of a cat",)
+    )
     assert dog == Label("dog") and animal == Label("animal")
     prompts = label_prompts(cat, ("a photo of a {}.",))
-    assert prompts == ["a photo of a cat.", "a photo of a kitten.", "a photo of a house cat.",
-                       "a small domesticated feline"]  # fmt: skip
+    assert prompts == [
+        "a photo of a cat.",
+        "a photo of a kitten.",
+        "a photo of a house cat.",
+        "a small domesticated feline",
+    ]
 
 
 def test_json_and_mapping_forms(tmp_path):
@@ -70,7 +76,11 @@ def test_named_and_file_templates(tmp_path):
 
 
 def test_negatives_and_parents():
-    labels = [Label("cat", parent="animal", negatives=("drawing",)), Label("dog", parent="animal"), Label("animal")]
+    labels = [
+        Label("cat", parent="animal", negatives=("drawing",)),
+        Label("dog", parent="animal"),
+        Label("animal"),
+    ]
     scores = np.array([[0.30, 0.20, 0.10], [0.25, 0.28, 0.05]])
     negatives = np.array([[0.35, -np.inf, -np.inf], [0.10, -np.inf, -np.inf]])
     out = apply_structure(scores, labels, negatives)
@@ -87,7 +97,9 @@ def test_text_embeddings_are_cached_in_the_catalog(indexed_home, monkeypatch):
         encoder = TextEncoder(archive.searcher.model(), catalog=archive.catalog)
         first = encoder.encode(["a red circle", "a blue star"])
         calls = []
-        monkeypatch.setattr(encoder, "_encode", lambda texts: calls.append(texts) or np.zeros((len(texts), 32)))
+        monkeypatch.setattr(
+            encoder, "_encode", lambda texts: calls.append(texts) or np.zeros((len(texts), 32))
+        )
         again = encoder.encode(["a blue star", "a red circle"])
         np.testing.assert_array_equal(again, first[::-1])
         assert calls == []  # both came from the catalog

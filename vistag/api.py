@@ -138,7 +138,7 @@ class Archive:
         that later :meth:`index` runs add. Returns ``run_id``, ``tags`` (rows deleted) and
         ``still_applied`` (other runs with the same labels and method, still applied)."""
         from indexer import recovery
-        from query.inductive import delete_tag_run
+        from query.tagruns import delete_tag_run
 
         with recovery.writer(self.home, self.catalog):
             return delete_tag_run(self.home, self.catalog, int(run_id))
@@ -167,9 +167,9 @@ class Archive:
             raise NotFound(f"{row['uri']} could not be indexed ({why}); see `vistag failures`")
         if row["status"] != "indexed":
             raise NotFound(f"{row['uri']} is {row['status']}: it left the archive (no longer in a listed folder)")
-        from query.evaluate import explain
+        from query.tagruns import explain
 
-        return explain(self.catalog, self.searcher, image_id, top)
+        return explain(self.catalog, self.searcher.version().identity.key, image_id, top)
 
     def _tag_config(self, labels, method, top, min_confidence, templates, zlap) -> TagConfig:  # noqa: ANN001
         from query.scoring import TagConfig

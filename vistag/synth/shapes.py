@@ -35,6 +35,7 @@ __all__ = [
     "caption",
     "label",
     "random_spec",
+    "stretched",
     "make_corpus",
 ]
 
@@ -142,8 +143,18 @@ def _polygon(shape: str, r: float, angle: float) -> np.ndarray | None:
         w = r * 0.32
         pts = np.array(
             [
-                [-w, -r], [w, -r], [w, -w], [r, -w], [r, w], [w, w],
-                [w, r], [-w, r], [-w, w], [-r, w], [-r, -w], [-w, -w],
+                [-w, -r],
+                [w, -r],
+                [w, -w],
+                [r, -w],
+                [r, w],
+                [w, w],
+                [w, r],
+                [-w, r],
+                [-w, w],
+                [-r, w],
+                [-r, -w],
+                [-w, -w],
             ]
         )
     else:
@@ -151,8 +162,9 @@ def _polygon(shape: str, r: float, angle: float) -> np.ndarray | None:
     return _rotate(pts, angle)
 
 
-def _shape_mask(spec: ShapeSpec, cx: float, cy: float, r: float, angle: float,
-                width: int, height: int) -> Image.Image:
+def _shape_mask(
+    spec: ShapeSpec, cx: float, cy: float, r: float, angle: float, width: int, height: int
+) -> Image.Image:
     ss = _SUPERSAMPLE
     mask = Image.new("L", (width * ss, height * ss), 0)
     d = ImageDraw.Draw(mask)
@@ -205,10 +217,12 @@ def _render(
     else:
         # blotchy low-frequency noise plus a little fine grain, mid-tone
         lo_h, lo_w = max(2, height // 12), max(2, width // 12)
-        lo = (rng.normal(0.0, 18.0, size=(lo_h, lo_w, 1))
-              + rng.normal(0.0, 12.0, size=(lo_h, lo_w, 3))).astype(np.float32)
+        lo = (
+            rng.normal(0.0, 18.0, size=(lo_h, lo_w, 1)) + rng.normal(0.0, 12.0, size=(lo_h, lo_w, 3))
+        ).astype(np.float32)
         lo_img = Image.fromarray(np.clip(lo + 128, 0, 255).astype(np.uint8)).resize(
-            (width, height), Image.BILINEAR)
+            (width, height), Image.BILINEAR
+        )
         blotch = np.asarray(lo_img, np.float32) - 128
         grain = rng.normal(0.0, 7.0, size=(height, width, 3)).astype(np.float32)
         canvas = base + blotch + grain
@@ -287,6 +301,7 @@ def caption(shapes: Sequence[ShapeSpec], rng: np.random.Generator) -> str:
 
 
 # --------------------------------------------------------------------------- corpus
+
 
 def stretched(rng: np.random.Generator, side: int, fraction: float) -> tuple[int, int]:
     """(width, height) of an image of base size ``side``: square, or, for a ``fraction`` of the

@@ -81,9 +81,18 @@ def deflate_tiff(width: int, height: int, bits: tuple[int, ...]) -> bytes:
     samples = len(bits)
     strip = zlib.compress(b"\x00" * (width * height * sum(bits) // 8))
     bits_at, strip_at = 8, 16  # bits per sample (4 shorts at most), then the strip, then the IFD
-    tags = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, samples, bits_at), (259, 3, 1, 8),
-            (262, 3, 1, 2), (273, 4, 1, strip_at), (277, 3, 1, samples), (278, 4, 1, height),
-            (279, 4, 1, len(strip)), (284, 3, 1, 1)] + ([(338, 3, 1, 2)] if samples == 4 else [])  # fmt: skip
+    tags = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, samples, bits_at),
+        (259, 3, 1, 8),
+        (262, 3, 1, 2),
+        (273, 4, 1, strip_at),
+        (277, 3, 1, samples),
+        (278, 4, 1, height),
+        (279, 4, 1, len(strip)),
+        (284, 3, 1, 1),
+    ] + ([(338, 3, 1, 2)] if samples == 4 else [])
     ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", *t) for t in tags) + b"\x00" * 4
     head = b"II*\x00" + struct.pack("<I", strip_at + len(strip))
     return head + struct.pack("<4H", *bits, *[0] * (4 - samples)) + strip + ifd

@@ -1,0 +1,49 @@
+"""Tag runs as label sets applied to the archive: which runs apply to images that later index runs
+add (the newest of each label set and method), an image's labels in each, and deleting a run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Any
+
+from indexer.catalog import Catalog
+from indexer.home import Home
+from query.scoring import run_dir
+
+
+def applied_runs(catalog: Catalog, model_key: str) -> list[dict[str, Any]]:
+    """The newest successful tag run of each distinct (method, labels) made with this model."""
+    seen, out = set(), []
+    for run in catalog.runs(limit=500):
+        params = json.loads(run["params"] or "{}")
+        if run["kind"] != "tag" or run["status"] != "ok" or params.get("model_key") != model_key:
+            continue
+        key = (params.get("method"), tuple(params.get("labels", ())))
+        if key not in seen:
+            seen.add(key)
+            out.append(run | {"config": params})
+    return out
+
+
+def delete_tag_run(home: Home, catalog: Catalog, run_id: int) -> dict[str, Any]:
+    """Delete tag run ``run_id``: its tags and its folder; its label set is then no longer applied to
+    new images (unless another run with the same labels and method remains, named in ``still_applied``)."""
+    run = next((r for r in catalog.runs(limit=100_000) if r["id"] == run_id), None)
+    tags = catalog.delete_tag_run(run_id)
+    shutil.rmtree(run_dir(home, run_id), ignore_errors=True)
+    params = json.loads((run or {}).get("params") or "{}")
+    same = [r["id"] for r in applied_runs(catalog, params.get("model_key", ""))
+            if (r["config"].get("method"), r["config"].get("labels")) == (params.get("method"), params.get("labels"))]  # fmt: skip
+    return {"run_id": run_id, "tags": tags, "still_applied": same}
+
+
+def explain(catalog: Catalog, model_key: str, image_id: int, top: int = 5) -> list[dict[str, Any]]:
+    """The image's best labels in every label set applied (newest run per set): raw score,
+    calibrated confidence, method and run."""
+    out = []
+    for run in applied_runs(catalog, model_key):
+        for tag in catalog.tags(run["id"], image_ids=[image_id])[:top]:
+            out.append({"run_id": run["id"], "label": tag["label"], "score": tag["score"],
+                        "confidence": tag["confidence"], "rank": tag["rank"], "method": tag["method"]})  # fmt: skip
+    return out
