@@ -112,8 +112,10 @@ def load(
     """N clients sharing ``bodies`` round-robin; (latencies ms, wall seconds)."""
     stop_at = time.monotonic() + seconds
     results: list[list[float]] = [[] for _ in range(clients)]
-    threads = [threading.Thread(target=client, args=(port, bodies[i::clients], path, stop_at, results[i]))
-               for i in range(clients)]  # fmt: skip
+    threads = [
+        threading.Thread(target=client, args=(port, bodies[i::clients], path, stop_at, results[i]))
+        for i in range(clients)
+    ]
     start = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -147,8 +149,12 @@ def single_query_paths(home, port: int, k: int) -> dict[str, Callable[[np.ndarra
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
     def http_one(q: np.ndarray) -> None:
-        conn.request("POST", f"/api/search/vector?k={k}", body=json.dumps({"vector": q[0].tolist()}).encode(),
-                     headers={"Content-Type": "application/json"})  # fmt: skip
+        conn.request(
+            "POST",
+            f"/api/search/vector?k={k}",
+            body=json.dumps({"vector": q[0].tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         response = conn.getresponse()
         if response.status != 200 or not json.loads(response.read())["hits"]:
             raise RuntimeError(f"HTTP {response.status}")
@@ -181,7 +187,9 @@ def reuse_or_build(root: Path, xb: np.ndarray, args: argparse.Namespace) -> Any:
     start = time.perf_counter()
     home, _ = build_home(root, xb, args.index_type, nprobe=args.nprobe)
     stamp.write_text(json.dumps(options))
-    print(f"built {args.vectors} x {args.dim}-d {args.index_type} index + catalog in {time.perf_counter() - start:.1f}s")
+    print(
+        f"built {args.vectors} x {args.dim}-d {args.index_type} index + catalog in {time.perf_counter() - start:.1f}s"
+    )
     return home
 
 
@@ -206,11 +214,18 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400, help="requests of the concurrent run (default 400)")
     ap.add_argument("--seconds", type=float, default=60, help="time cap of each HTTP run (default 60)")
     ap.add_argument("-k", type=int, default=10)
-    ap.add_argument("--index-type", default="Flat", help="FAISS factory string, as vistag builds it (default Flat), "
-                    "e.g. IVF4096,SQ8")  # fmt: skip
+    ap.add_argument(
+        "--index-type",
+        default="Flat",
+        help="FAISS factory string, as vistag builds it (default Flat), e.g. IVF4096,SQ8",
+    )
     ap.add_argument("--nprobe", type=int, default=16, help="lists searched by IVF types (default 16)")
-    ap.add_argument("--home", type=Path, help="build the home here and keep it; a home built before with the "
-                    "same options is reused (default: a temporary one)")  # fmt: skip
+    ap.add_argument(
+        "--home",
+        type=Path,
+        help="build the home here and keep it; a home built before with the "
+        "same options is reused (default: a temporary one)",
+    )
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
@@ -235,18 +250,24 @@ def main() -> None:
 def report(args: argparse.Namespace, rows: dict[str, list[float]], wall: float) -> None:
     """Print p50/p99 of each row, ratios against the in-process baseline, concurrent throughput."""
     kind = args.index_type + (f", nprobe {args.nprobe}" if args.index_type.startswith("IVF") else "")
-    print(f"{args.vectors} vectors x {args.dim}-d, {kind}, k={args.k}; {os.cpu_count()} CPU cores shared by "
-          "server and clients; 1 FAISS thread per search unless said")  # fmt: skip
+    print(
+        f"{args.vectors} vectors x {args.dim}-d, {kind}, k={args.k}; {os.cpu_count()} CPU cores shared by "
+        "server and clients; 1 FAISS thread per search unless said"
+    )
     for name, ms in rows.items():
         p50, p99 = percentiles(ms)
         print(f"{name:<38}: p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  ({len(ms)} queries)")
-    faiss_raw, raw, one, many = (rows[name] for name in (*list(rows)[:2], "HTTP /api/search/vector, 1 client", list(rows)[-1]))
+    faiss_raw, raw, one, many = (
+        rows[name] for name in (*list(rows)[:2], "HTTP /api/search/vector, 1 client", list(rows)[-1])
+    )
     base = percentiles(raw)[0]
     print(f"ratio in-process / raw FAISS (p50)      : {base / percentiles(faiss_raw)[0]:6.2f}")
     print(f"ratio HTTP 1 client / in-process (p50)  : {percentiles(one)[0] / base:6.2f}")
     print(f"ratio HTTP {args.clients} clients / in-process (p50) : {percentiles(many)[0] / base:6.2f}")
-    print(f"throughput, {args.clients} clients               : {len(many) / wall:7.1f} requests/s "
-          f"(in-process, one thread in turn: {1000 / base:7.1f} queries/s)")  # fmt: skip
+    print(
+        f"throughput, {args.clients} clients               : {len(many) / wall:7.1f} requests/s "
+        f"(in-process, one thread in turn: {1000 / base:7.1f} queries/s)"
+    )
 
 
 if __name__ == "__main__":

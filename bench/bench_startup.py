@@ -68,8 +68,20 @@ def main() -> None:
         timed([*probe, "search", "a photo of a red circle", "--home", str(home)])  # cache the query
         commands = {
             "import numpy, faiss, sqlalchemy": lambda i: [sys.executable, "-c", BASELINE],
-            "vistag search (cached query)": lambda i: [*probe, "search", "a photo of a red circle", "--home", str(home)],
-            "vistag search (new query)": lambda i: [*probe, "search", f"a photo number {i}", "--home", str(home)],
+            "vistag search (cached query)": lambda i: [
+                *probe,
+                "search",
+                "a photo of a red circle",
+                "--home",
+                str(home),
+            ],
+            "vistag search (new query)": lambda i: [
+                *probe,
+                "search",
+                f"a photo number {i}",
+                "--home",
+                str(home),
+            ],
             "vistag status": lambda i: [*probe, "status", "--home", str(home)],
             "vistag similar 1": lambda i: [*probe, "similar", "1", "--home", str(home)],
         }
@@ -81,11 +93,19 @@ def main() -> None:
                 seconds[name].append(took)
                 reports[name] = report or reports.get(name, {})
     base = statistics.median(seconds["import numpy, faiss, sqlalchemy"])
-    print(f"{args.runs} runs each, fresh processes, median wall time; archive of {args.images} images, tiny model")
+    print(
+        f"{args.runs} runs each, fresh processes, median wall time; archive of {args.images} images, tiny model"
+    )
     for name, values in seconds.items():
         report = reports.get(name, {})
-        extra = f"  peak {report['peak_mb']} MB, imported {report['heavy'] or 'no heavy module'}" if report else ""
-        print(f"{name:<32}: {statistics.median(values):6.2f} s  ratio to the imports {statistics.median(values) / base:5.2f}{extra}")
+        extra = (
+            f"  peak {report['peak_mb']} MB, imported {report['heavy'] or 'no heavy module'}"
+            if report
+            else ""
+        )
+        print(
+            f"{name:<32}: {statistics.median(values):6.2f} s  ratio to the imports {statistics.median(values) / base:5.2f}{extra}"
+        )
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ def max_file_bytes(max_pixels: int) -> int:
     """The largest file read for decoding: no image within the pixel and byte limits (4 bytes a
     pixel at most) needs more, so a larger file is refused unread instead of filling memory."""
     return max(MIN_FILE_BYTES_LIMIT, 4 * max_pixels)
+
+
 MAX_ASPECT = 4.0
 BYTES_PER_PIXEL_LIMIT = 4  # the widest Pillow mode (RGB/RGBA/I/F): the byte limit never refuses what they fit
 MAX_JPEG_SCANS = 100  # 10x libjpeg's default progressive script; libjpeg-turbo suggests 500 as a cap

@@ -15,6 +15,7 @@ __all__ = [
     "DamagedIndex",
     "CatalogMismatch",
     "ShardFormatError",
+    "IndexFormatError",
     "NotFound",
     "PipelineError",
 ]
@@ -89,6 +90,10 @@ class CatalogMismatch(CatalogError):
 
 class ShardFormatError(DamagedState):
     """An embedding shard on disk is missing, truncated or of an unknown format version."""
+
+
+class IndexFormatError(DamagedState):
+    """An index version on disk is of a format or kind this vistag cannot read."""
 
 
 class NotFound(VistagError):

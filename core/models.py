@@ -99,7 +99,9 @@ def parse_model_spec(model: str | None = None, pretrained: str | None = None) ->
             raise ModelLoadError(f"local-dir model {path} has no open_clip_config.json")
         if not any(p.suffix in WEIGHT_SUFFIXES for p in path.iterdir()):
             # OpenCLIP would build the model with random weights: every image re-embedded as noise
-            raise ModelLoadError(f"local-dir model {path} has no weights file (*.safetensors, *.bin or *.pth)")
+            raise ModelLoadError(
+                f"local-dir model {path} has no weights file (*.safetensors, *.bin or *.pth)"
+            )
         return ModelSpec("local-dir", str(path.resolve()), None)
     if model.startswith("hf-hub:"):
         repo = model.removeprefix("hf-hub:").strip("/")
@@ -136,7 +138,9 @@ def _parse_pretrained(name: str, pretrained: str | None) -> str:
 def _needs_download(spec: ModelSpec) -> bool:
     if spec.schema == "hf-hub":
         return True
-    return spec.schema is None and spec.pretrained not in (None, RANDOM) and not Path(spec.pretrained).is_file()
+    return (
+        spec.schema is None and spec.pretrained not in (None, RANDOM) and not Path(spec.pretrained).is_file()
+    )
 
 
 def _hub_reachable() -> bool:

@@ -60,7 +60,9 @@ def under_any(roots: Sequence[str]) -> Callable[[str], bool]:
     lie below a plain path (a folder whose path is not UTF-8 holds only such files), so plain
     paths are compared as strings and ``file://`` URIs by their decoded paths."""
     remote = tuple(r.rstrip("/") + "/" for r in roots if is_remote(r))
-    plain = tuple(r.rstrip(os.sep) + os.sep for r in roots if not is_remote(r) and not r.startswith(FILE_SCHEME))
+    plain = tuple(
+        r.rstrip(os.sep) + os.sep for r in roots if not is_remote(r) and not r.startswith(FILE_SCHEME)
+    )
     local = tuple(to_path(r).rstrip(os.sep) + os.sep for r in roots if not is_remote(r))
 
     def test(uri: str) -> bool:

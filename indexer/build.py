@@ -38,7 +38,9 @@ def build_index(xb: np.ndarray, ids: np.ndarray, index_type: str) -> Any:
         with faiss_gpu.ivf_training(index):
             index.train(np.ascontiguousarray(xb, dtype=np.float32))
     if len(xb):
-        index.add_with_ids(np.ascontiguousarray(xb, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+        index.add_with_ids(
+            np.ascontiguousarray(xb, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
+        )
     return index
 
 
@@ -55,9 +57,13 @@ def empty_index(d: int, index_type: str, id_map: bool = True) -> Any:
 
 
 def build_from_store(
-    home: Home, locations: Sequence[tuple[int, str, str, int]], dim: int, choice: IndexChoice, seed: int = 0,
+    home: Home,
+    locations: Sequence[tuple[int, str, str, int]],
+    dim: int,
+    choice: IndexChoice,
+    seed: int = 0,
     folder: Path | None = None,
-) -> Any:  # fmt: skip
+) -> Any:
     """Build ``choice`` from vectors in the shards without holding them all in memory: train on a
     random sample of ``choice.train_size`` vectors, then add ``BUILD_CHUNK`` vectors at a time.
 
@@ -74,9 +80,13 @@ def build_from_store(
 
 
 def build_from_chunks(
-    dim: int, choice: IndexChoice, sample: Callable[[], np.ndarray] | None,
-    chunks: Iterable[tuple[np.ndarray, np.ndarray]], folder: Path | None = None, centroids: np.ndarray | None = None,
-) -> Any:  # fmt: skip
+    dim: int,
+    choice: IndexChoice,
+    sample: Callable[[], np.ndarray] | None,
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    folder: Path | None = None,
+    centroids: np.ndarray | None = None,
+) -> Any:
     """Build ``choice``: train on ``sample()`` ((n, dim) float32, asked for only if the index needs
     training, and released before adding), then add the (ids, vectors) ``chunks`` in order: in
     memory, or block by block on disk into ``folder``. ``centroids`` (nlist, dim): an IVF coarse
@@ -87,7 +97,11 @@ def build_from_chunks(
 
         faiss.extract_index_ivf(index).quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
     if not index.is_trained:
-        xt = np.ascontiguousarray(sample(), dtype=np.float32) if sample is not None else np.empty((0, dim), np.float32)
+        xt = (
+            np.ascontiguousarray(sample(), dtype=np.float32)
+            if sample is not None
+            else np.empty((0, dim), np.float32)
+        )
         if not len(xt):
             raise InputError(f"cannot train {choice.factory} without vectors")
         try:
@@ -102,11 +116,15 @@ def build_from_chunks(
             raise ValueError("an on-disk index is built into a staging folder: pass folder=new_staging(...)")
         return build_ondisk(index, chunks, folder, choice.block)
     for ids, xb in chunks:
-        index.add_with_ids(np.ascontiguousarray(xb, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+        index.add_with_ids(
+            np.ascontiguousarray(xb, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
+        )
     return index
 
 
-def build_ondisk(trained: Any, chunks: Iterable[tuple[np.ndarray, np.ndarray]], folder: Path, block: int) -> Any:
+def build_ondisk(
+    trained: Any, chunks: Iterable[tuple[np.ndarray, np.ndarray]], folder: Path, block: int
+) -> Any:
     """Fill a trained, empty IVF index from ``chunks`` with inverted lists on disk.
 
     Chunks are added to a copy of ``trained`` until it holds ``block`` vectors; that sub-index is
@@ -133,7 +151,9 @@ def build_ondisk(trained: Any, chunks: Iterable[tuple[np.ndarray, np.ndarray]], 
     for ids, xb in chunks:
         if sub is None:
             sub = faiss.clone_index(trained)
-        sub.add_with_ids(np.ascontiguousarray(xb, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+        sub.add_with_ids(
+            np.ascontiguousarray(xb, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
+        )
         if sub.ntotal >= block:
             flush(sub)
             sub = None

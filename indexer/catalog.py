@@ -63,8 +63,12 @@ class Catalog(TagQueries):
             yield
             return
         with self.engine.connect() as conn:
-            if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": WRITER_LOCK_KEY}).scalar():
-                raise LockHeld("another vistag run is writing to this catalog database; try again when it ends")
+            if not conn.execute(
+                sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": WRITER_LOCK_KEY}
+            ).scalar():
+                raise LockHeld(
+                    "another vistag run is writing to this catalog database; try again when it ends"
+                )
             try:
                 yield
             finally:
@@ -98,10 +102,14 @@ class Catalog(TagQueries):
             if found is not None:
                 return int(found)
             row = {
-                "key": identity.key, "model": identity.model, "pretrained": identity.pretrained,
-                "embed_dim": identity.embed_dim, "preprocess": json.dumps(identity.preprocess),
-                "fingerprint": identity.fingerprint, "created": time.time(),
-            }  # fmt: skip
+                "key": identity.key,
+                "model": identity.model,
+                "pretrained": identity.pretrained,
+                "embed_dim": identity.embed_dim,
+                "preprocess": json.dumps(identity.preprocess),
+                "fingerprint": identity.fingerprint,
+                "created": time.time(),
+            }
             return int(conn.execute(t.models.insert().values(**row)).inserted_primary_key[0])
 
     def find_model_id(self, identity: ModelIdentity) -> int | None:
@@ -116,18 +124,31 @@ class Catalog(TagQueries):
         if row is None:
             raise NotFound(f"no model with id {model_id}")
         return ModelIdentity(
-            row["model"], row["pretrained"], row["embed_dim"], json.loads(row["preprocess"]), row["fingerprint"]
+            row["model"],
+            row["pretrained"],
+            row["embed_dim"],
+            json.loads(row["preprocess"]),
+            row["fingerprint"],
         )
 
     # runs -----------------------------------------------------------------------------------
     def start_run(self, kind: str, model_id: int | None, params: dict[str, Any] | None = None) -> int:
-        row = {"kind": kind, "status": "running", "model_id": model_id, "started": time.time(),
-               "params": json.dumps(params or {}, default=str)}  # fmt: skip
-        row |= dict.fromkeys(("listed", "new", "changed", "unchanged", "deleted", "embedded", "reused", "failed"), 0)
+        row = {
+            "kind": kind,
+            "status": "running",
+            "model_id": model_id,
+            "started": time.time(),
+            "params": json.dumps(params or {}, default=str),
+        }
+        row |= dict.fromkeys(
+            ("listed", "new", "changed", "unchanged", "deleted", "embedded", "reused", "failed"), 0
+        )
         with self.engine.begin() as conn:
             return int(conn.execute(t.runs.insert().values(**row)).inserted_primary_key[0])
 
-    def finish_run(self, run_id: int, status: str, counts: dict[str, int], message: str | None = None) -> None:
+    def finish_run(
+        self, run_id: int, status: str, counts: dict[str, int], message: str | None = None
+    ) -> None:
         values = {k: v for k, v in counts.items() if k in t.runs.c}
         with self.engine.begin() as conn:
             conn.execute(
@@ -141,7 +162,9 @@ class Catalog(TagQueries):
         with self.engine.begin() as conn:
             old = conn.execute(sa.select(t.runs.c.params).where(t.runs.c.id == run_id)).scalar() or "{}"
             merged = json.loads(old) | params
-            conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(params=json.dumps(merged, default=str)))
+            conn.execute(
+                t.runs.update().where(t.runs.c.id == run_id).values(params=json.dumps(merged, default=str))
+            )
 
     def runs(self, limit: int = 50) -> list[dict[str, Any]]:
         """Runs, newest first."""
@@ -152,8 +175,14 @@ class Catalog(TagQueries):
     # images ---------------------------------------------------------------------------------
     def image_states(self) -> dict[str, dict[str, Any]]:
         """uri -> {id, sha256, size, mtime, status} for every image row (for planning)."""
-        cols = [t.images.c.uri, t.images.c.id, t.images.c.sha256, t.images.c.size, t.images.c.mtime,
-                t.images.c.status]  # fmt: skip
+        cols = [
+            t.images.c.uri,
+            t.images.c.id,
+            t.images.c.sha256,
+            t.images.c.size,
+            t.images.c.mtime,
+            t.images.c.status,
+        ]
         with self.engine.connect() as conn:
             return {r["uri"]: dict(r) for r in conn.execute(sa.select(*cols)).mappings()}
 
@@ -164,17 +193,27 @@ class Catalog(TagQueries):
             with self.engine.begin() as conn:
                 uris = [r["uri"] for r in chunk]
                 existing = dict(
-                    conn.execute(sa.select(t.images.c.uri, t.images.c.id).where(t.images.c.uri.in_(uris))).all()
+                    conn.execute(
+                        sa.select(t.images.c.uri, t.images.c.id).where(t.images.c.uri.in_(uris))
+                    ).all()
                 )
-                fresh = [r | {"first_run": run_id, "last_run": run_id, "updated": now}
-                         for r in chunk if r["uri"] not in existing]  # fmt: skip
+                fresh = [
+                    r | {"first_run": run_id, "last_run": run_id, "updated": now}
+                    for r in chunk
+                    if r["uri"] not in existing
+                ]
                 if fresh:
                     insert_many(conn, t.images, fresh)
                 updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
                 for r in chunk:
                     if r["uri"] in existing:
-                        values = {k: v for k, v in r.items() if k != "uri"} | {"last_run": run_id, "updated": now}
-                        updates.setdefault(tuple(sorted(values)), []).append(values | {"_id": existing[r["uri"]]})
+                        values = {k: v for k, v in r.items() if k != "uri"} | {
+                            "last_run": run_id,
+                            "updated": now,
+                        }
+                        updates.setdefault(tuple(sorted(values)), []).append(
+                            values | {"_id": existing[r["uri"]]}
+                        )
                 for keys, batch in updates.items():  # one executemany per set of columns
                     stmt = t.images.update().where(t.images.c.id == sa.bindparam("_id"))
                     conn.execute(stmt.values({k: sa.bindparam(k) for k in keys}), batch)
@@ -185,7 +224,9 @@ class Catalog(TagQueries):
         with self.engine.begin() as conn:
             for chunk in chunks(uris):
                 conn.execute(
-                    t.images.update().where(t.images.c.uri.in_(chunk)).values(status=status, last_run=run_id, updated=now)
+                    t.images.update()
+                    .where(t.images.c.uri.in_(chunk))
+                    .values(status=status, last_run=run_id, updated=now)
                 )
         return len(uris)
 
@@ -200,7 +241,9 @@ class Catalog(TagQueries):
                 out.update({sha: (w, h) for sha, w, h in conn.execute(query)})
         return out
 
-    def images(self, ids: Sequence[int] | None = None, status: str | None = "indexed") -> list[dict[str, Any]]:
+    def images(
+        self, ids: Sequence[int] | None = None, status: str | None = "indexed"
+    ) -> list[dict[str, Any]]:
         """Image rows by id (in the given order) or all of them, optionally of one status.
 
         By id, the status is checked on the rows found rather than in SQL: PostgreSQL, with
@@ -214,8 +257,14 @@ class Catalog(TagQueries):
                 return [dict(r) for r in conn.execute(query.order_by(t.images.c.id)).mappings()]
             found: dict[int, dict[str, Any]] = {}
             for chunk in chunks([int(i) for i in ids]):
-                found.update({r["id"]: dict(r) for r in conn.execute(query.where(t.images.c.id.in_(chunk))).mappings()})
-        return [found[int(i)] for i in ids if int(i) in found and (not status or found[int(i)]["status"] == status)]
+                found.update(
+                    {r["id"]: dict(r) for r in conn.execute(query.where(t.images.c.id.in_(chunk))).mappings()}
+                )
+        return [
+            found[int(i)]
+            for i in ids
+            if int(i) in found and (not status or found[int(i)]["status"] == status)
+        ]
 
     def matching_ids(self, where: ImageFilter) -> np.ndarray:
         """(n,) int64 ids of the indexed images that pass every condition of ``where``."""
@@ -311,7 +360,9 @@ class Catalog(TagQueries):
                         )
                     ).all()
                 )
-                fresh = {(r["sha256"], r["model_id"]): r for r in chunk if (r["sha256"], r["model_id"]) not in have}
+                fresh = {
+                    (r["sha256"], r["model_id"]): r for r in chunk if (r["sha256"], r["model_id"]) not in have
+                }
                 if fresh:
                     insert_many(conn, t.embeddings, list(fresh.values()))
                 added += len(fresh)
@@ -341,7 +392,9 @@ class Catalog(TagQueries):
     def live_state(self, model_id: int) -> str:
         """A token that changes whenever the set of indexed images or their content changes."""
         i = t.images
-        query = sa.select(sa.func.count(), sa.func.max(i.c.id), sa.func.max(i.c.updated)).where(i.c.status == "indexed")
+        query = sa.select(sa.func.count(), sa.func.max(i.c.id), sa.func.max(i.c.updated)).where(
+            i.c.status == "indexed"
+        )
         with self.engine.connect() as conn:
             count, max_id, updated = conn.execute(query).one()
         return f"{model_id}:{count}:{max_id}:{updated!r}"
@@ -371,8 +424,17 @@ class Catalog(TagQueries):
             return [dict(r) for r in conn.execute(query.limit(limit)).mappings()]
 
     # index versions --------------------------------------------------------------------------
-    def add_index_version(self, model_id: int, path: str, index_type: str, count: int, run_id: int | None) -> int:
-        row = {"model_id": model_id, "path": path, "index_type": index_type, "metric": "ip", "count": count,
-               "run_id": run_id, "created": time.time()}  # fmt: skip
+    def add_index_version(
+        self, model_id: int, path: str, index_type: str, count: int, run_id: int | None
+    ) -> int:
+        row = {
+            "model_id": model_id,
+            "path": path,
+            "index_type": index_type,
+            "metric": "ip",
+            "count": count,
+            "run_id": run_id,
+            "created": time.time(),
+        }
         with self.engine.begin() as conn:
             return int(conn.execute(t.index_versions.insert().values(**row)).inserted_primary_key[0])

@@ -31,22 +31,34 @@ class TagQueries:
         te = t.text_embeddings
         with self.engine.connect() as conn:
             for chunk in chunks(list(keys)):
-                query = sa.select(te.c.text_sha256, te.c.vector).where(te.c.model_id == model_id, te.c.text_sha256.in_(chunk))
+                query = sa.select(te.c.text_sha256, te.c.vector).where(
+                    te.c.model_id == model_id, te.c.text_sha256.in_(chunk)
+                )
                 out.update({keys[k]: np.frombuffer(v, dtype=np.float32) for k, v in conn.execute(query)})
         return out
 
     def text_vector_sample(self, model_id: int, limit: int) -> np.ndarray:
         """(n <= limit, D) float32: texts already encoded with this model (users' labels and queries)."""
         te = t.text_embeddings
-        query = sa.select(te.c.vector).where(te.c.model_id == model_id).order_by(te.c.text_sha256).limit(limit)
+        query = (
+            sa.select(te.c.vector).where(te.c.model_id == model_id).order_by(te.c.text_sha256).limit(limit)
+        )
         with self.engine.connect() as conn:
             rows = [np.frombuffer(v, dtype=np.float32) for v in conn.execute(query).scalars()]
         return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
 
     def add_text_vectors(self, model_id: int, vectors: dict[str, np.ndarray]) -> None:
         have = self.text_vectors(model_id, list(vectors))
-        rows = [{"model_id": model_id, "text_sha256": text_sha(x), "text": x,
-                 "vector": np.asarray(v, dtype=np.float32).tobytes()} for x, v in vectors.items() if x not in have]  # fmt: skip
+        rows = [
+            {
+                "model_id": model_id,
+                "text_sha256": text_sha(x),
+                "text": x,
+                "vector": np.asarray(v, dtype=np.float32).tobytes(),
+            }
+            for x, v in vectors.items()
+            if x not in have
+        ]
         for chunk in chunks(rows):
             with self.engine.begin() as conn:
                 conn.execute(t.text_embeddings.insert(), list(chunk))
@@ -54,12 +66,18 @@ class TagQueries:
     # labels and tags -------------------------------------------------------------------------
     def label_ids(self, names: Sequence[str]) -> list[int]:
         with self.engine.begin() as conn:
-            have = dict(conn.execute(sa.select(t.labels.c.name, t.labels.c.id).where(t.labels.c.name.in_(names))).all())
+            have = dict(
+                conn.execute(
+                    sa.select(t.labels.c.name, t.labels.c.id).where(t.labels.c.name.in_(names))
+                ).all()
+            )
             missing = [{"name": n} for n in dict.fromkeys(names) if n not in have]
             if missing:
                 conn.execute(t.labels.insert(), missing)
                 have = dict(
-                    conn.execute(sa.select(t.labels.c.name, t.labels.c.id).where(t.labels.c.name.in_(names))).all()
+                    conn.execute(
+                        sa.select(t.labels.c.name, t.labels.c.id).where(t.labels.c.name.in_(names))
+                    ).all()
                 )
         return [int(have[n]) for n in names]
 
@@ -75,8 +93,15 @@ class TagQueries:
             if run_id is None:
                 return []
         query = (
-            sa.select(t.tags.c.image_id, t.labels.c.name.label("label"), t.tags.c.score, t.tags.c.confidence,
-                      t.tags.c.rank, t.tags.c.method, t.tags.c.run_id)  # fmt: skip
+            sa.select(
+                t.tags.c.image_id,
+                t.labels.c.name.label("label"),
+                t.tags.c.score,
+                t.tags.c.confidence,
+                t.tags.c.rank,
+                t.tags.c.method,
+                t.tags.c.run_id,
+            )
             .join(t.labels, t.labels.c.id == t.tags.c.label_id)
             .where(t.tags.c.run_id == run_id)
             .order_by(t.tags.c.image_id, t.tags.c.rank)
@@ -99,7 +124,9 @@ class TagQueries:
             if kind != "tag":
                 raise NotFound(f"no tag run {run_id} (see `vistag runs`)")
             deleted = conn.execute(t.tags.delete().where(t.tags.c.run_id == run_id)).rowcount
-            conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(status="deleted", finished=time.time()))
+            conn.execute(
+                t.runs.update().where(t.runs.c.id == run_id).values(status="deleted", finished=time.time())
+            )
         return int(deleted)
 
     def drop_run_tags(self, run_id: int) -> int:

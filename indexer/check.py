@@ -78,8 +78,12 @@ def repair(home: Home, catalog: Catalog, identity: ModelIdentity, model_id: int)
     dropped = drop_damaged_shards(home, catalog)
     removed = remove_damaged_unpublished(home)
     adopted = adopt_shards(home, catalog, identity, model_id)
-    return {"shards_dropped": len(dropped), "embeddings_dropped": sum(dropped.values()),
-            "versions_removed": removed, "embeddings_adopted": adopted}  # fmt: skip
+    return {
+        "shards_dropped": len(dropped),
+        "embeddings_dropped": sum(dropped.values()),
+        "versions_removed": removed,
+        "embeddings_adopted": adopted,
+    }
 
 
 def drop_damaged_shards(home: Home, catalog: Catalog) -> dict[str, int]:
@@ -138,8 +142,18 @@ def adopt_shards(home: Home, catalog: Catalog, identity: ModelIdentity, model_id
                 log.warning("%s: not adopted", err)
                 continue
             if (shard.manifest.get("model") or {}).get("key") == identity.key:
-                rows += [{"sha256": m["sha256"], "model_id": model_id, "shard_dir": rel, "shard": name,
-                          "row": m["row"], "run_id": None} for m in shard.meta if m["row"] >= 0]  # fmt: skip
+                rows += [
+                    {
+                        "sha256": m["sha256"],
+                        "model_id": model_id,
+                        "shard_dir": rel,
+                        "shard": name,
+                        "row": m["row"],
+                        "run_id": None,
+                    }
+                    for m in shard.meta
+                    if m["row"] >= 0
+                ]
     added = catalog.add_embeddings(rows)
     if added:
         log.warning(
@@ -230,8 +244,13 @@ def check_home(home: Home, catalog: Catalog) -> dict[str, Any]:
         _check_shard(home, shard_dir, shard, counts.get((shard_dir, shard)), report)
     if current is not None and (problem := _mismatch(home, catalog, None)):
         report.bad("catalog", Catalog.display_url(catalog.url), problem, ADOPT_REPAIR)
-    return {"ok": not report.damaged, "damaged": report.damaged, "notes": report.notes,
-            "checked": report.counts, "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
+    return {
+        "ok": not report.damaged,
+        "damaged": report.damaged,
+        "notes": report.notes,
+        "checked": report.counts,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 def _published(home: Home, report: _Report) -> Path | None:

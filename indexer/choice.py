@@ -81,9 +81,11 @@ class IndexChoice:
         params = "".join(f", {k}={v}" for k, v in self.search.items())
         over = f"; not {self.passed_over}" if self.passed_over else ""
         if self.ondisk:
-            return (f"{self.factory} on disk (~{self.disk_bytes / 2**20:.0f} MiB of inverted lists in index.ivfdata, "
-                    f"~{self.memory_bytes / 2**20:.0f} MiB in memory, built in blocks of {self.block} vectors"
-                    f"{params}{extra}): {self.reason}{over}")  # fmt: skip
+            return (
+                f"{self.factory} on disk (~{self.disk_bytes / 2**20:.0f} MiB of inverted lists in index.ivfdata, "
+                f"~{self.memory_bytes / 2**20:.0f} MiB in memory, built in blocks of {self.block} vectors"
+                f"{params}{extra}): {self.reason}{over}"
+            )
         return f"{self.factory} (~{self.memory_bytes / 2**20:.0f} MiB{params}{extra}): {self.reason}{over}"
 
 
@@ -121,10 +123,17 @@ _EXACT_COST: dict[int, float] = {}
 
 
 def choose_index(
-    n: int, d: int, *, memory_budget: int | None = None, override: str | None = None, exact_max: int = EXACT_MAX,
-    storage: str = "auto", machine_memory: int | None = None, latency_ms: float | None = None,
+    n: int,
+    d: int,
+    *,
+    memory_budget: int | None = None,
+    override: str | None = None,
+    exact_max: int = EXACT_MAX,
+    storage: str = "auto",
+    machine_memory: int | None = None,
+    latency_ms: float | None = None,
     exact_cost: Callable[[int], float] = exact_ms_per_vector,
-) -> IndexChoice:  # fmt: skip
+) -> IndexChoice:
     """Pick the index for ``n`` vectors of dimension ``d`` within ``memory_budget`` bytes.
 
     ``latency_ms``: a target for one query; exact search is kept while its estimated latency
@@ -144,8 +153,10 @@ def choose_index(
             estimate = n * per_vector
             exact_max = int(latency_ms / per_vector) if per_vector > 0 else n
             note = f"exact search estimated at {estimate:.1f} ms a query"
-            why = (f"{note} (within the {latency_ms:g} ms target)",
-                   f"{note} (over the {latency_ms:g} ms target): inverted lists with 8-bit codes")  # fmt: skip
+            why = (
+                f"{note} (within the {latency_ms:g} ms target)",
+                f"{note} (over the {latency_ms:g} ms target): inverted lists with 8-bit codes",
+            )
             choice = _plan_factory(n, d, memory_budget, None, exact_max, storage, why)
             return _placed(choice, n, d, memory_budget, storage, machine_memory, override)
     choice = _plan_factory(n, d, memory_budget, override, exact_max, storage)
@@ -153,9 +164,14 @@ def choose_index(
 
 
 def _placed(
-    choice: IndexChoice, n: int, d: int, memory_budget: int | None, storage: str, machine_memory: int | None,
+    choice: IndexChoice,
+    n: int,
+    d: int,
+    memory_budget: int | None,
+    storage: str,
+    machine_memory: int | None,
     override: str | None,
-) -> IndexChoice:  # fmt: skip
+) -> IndexChoice:
     """``choice`` kept in memory or moved on disk, as ``storage`` and the memory limit decide."""
     if storage == "memory":
         return choice
@@ -172,18 +188,30 @@ def _placed(
 
 
 def _plan_factory(
-    n: int, d: int, memory_budget: int | None, override: str | None, exact_max: int, storage: str,
+    n: int,
+    d: int,
+    memory_budget: int | None,
+    override: str | None,
+    exact_max: int,
+    storage: str,
     why: tuple[str, str] | None = None,
-) -> IndexChoice:  # fmt: skip
+) -> IndexChoice:
     """The in-memory choice; for ``storage="auto"`` with a budget, one that falls back to on disk
     (8-bit codes) instead of failing when even PQ codes exceed the budget. ``why``: the reasons
     given for exact search within ``exact_max`` and for inverted lists above it."""
-    within, over = why or (f"exact search: {n} vectors <= {exact_max}",
-                           f"{n} vectors > {exact_max}: inverted lists with 8-bit codes")  # fmt: skip
+    within, over = why or (
+        f"exact search: {n} vectors <= {exact_max}",
+        f"{n} vectors > {exact_max}: inverted lists with 8-bit codes",
+    )
     if override:
         rerank = RERANK if "PQ" in override else 0
-        return IndexChoice(override, "asked for with --index-type", _estimate(override, n, d), rerank=rerank,
-                           train_size=_train_size(n, override))  # fmt: skip
+        return IndexChoice(
+            override,
+            "asked for with --index-type",
+            _estimate(override, n, d),
+            rerank=rerank,
+            train_size=_train_size(n, override),
+        )
     flat = n * d * 4 + n * 8
     if n <= exact_max and (memory_budget is None or flat <= memory_budget):
         return IndexChoice("Flat", within, flat)
@@ -192,18 +220,32 @@ def _plan_factory(
     sq8_choice = IndexChoice(f"IVF{nlist},SQ8", "", sq8, {"nprobe": 16}, train_size=_train_size(n, "IVF"))
     if memory_budget is None or sq8 <= memory_budget:
         reason = over if n > exact_max else "Flat exceeds the budget"
-        return IndexChoice(sq8_choice.factory, reason, sq8, sq8_choice.search, train_size=sq8_choice.train_size,
-                           passed_over=_hnsw_note(n, d, memory_budget))  # fmt: skip
+        return IndexChoice(
+            sq8_choice.factory,
+            reason,
+            sq8,
+            sq8_choice.search,
+            train_size=sq8_choice.train_size,
+            passed_over=_hnsw_note(n, d, memory_budget),
+        )
     m = max(8, d // 8)
     while d % m:
         m -= 1
     pq = n * (m + 8) + nlist * d * 4
     if pq > memory_budget:
         if storage == "memory":
-            raise InputError(f"memory budget {memory_budget} bytes is too small for {n} vectors (PQ needs {pq})")
+            raise InputError(
+                f"memory budget {memory_budget} bytes is too small for {n} vectors (PQ needs {pq})"
+            )
         return replace(sq8_choice, reason=f"even PQ codes ({pq} bytes) exceed the memory budget")
-    return IndexChoice(f"IVF{nlist},PQ{m}x8np", "8-bit codes exceed the memory budget: product quantisation, "
-                       "re-ranked with stored vectors", pq, {"nprobe": 16}, RERANK, _train_size(n, "IVF"))  # fmt: skip
+    return IndexChoice(
+        f"IVF{nlist},PQ{m}x8np",
+        "8-bit codes exceed the memory budget: product quantisation, re-ranked with stored vectors",
+        pq,
+        {"nprobe": 16},
+        RERANK,
+        _train_size(n, "IVF"),
+    )
 
 
 def _hnsw_note(n: int, d: int, memory_budget: int | None) -> str:
@@ -211,10 +253,12 @@ def _hnsw_note(n: int, d: int, memory_budget: int | None) -> str:
     hnsw = n * (d * 4 + 32 * 2 * 4 + 8)  # full vectors + 2M links of 4 bytes + id
     if memory_budget is not None and hnsw > memory_budget:
         return f"HNSW32: its vectors and graph (~{hnsw / 2**20:.0f} MiB) exceed the memory budget"
-    return (f"HNSW32 (~{hnsw / 2**20:.0f} MiB): on CLIP-like vectors its recall@10 for text queries "
-            "(away from the image clusters) stays lower at a higher latency (measured by bench/bench_index.py: "
-            "0.88 at efSearch 1024 for 1M vectors, where IVF-SQ8 keeps 0.98 at under 1 ms), and it builds "
-            "several times slower")  # fmt: skip
+    return (
+        f"HNSW32 (~{hnsw / 2**20:.0f} MiB): on CLIP-like vectors its recall@10 for text queries "
+        "(away from the image clusters) stays lower at a higher latency (measured by bench/bench_index.py: "
+        "0.88 at efSearch 1024 for 1M vectors, where IVF-SQ8 keeps 0.98 at under 1 ms), and it builds "
+        "several times slower"
+    )
 
 
 def _on_disk(choice: IndexChoice, n: int, d: int, limit: int, budget: bool, why: str) -> IndexChoice:
@@ -225,14 +269,22 @@ def _on_disk(choice: IndexChoice, n: int, d: int, limit: int, budget: bool, why:
     block = (limit - quantizer) // per_vector
     if block < BLOCK_MIN and block < n:
         need = quantizer + BLOCK_MIN * per_vector
-        raise InputError(f"memory budget {limit} bytes is too small for {n} vectors (building on disk needs {need})")
+        raise InputError(
+            f"memory budget {limit} bytes is too small for {n} vectors (building on disk needs {need})"
+        )
     block = int(max(1, min(block, BLOCK_MAX, n)))
     where = "budget" if budget else "available (half of this machine's)"
     reason = why or (f"{choice.reason}; " if choice.reason else "") + (
         f"the index ({choice.memory_bytes} bytes) exceeds the memory {where}: built in blocks, inverted lists merged on disk"
     )
-    return replace(choice, storage="ondisk", reason=reason, block=block, disk_bytes=_estimate(choice.factory, n, d),
-                   memory_bytes=quantizer + block * per_vector)  # fmt: skip
+    return replace(
+        choice,
+        storage="ondisk",
+        reason=reason,
+        block=block,
+        disk_bytes=_estimate(choice.factory, n, d),
+        memory_bytes=quantizer + block * per_vector,
+    )
 
 
 def _machine_memory() -> int:
@@ -290,7 +342,10 @@ def set_search_params(index: Any, params: dict[str, int]) -> None:
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean recall@k of (Q, k) ``found`` ids against (Q, k) ``truth`` ids."""
-    hits = [len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist())) / max((t >= 0).sum(), 1) for f, t in zip(found, truth, strict=True)]
+    hits = [
+        len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist())) / max((t >= 0).sum(), 1)
+        for f, t in zip(found, truth, strict=True)
+    ]
     return float(np.mean(hits)) if hits else 1.0
 
 
@@ -318,9 +373,13 @@ def _ladder(choice: IndexChoice) -> list[dict[str, int]]:
 
 
 def tune(
-    index: Any, choice: IndexChoice, search: Callable[[np.ndarray, int, int], np.ndarray],
-    queries: dict[str, tuple[np.ndarray, np.ndarray]], target: float = TARGET_RECALL, k: int = 10,
-) -> Tuning:  # fmt: skip
+    index: Any,
+    choice: IndexChoice,
+    search: Callable[[np.ndarray, int, int], np.ndarray],
+    queries: dict[str, tuple[np.ndarray, np.ndarray]],
+    target: float = TARGET_RECALL,
+    k: int = 10,
+) -> Tuning:
     """Walk the search settings from cheapest up until every query set reaches ``target`` recall@k.
 
     ``search(xq, k, rerank) -> I`` runs the real search path (``rerank`` = 0 for none); ``queries``
@@ -332,8 +391,14 @@ def tune(
     for params in _ladder(choice):
         set_search_params(index, {n: v for n, v in params.items() if n != "rerank"})
         rerank = params.get("rerank", 0)
-        result = {kind: recall_at(search(xq, k, rerank), truth) for kind, (xq, truth) in queries.items() if len(xq)}
+        result = {
+            kind: recall_at(search(xq, k, rerank), truth) for kind, (xq, truth) in queries.items() if len(xq)
+        }
         if all(r >= target for r in result.values()):
             break
-    return Tuning(params, result.get("text", 1.0), result.get("image", 1.0),
-                  {kind: len(xq) for kind, (xq, _) in queries.items()})  # fmt: skip
+    return Tuning(
+        params,
+        result.get("text", 1.0),
+        result.get("image", 1.0),
+        {kind: len(xq) for kind, (xq, _) in queries.items()},
+    )

@@ -36,7 +36,9 @@ def engine(url: str) -> Engine:
     try:
         engine = sa.create_engine(parsed, future=True, pool_pre_ping=True)
     except ModuleNotFoundError as err:
-        raise CatalogError(f"no driver for {parsed.drivername}: {err} (pip install 'vistag[postgres]')") from err
+        raise CatalogError(
+            f"no driver for {parsed.drivername}: {err} (pip install 'vistag[postgres]')"
+        ) from err
     if parsed.get_backend_name() == "sqlite":
 
         @sa.event.listens_for(engine, "connect")
@@ -76,13 +78,14 @@ def insert_many(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, A
                 for row in group:
                     copy.write_row([row[c] for c in columns])
         except psycopg.Error as err:
-            raise sa.exc.DBAPIError.instance(statement, None, err, psycopg.Error, dialect=conn.dialect) from err
+            raise sa.exc.DBAPIError.instance(
+                statement, None, err, psycopg.Error, dialect=conn.dialect
+            ) from err
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
 
 
 def migrate(engine: Engine) -> None:

@@ -139,9 +139,15 @@ def _knn_gpu(xq: np.ndarray, xb: np.ndarray, k: int, metric: int) -> tuple[np.nd
 
     with _LOCK:
         return faiss.knn_gpu(
-            _resources(), xq, xb, k, metric=metric, device=0,
-            vectorsMemoryLimit=VECTORS_BYTES, queriesMemoryLimit=QUERIES_BYTES,
-        )  # fmt: skip
+            _resources(),
+            xq,
+            xb,
+            k,
+            metric=metric,
+            device=0,
+            vectorsMemoryLimit=VECTORS_BYTES,
+            queriesMemoryLimit=QUERIES_BYTES,
+        )
 
 
 def exact_graph_on_gpu(n: int) -> bool:

@@ -79,7 +79,9 @@ def _compute(version: IndexVersion, ids: np.ndarray, xb: np.ndarray, k: int) -> 
     return KnnGraph(ids, D, I)
 
 
-def _rescore(ids: np.ndarray, xb: np.ndarray, rows: np.ndarray, found: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _rescore(
+    ids: np.ndarray, xb: np.ndarray, rows: np.ndarray, found: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact similarities of ``rows``' candidate catalog ids ``found`` (-1: none); self first."""
     pos = np.searchsorted(ids, found).clip(0, len(ids) - 1)
     ok = (found >= 0) & (ids[pos] == found) & (pos != rows[:, None])

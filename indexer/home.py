@@ -18,6 +18,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from core import uris
 from core.errors import InputError
 
 ENV_HOME = "VISTAG_HOME"
@@ -66,7 +67,11 @@ class Home:
         remembered = (settings.db or default) if settings.known else None
         if given is None:
             return cls(root, remembered or default, settings)
-        if remembered is not None and not change_db and _without_password(given) != _without_password(remembered):
+        if (
+            remembered is not None
+            and not change_db
+            and _without_password(given) != _without_password(remembered)
+        ):
             raise InputError(
                 f"this home's catalog is {_without_password(remembered)}, not {_without_password(given)}: a home keeps "
                 "one catalog (use another --home, or move this one with `vistag index PATH --db URL --change-db`)"
@@ -115,7 +120,7 @@ class Home:
     def shard_dir(self, model_key: str, run_id: int, shards_root: str | None = None) -> str:
         """Shard folder of one run: under HOME/shards, or under ``shards_root`` (any Beam
         filesystem URI, e.g. ``gs://bucket/vistag-shards`` for workers of a remote runner)."""
-        if shards_root and "://" in shards_root:
+        if shards_root and uris.is_remote(shards_root):
             return f"{shards_root.rstrip('/')}/{model_key}/run-{run_id:06d}"
         root = Path(shards_root).expanduser().resolve() if shards_root else self.root / "shards"
         return str(root / model_key / f"run-{run_id:06d}")
@@ -123,7 +128,7 @@ class Home:
     def relative(self, path: str | Path) -> str:
         """Paths stored in the catalog are relative to the home, so a home can be moved; URIs
         and paths outside the home are stored as they are."""
-        if "://" in str(path):
+        if uris.is_remote(str(path)):
             return str(path)
         try:
             return str(Path(path).resolve().relative_to(self.root))
@@ -131,7 +136,7 @@ class Home:
             return str(path)
 
     def absolute(self, stored: str) -> str:
-        if "://" in stored or Path(stored).is_absolute():
+        if uris.is_remote(stored) or Path(stored).is_absolute():
             return stored
         return str(self.root / stored)
 
@@ -159,9 +164,19 @@ def normalize_db_url(url: str, root: Path | None = None) -> str:
     if sep and scheme in ("postgres", "postgresql"):
         import importlib.util
 
-        driver = "psycopg2" if importlib.util.find_spec("psycopg2") and not importlib.util.find_spec("psycopg") else "psycopg"
+        driver = (
+            "psycopg2"
+            if importlib.util.find_spec("psycopg2") and not importlib.util.find_spec("psycopg")
+            else "psycopg"
+        )
         return f"postgresql+{driver}://{rest}"
-    if sep and scheme.startswith("sqlite") and rest.startswith("/") and not rest.startswith("//") and rest != "/":
+    if (
+        sep
+        and scheme.startswith("sqlite")
+        and rest.startswith("/")
+        and not rest.startswith("//")
+        and rest != "/"
+    ):
         path = rest[1:]  # sqlite:///relative/path (three slashes) -> absolute
         if path and not path.startswith(":memory:") and not path.startswith("file:"):
             return f"{scheme}:///{Path(path).expanduser().resolve()}"

@@ -104,8 +104,14 @@ def _run_locked(home: Home, catalog: Catalog, config: IndexConfig) -> IndexResul
     plan = plan_reindex(listing, catalog.image_states(), set(catalog.known_hashes(model_id)))
     if config.dry_run:
         live = len(plan.unchanged) + len(plan.work) - len(plan.missing)
-        choice = choose_index(max(live, 0), identity.embed_dim, memory_budget=config.memory_budget, override=config.index_type,
-                            storage=config.index_storage, latency_ms=config.latency_target_ms)  # fmt: skip
+        choice = choose_index(
+            max(live, 0),
+            identity.embed_dim,
+            memory_budget=config.memory_budget,
+            override=config.index_type,
+            storage=config.index_storage,
+            latency_ms=config.latency_target_ms,
+        )
         where = f"; FAISS on {faiss_gpu.gpu_count()} GPU(s)" if faiss_on_gpu and not choice.exact else ""
         return IndexResult(plan, index_plan=choice.describe() + where, model_change=change)
     if not listing.entries and not catalog.image_states():
@@ -114,7 +120,9 @@ def _run_locked(home: Home, catalog: Catalog, config: IndexConfig) -> IndexResul
     home.remember(spec.open_clip_name, spec.pretrained)
     crash_point("planned")
     try:
-        result = replace(_execute(home, catalog, config, identity, model_id, plan, run_id), model_change=change)
+        result = replace(
+            _execute(home, catalog, config, identity, model_id, plan, run_id), model_change=change
+        )
     except BaseException as err:
         catalog.finish_run(run_id, "failed", plan.counts(), message=f"{type(err).__name__}: {err}")
         raise
@@ -145,8 +153,10 @@ def model_change(home: Home, identity: ModelIdentity) -> str | None:
         return None
     if published.key == identity.key:
         return None
-    return (f"model changes from {_model_name(published)} to {_model_name(identity)}: every image is embedded "
-            "again and the new index replaces the current one")  # fmt: skip
+    return (
+        f"model changes from {_model_name(published)} to {_model_name(identity)}: every image is embedded "
+        "again and the new index replaces the current one"
+    )
 
 
 def _model_name(identity: ModelIdentity) -> str:
@@ -154,9 +164,14 @@ def _model_name(identity: ModelIdentity) -> str:
 
 
 def _execute(
-    home: Home, catalog: Catalog, config: IndexConfig, identity: ModelIdentity, model_id: int,
-    plan: ReindexPlan, run_id: int,
-) -> IndexResult:  # fmt: skip
+    home: Home,
+    catalog: Catalog,
+    config: IndexConfig,
+    identity: ModelIdentity,
+    model_id: int,
+    plan: ReindexPlan,
+    run_id: int,
+) -> IndexResult:
     embedded = reused = failed = 0
     if plan.work:
         folder = home.shard_dir(identity.key, run_id, config.shards_root)
@@ -171,24 +186,43 @@ def _execute(
     crash_point("deleted")
     version = _maybe_rebuild(home, catalog, identity, model_id, config, run_id)
     return IndexResult(
-        plan, run_id, embedded, reused, failed, deleted,
-        version.name if version else None, int(version.manifest["count"]) if version else None,
-    )  # fmt: skip
+        plan,
+        run_id,
+        embedded,
+        reused,
+        failed,
+        deleted,
+        version.name if version else None,
+        int(version.manifest["count"]) if version else None,
+    )
 
 
 def _embed(
-    catalog: Catalog, config: IndexConfig, identity: ModelIdentity, model_id: int,
-    work: Sequence[FileEntry], folder: str,
-) -> None:  # fmt: skip
+    catalog: Catalog,
+    config: IndexConfig,
+    identity: ModelIdentity,
+    model_id: int,
+    work: Sequence[FileEntry],
+    folder: str,
+) -> None:
     worklist = write_worklist(folder, work)
     known_file = shards.join(folder, KNOWN_HASHES_FILE)
     shards.write_text(known_file, "\n".join(catalog.known_hashes(model_id)))
     pipeline_config = PipelineConfig(
-        worklist=worklist, total=len(work), output=str(folder), identity=identity, batch_size=config.batch_size,
-        shard_size=config.shard_size, max_pixels=config.max_pixels, device=config.device,
-        chunk_size=config.chunk_size, decode_processes=config.decode_processes,
-        known_hashes_file=str(known_file), progress=config.progress, beam_args=config.beam_args,
-    )  # fmt: skip
+        worklist=worklist,
+        total=len(work),
+        output=str(folder),
+        identity=identity,
+        batch_size=config.batch_size,
+        shard_size=config.shard_size,
+        max_pixels=config.max_pixels,
+        device=config.device,
+        chunk_size=config.chunk_size,
+        decode_processes=config.decode_processes,
+        known_hashes_file=str(known_file),
+        progress=config.progress,
+        beam_args=config.beam_args,
+    )
     try:
         run_config(pipeline_config)
     except Exception as err:  # Beam wraps worker errors in runner-specific types
@@ -217,7 +251,9 @@ def _maybe_rebuild(
         current, discard = None, Path(err.path) if err.path and Path(err.path).is_dir() else None
     except IndexNotFound:
         current = None
-    forced_storage = config.index_storage != "auto" and current is not None and current.storage != config.index_storage
+    forced_storage = (
+        config.index_storage != "auto" and current is not None and current.storage != config.index_storage
+    )
     serves = current is not None and check.still_serves(current, catalog)  # hashed unless stamped
     if current is not None and not serves:
         discard = current.path
@@ -225,20 +261,42 @@ def _maybe_rebuild(
     if unchanged and not config.index_type and not forced_storage:
         return None
     locations = catalog.vector_locations(model_id)
-    choice = choose_index(len(locations), identity.embed_dim, memory_budget=config.memory_budget, override=config.index_type,
-                        storage=config.index_storage, latency_ms=config.latency_target_ms)  # fmt: skip
+    choice = choose_index(
+        len(locations),
+        identity.embed_dim,
+        memory_budget=config.memory_budget,
+        override=config.index_type,
+        storage=config.index_storage,
+        latency_ms=config.latency_target_ms,
+    )
     staging = versions.new_staging(home, identity) if choice.ondisk else None  # becomes the version folder
     index = build.build_from_store(home, locations, identity.embed_dim, choice, folder=staging)
     search: dict[str, Any] = {"plan": choice.describe(), "params": choice.search, "rerank": choice.rerank}
     if not choice.exact and len(locations):
         tuning = tune_index(home, catalog, identity, model_id, locations, index, choice)
         params = {k: v for k, v in tuning.search.items() if k != "rerank"}
-        search |= {"params": params, "rerank": tuning.search.get("rerank", 0), "text_recall_at_10": tuning.text_recall,
-                   "image_recall_at_10": tuning.image_recall, "recall_queries": tuning.queries}  # fmt: skip
-    version = versions.write_version(home, identity, index, choice.factory, run_id, catalog_state=state, search=search,
-                                     locations=locations, catalog_id=catalog.catalog_id(),
-                                     hits=catalog.hit_rows())  # fmt: skip
-    catalog.add_index_version(model_id, home.relative(version.path), choice.factory, int(index.ntotal), run_id)
+        search |= {
+            "params": params,
+            "rerank": tuning.search.get("rerank", 0),
+            "text_recall_at_10": tuning.text_recall,
+            "image_recall_at_10": tuning.image_recall,
+            "recall_queries": tuning.queries,
+        }
+    version = versions.write_version(
+        home,
+        identity,
+        index,
+        choice.factory,
+        run_id,
+        catalog_state=state,
+        search=search,
+        locations=locations,
+        catalog_id=catalog.catalog_id(),
+        hits=catalog.hit_rows(),
+    )
+    catalog.add_index_version(
+        model_id, home.relative(version.path), choice.factory, int(index.ntotal), run_id
+    )
     crash_point("version-written")
     versions.publish(home, version)
     if discard is not None:

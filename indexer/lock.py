@@ -32,7 +32,9 @@ class WriterLock:
         except BlockingIOError:
             holder = os.read(fd, 4096).decode(errors="replace").strip() or "unknown process"
             os.close(fd)
-            raise LockHeld(f"another vistag run is writing to this home ({holder}); try again when it ends") from None
+            raise LockHeld(
+                f"another vistag run is writing to this home ({holder}); try again when it ends"
+            ) from None
         os.ftruncate(fd, 0)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.write(fd, json.dumps(info).encode())

@@ -71,7 +71,9 @@ def recover(home: Home, catalog: Catalog) -> list[int]:
             apply_shards(home, catalog, folder, run["model_id"], run["id"], ())
         catalog.update_run_params(run["id"], {"recovered": True})
         if run["status"] == "running":
-            catalog.finish_run(run["id"], "interrupted", {}, message="the process ended before the run finished")
+            catalog.finish_run(
+                run["id"], "interrupted", {}, message="the process ended before the run finished"
+            )
             dead.append(run)
     for tmp in list(home.index_root.glob("*/.tmp-*")) + list(home.index_root.glob("CURRENT.tmp-*")):
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
@@ -95,11 +97,22 @@ def apply_shards(
         for m in known:
             m["width"], m["height"] = sizes.get(m["sha256"], (0, 0))
         catalog.add_embeddings(
-            [{"sha256": m["sha256"], "model_id": model_id, "shard_dir": rel, "shard": name, "row": m["row"],
-              "run_id": run_id} for m in fresh]  # fmt: skip
+            [
+                {
+                    "sha256": m["sha256"],
+                    "model_id": model_id,
+                    "shard_dir": rel,
+                    "shard": name,
+                    "row": m["row"],
+                    "run_id": run_id,
+                }
+                for m in fresh
+            ]
         )
-        rows = [{k: m[k] for k in ("uri", "sha256", "size", "mtime", "width", "height")} | {"status": "indexed"}
-                for m in shard.meta]  # fmt: skip
+        rows = [
+            {k: m[k] for k in ("uri", "sha256", "size", "mtime", "width", "height")} | {"status": "indexed"}
+            for m in shard.meta
+        ]
         catalog.upsert_images(rows, run_id)
         catalog.add_failures(shard.failures, run_id)
         catalog.upsert_images([_failed_row(f["uri"], by_uri) for f in shard.failures], run_id)

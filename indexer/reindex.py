@@ -41,15 +41,21 @@ class ReindexPlan:
     def counts(self) -> dict[str, int]:
         return {
             "listed": len(self.new) + len(self.changed) + len(self.reembed) + len(self.unchanged),
-            "new": len(self.new), "changed": len(self.changed), "reembed": len(self.reembed),
-            "unchanged": len(self.unchanged), "deleted": len(self.deleted), "missing": len(self.missing),
-        }  # fmt: skip
+            "new": len(self.new),
+            "changed": len(self.changed),
+            "reembed": len(self.reembed),
+            "unchanged": len(self.unchanged),
+            "deleted": len(self.deleted),
+            "missing": len(self.missing),
+        }
 
     def describe(self) -> str:
         c = self.counts()
-        lines = [f"plan: {c['listed']} listed, {c['new']} new, {c['changed']} changed, "
-                 f"{c['reembed']} to re-embed for this model, {c['unchanged']} unchanged, "
-                 f"{c['deleted']} deleted, {c['missing']} unreadable in manifests"]  # fmt: skip
+        lines = [
+            f"plan: {c['listed']} listed, {c['new']} new, {c['changed']} changed, "
+            f"{c['reembed']} to re-embed for this model, {c['unchanged']} unchanged, "
+            f"{c['deleted']} deleted, {c['missing']} unreadable in manifests"
+        ]
         lines += [f"  new      {e.uri}" for e in self.new]
         lines += [f"  changed  {e.uri}" for e in self.changed]
         lines += [f"  re-embed {e.uri}" for e in self.reembed]
@@ -57,7 +63,9 @@ class ReindexPlan:
         return "\n".join(lines)
 
 
-def plan_reindex(listing: Listing, states: Mapping[str, Mapping[str, Any]], known: Collection[str]) -> ReindexPlan:
+def plan_reindex(
+    listing: Listing, states: Mapping[str, Mapping[str, Any]], known: Collection[str]
+) -> ReindexPlan:
     """Compare ``listing`` with catalog ``states`` (uri -> id, sha256, size, mtime, status).
 
     ``known`` holds the sha256 of content already embedded with the run's model.
@@ -78,4 +86,6 @@ def plan_reindex(listing: Listing, states: Mapping[str, Mapping[str, Any]], know
     deleted = sorted(
         uri for uri, state in states.items() if state["status"] in LIVE and uri not in listed and below(uri)
     )
-    return ReindexPlan(tuple(new), tuple(changed), tuple(reembed), tuple(unchanged), tuple(deleted), listing.missing)
+    return ReindexPlan(
+        tuple(new), tuple(changed), tuple(reembed), tuple(unchanged), tuple(deleted), listing.missing
+    )

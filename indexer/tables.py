@@ -36,7 +36,9 @@ class VersionFolder(Protocol):
 
 
 def _unreadable(version: VersionFolder, what: str, err: Exception) -> DamagedState:
-    return DamagedState(f"index version {version.name}: unreadable {what} ({err}); {REPAIR}", str(version.path))
+    return DamagedState(
+        f"index version {version.name}: unreadable {what} ({err}); {REPAIR}", str(version.path)
+    )
 
 
 class VectorTable:

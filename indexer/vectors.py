@@ -35,7 +35,12 @@ def exact_search(
     for start in range(0, len(locations), BUILD_CHUNK):
         ids, xb = gather_vectors(home, locations[start : start + BUILD_CHUNK], dim)
         with blas_for_few_queries():
-            D, I = faiss.knn(np.ascontiguousarray(xq, dtype=np.float32), xb, min(k, len(xb)), metric=faiss.METRIC_INNER_PRODUCT)
+            D, I = faiss.knn(
+                np.ascontiguousarray(xq, dtype=np.float32),
+                xb,
+                min(k, len(xb)),
+                metric=faiss.METRIC_INNER_PRODUCT,
+            )
         pad = k - D.shape[1]
         if pad:
             D = np.pad(D, ((0, 0), (0, pad)), constant_values=-np.inf)
@@ -77,7 +82,12 @@ def only_ids(index: Any, ids: np.ndarray) -> Any:
 
 
 def rerank_search(
-    index: Any, xq: np.ndarray, k: int, factor: int, fetch: Callable[[np.ndarray], np.ndarray], params: Any = None
+    index: Any,
+    xq: np.ndarray,
+    k: int,
+    factor: int,
+    fetch: Callable[[np.ndarray], np.ndarray],
+    params: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Search ``factor * k`` candidates with the (lossy) index (``params``: FAISS search parameters,
     such as :func:`only_ids`'), re-score them exactly.
@@ -97,7 +107,9 @@ def rerank_search(
     return out_d, out_i
 
 
-def gather_vectors(home: Home, locations: Sequence[tuple[int, str, str, int]], dim: int) -> tuple[np.ndarray, np.ndarray]:
+def gather_vectors(
+    home: Home, locations: Sequence[tuple[int, str, str, int]], dim: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Read the vectors at (image id, shard_dir, shard, row) locations.
 
     Returns ids (n,) int64 and vectors (n, dim) float32 in the order of ``locations``; shards are
@@ -123,7 +135,9 @@ def gather_vectors(home: Home, locations: Sequence[tuple[int, str, str, int]], d
 
 def stored_vectors(home: Home, catalog: Catalog, identity: ModelIdentity, ids: Sequence[int]) -> np.ndarray:
     """(len(ids), d) float32 stored vectors of catalog ``ids`` in that order, deleted images included."""
-    locations = catalog.vector_locations(catalog.model_id(identity), ids=[int(i) for i in ids], live_only=False)
+    locations = catalog.vector_locations(
+        catalog.model_id(identity), ids=[int(i) for i in ids], live_only=False
+    )
     found, xb = gather_vectors(home, locations, identity.embed_dim)
     position = {int(i): p for p, i in enumerate(found.tolist())}
     return xb[[position[int(i)] for i in ids]]

@@ -36,8 +36,8 @@ import numpy as np
 from core.errors import (
     DamagedIndex,
     DamagedState,
+    IndexFormatError,
     IndexNotFound,
-    ModelMismatch,
 )
 from core.models import ModelIdentity
 from indexer.build import ONDISK_FILE, ondisk_lists
@@ -52,14 +52,10 @@ FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
 
 
-
-
 MMAP_MIN_BYTES = 256 * 2**20  # index files at least this large are memory-mapped for serving
 
 
 STAMP_FILE = "stamp.json"
-
-
 
 
 def read_index(path: Path, storage: str = "memory", mmap: bool | None = None) -> Any:
@@ -79,7 +75,9 @@ def read_index(path: Path, storage: str = "memory", mmap: bool | None = None) ->
         index = faiss.read_index(str(path), faiss.IO_FLAG_SKIP_IVF_DATA | faiss.IO_FLAG_READ_ONLY)
         lists = ondisk_lists(index)
         if lists is None:
-            raise ModelMismatch(f"{path} is marked on-disk but has no on-disk inverted lists")
+            raise IndexFormatError(
+                f"{path} is marked on-disk but has no on-disk inverted lists; {VERSION_REPAIR}", str(path)
+            )
         lists.filename = str(path.parent / ONDISK_FILE)
         if lists.totsize:
             lists.do_mmap()
@@ -122,8 +120,9 @@ class IndexVersion:
             index = read_index(self.path / INDEX_FILE, self.storage, mmap)
         except (RuntimeError, MemoryError, OSError) as err:  # files written before checksums were recorded
             reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-            raise DamagedState(f"index version {self.name} cannot be read ({reason}); {VERSION_REPAIR}",
-                               str(self.path)) from err  # fmt: skip
+            raise DamagedState(
+                f"index version {self.name} cannot be read ({reason}); {VERSION_REPAIR}", str(self.path)
+            ) from err
         set_search_params(index, self.manifest.get("search", {}).get("params", {}))
         return index
 
@@ -136,8 +135,14 @@ class IndexVersion:
             files = {n: files[n] for n in names if n in files}
         if not files:
             return 0
-        return shards.verify_files(str(self.path), files, f"index version {self.name}", VERSION_REPAIR,
-                                   full=full, stamp=str(self.path / STAMP_FILE))  # fmt: skip
+        return shards.verify_files(
+            str(self.path),
+            files,
+            f"index version {self.name}",
+            VERSION_REPAIR,
+            full=full,
+            stamp=str(self.path / STAMP_FILE),
+        )
 
     def vector_table(self, home: Home) -> VectorTable | None:
         """Where the version's vectors live (re-ranked versions), or None; see :class:`VectorTable`."""
@@ -163,9 +168,16 @@ def new_staging(home: Home, identity: ModelIdentity) -> Path:
 
 
 def write_version(
-    home: Home, identity: ModelIdentity, index: Any, index_type: str, run_id: int | None, catalog_state: str = "",
-    search: dict[str, Any] | None = None, locations: Sequence[tuple[int, str, str, int]] | None = None,
-    catalog_id: str = "", hits: Iterable[HitRow] | None = None,
+    home: Home,
+    identity: ModelIdentity,
+    index: Any,
+    index_type: str,
+    run_id: int | None,
+    catalog_state: str = "",
+    search: dict[str, Any] | None = None,
+    locations: Sequence[tuple[int, str, str, int]] | None = None,
+    catalog_id: str = "",
+    hits: Iterable[HitRow] | None = None,
 ) -> IndexVersion:
     """Write ``index`` as the next version folder of ``identity``'s model (not yet published).
 
@@ -186,7 +198,9 @@ def write_version(
     if lists is not None:
         tmp = Path(lists.filename).parent
         if tmp.parent.resolve() != model_root.resolve() or not tmp.name.startswith(".tmp-"):
-            raise ValueError(f"on-disk index lists {lists.filename} are not in a staging folder of {model_root}")
+            raise ValueError(
+                f"on-disk index lists {lists.filename} are not in a staging folder of {model_root}"
+            )
         built_at = lists.filename
         lists.filename = ONDISK_FILE  # stored inside index.faiss: the bare name keeps the folder relocatable
         try:
@@ -197,12 +211,20 @@ def write_version(
         tmp = new_staging(home, identity)
         faiss.write_index(index, str(tmp / INDEX_FILE))
     manifest = {
-        "format_version": FORMAT_VERSION, "model": identity.to_dict(), "metric": "inner_product",
-        "count": int(index.ntotal), "dim": identity.embed_dim, "index_type": index_type,
-        "id_map": "faiss id = catalog images.id", "run_id": run_id, "created": time.time(),
-        "catalog_state": catalog_state, "search": search or {},
-        "storage": "ondisk" if lists is not None else "memory", "catalog_id": catalog_id,
-    }  # fmt: skip
+        "format_version": FORMAT_VERSION,
+        "model": identity.to_dict(),
+        "metric": "inner_product",
+        "count": int(index.ntotal),
+        "dim": identity.embed_dim,
+        "index_type": index_type,
+        "id_map": "faiss id = catalog images.id",
+        "run_id": run_id,
+        "created": time.time(),
+        "catalog_state": catalog_state,
+        "search": search or {},
+        "storage": "ondisk" if lists is not None else "memory",
+        "catalog_id": catalog_id,
+    }
     if lists is not None:
         manifest["ivfdata"] = ONDISK_FILE
     if locations is not None and (search or {}).get("rerank"):
@@ -255,8 +277,9 @@ def current_version_path(home: Home) -> Path | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise DamagedIndex(f"{home.current_pointer} is damaged ({err}); {VERSION_REPAIR}",
-                           str(home.current_pointer)) from err  # fmt: skip
+        raise DamagedIndex(
+            f"{home.current_pointer} is damaged ({err}); {VERSION_REPAIR}", str(home.current_pointer)
+        ) from err
 
 
 def current_version(home: Home) -> IndexVersion:
@@ -274,5 +297,8 @@ def current_version(home: Home) -> IndexVersion:
         message = f"index version {path.parent.name}/{path.name}: manifest is not an object; {VERSION_REPAIR}"
         raise DamagedIndex(message, str(path))
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ModelMismatch(f"index {path} has unknown format version {manifest.get('format_version')}")
+        raise IndexFormatError(
+            f"index {path} has unknown format version {manifest.get('format_version')}; {VERSION_REPAIR}",
+            str(path),
+        )
     return IndexVersion(path, manifest)

@@ -70,13 +70,18 @@ class DecodePool:
         shape = local.shape
         size = len(entries) * int(np.prod(shape))
         if shm_free() < 2 * size:  # writing past a full tmpfs kills the writer (SIGBUS): never try
-            self._warn_once("shm", f"shared memory ({SHM_DIR}) has less than {2 * size >> 20} MiB free: decoding in "
-                            "the worker thread instead (a container needs e.g. docker run --shm-size=2g)")  # fmt: skip
+            self._warn_once(
+                "shm",
+                f"shared memory ({SHM_DIR}) has less than {2 * size >> 20} MiB free: decoding in "
+                "the worker thread instead (a container needs e.g. docker run --shm-size=2g)",
+            )
             return decode_entries(entries, local)
         buffer = shared_memory.SharedMemory(create=True, size=size)
         try:
-            tasks = [self._submit(buffer, first, entries[first : first + TASK_SIZE], len(entries))
-                     for first in range(0, len(entries), TASK_SIZE)]  # fmt: skip
+            tasks = [
+                self._submit(buffer, first, entries[first : first + TASK_SIZE], len(entries))
+                for first in range(0, len(entries), TASK_SIZE)
+            ]
             outcomes = [o for task in tasks for o in self._collect(task, buffer, local, len(entries))]
             pixels = np.ndarray((len(entries), *shape), np.uint8, buffer=buffer.buf)
             slots = [o[1] for o in outcomes if isinstance(o, tuple)]
@@ -132,7 +137,7 @@ class DecodePool:
 
     def _decode_here(
         self, part: Sequence[FileEntry], first: int, buffer: shared_memory.SharedMemory, local: EntryDecoder
-    ) -> list[Any]:  # fmt: skip
+    ) -> list[Any]:
         """A task no process decoded, decoded in this thread into the same slots."""
         outcomes, batch = decode_entries(part, local)
         pixels = np.ndarray((first + len(part), *local.shape), np.uint8, buffer=buffer.buf)

@@ -34,9 +34,14 @@ class ImageKey:
 
     def row(self, row: int) -> dict[str, Any]:
         return {
-            "uri": self.uri, "sha256": self.sha256, "size": self.size, "mtime": self.mtime,
-            "width": self.width, "height": self.height, "row": row,
-        }  # fmt: skip
+            "uri": self.uri,
+            "sha256": self.sha256,
+            "size": self.size,
+            "mtime": self.mtime,
+            "width": self.width,
+            "height": self.height,
+            "row": row,
+        }
 
 
 class KnownHashes(frozenset):
@@ -66,7 +71,10 @@ class EntryDecoder:
     and in a decode process (see :mod:`pipeline.decode_pool`). Picklable until :meth:`setup`."""
 
     def __init__(
-        self, identity: ModelIdentity, known_hashes_file: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+        self,
+        identity: ModelIdentity,
+        known_hashes_file: str | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         self.identity = identity
         self.known_hashes_file = known_hashes_file
@@ -86,7 +94,11 @@ class EntryDecoder:
         """A failure row, a key of already-embedded content, or a key and its (3, H, W) pixels."""
         limit = max_file_bytes(self.max_pixels)
         if entry.size > limit:
-            return failure(entry.uri, "read", f"file of {entry.size} bytes is larger than the {limit} bytes read for an image")
+            return failure(
+                entry.uri,
+                "read",
+                f"file of {entry.size} bytes is larger than the {limit} bytes read for an image",
+            )
         try:
             data = uris.read_bytes(entry.uri, max_bytes=limit)
         except Exception as err:  # any filesystem's error: vanished, permission, I/O, not a regular file

@@ -114,7 +114,8 @@ class OpenClipImageHandler(ModelHandler[np.ndarray, PredictionResult, Replicas])
         dim = self._identity.embed_dim
         size = self._batch_size or default_batch_size(model.device)
         return [
-            PredictionResult(None, encode_pixels(model.pick(), pixels, self._normalize, size, dim)) for pixels in batch
+            PredictionResult(None, encode_pixels(model.pick(), pixels, self._normalize, size, dim))
+            for pixels in batch
         ]
 
     def batch_elements_kwargs(self) -> dict[str, int]:

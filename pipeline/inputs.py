@@ -144,7 +144,9 @@ def _read_manifest(path: Path, missing: list[tuple[str, str]]) -> list[FileEntry
         try:
             entries.append(_local_entry(str(local.resolve())))
         except OSError as err:
-            missing.append((uris.from_path(str(local)), f"listed in manifest but unreadable: {err.strerror or err}"))
+            missing.append(
+                (uris.from_path(str(local)), f"listed in manifest but unreadable: {err.strerror or err}")
+            )
     return entries
 
 

@@ -55,10 +55,25 @@ from pipeline.worklist import (
 )
 
 __all__ = [
-    "DASK_RUNNER", "DEFAULT_CHUNK_SIZE", "DEFAULT_RUNNER", "KNOWN_HASHES_FILE", "WORKLIST_FILE", "ChunkMeta",
-    "ImageKey", "PipelineConfig", "build", "dask_cluster", "embed", "local_cluster", "parse_worklist_line",
-    "pipeline_options", "chunking", "run", "run_config", "write_worklist",
-]  # fmt: skip
+    "DASK_RUNNER",
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_RUNNER",
+    "KNOWN_HASHES_FILE",
+    "WORKLIST_FILE",
+    "ChunkMeta",
+    "ImageKey",
+    "PipelineConfig",
+    "build",
+    "dask_cluster",
+    "embed",
+    "local_cluster",
+    "parse_worklist_line",
+    "pipeline_options",
+    "chunking",
+    "run",
+    "run_config",
+    "write_worklist",
+]
 
 log = logging.getLogger(__name__)
 KNOWN_HASHES_FILE = "known-sha256.txt"
@@ -113,21 +128,30 @@ def embed(batches: beam.PCollection, handler: ModelHandler) -> beam.PCollection:
 
 
 def build(
-    p: beam.Pipeline, config: PipelineConfig, *, chunks: Chunking | None = None,
+    p: beam.Pipeline,
+    config: PipelineConfig,
+    *,
+    chunks: Chunking | None = None,
     handler: ModelHandler | None = None,
-) -> Chunking:  # fmt: skip
+) -> Chunking:
     """Add the job's transforms to ``p``; returns the chunk plan. ``handler`` replaces the OpenCLIP one."""
     chunks = chunks or chunking(config)
     handler = handler or OpenClipImageHandler(
         config.identity, batch_size=config.batch_size, device=config.device
     )
     read = ReadDecodeFn(
-        config.worklist, config.identity, config.known_hashes_file, config.max_pixels, config.decode_processes or 0
+        config.worklist,
+        config.identity,
+        config.known_hashes_file,
+        config.max_pixels,
+        config.decode_processes or 0,
     )
     decoded = p | "Chunks" >> beam.Create(chunks.chunks) | "ReadDecode" >> beam.ParDo(read)
     if config.reshuffle:
         decoded = decoded | "Reshuffle" >> beam.Reshuffle()
-    _ = embed(decoded, handler) | "WriteShard" >> beam.ParDo(WriteShardFn(config.output, config.identity, chunks.tag))
+    _ = embed(decoded, handler) | "WriteShard" >> beam.ParDo(
+        WriteShardFn(config.output, config.identity, chunks.tag)
+    )
     return chunks
 
 
@@ -143,8 +167,12 @@ def local_gpu_config(config: PipelineConfig, device: str, chunks: int) -> tuple[
     processes = config.decode_processes
     if processes is None:
         processes = (os.cpu_count() or 1) if feeds_local_gpu(config.beam_args, device) else 0
-    threads = max(POOL_THREADS, 2 * len(replica_devices(device))) if processes else None  # 2 per model copy at least
-    return replace(config, decode_processes=processes), gpu_defaults(config.beam_args, device, chunks, threads)
+    threads = (
+        max(POOL_THREADS, 2 * len(replica_devices(device))) if processes else None
+    )  # 2 per model copy at least
+    return replace(config, decode_processes=processes), gpu_defaults(
+        config.beam_args, device, chunks, threads
+    )
 
 
 def _finish(result: Any, timeout_s: float | None) -> None:
@@ -203,11 +231,19 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--output", required=True, help="shard folder (local or any Beam filesystem)")
     ap.add_argument("--model", default=None, help="OpenCLIP model spec")
     ap.add_argument("--pretrained", default=None, help="pretrained tag, checkpoint path or 'random'")
-    ap.add_argument("--batch-size", type=int, default=None, help="images per forward (default 256 on GPU, 32 on CPU)")
+    ap.add_argument(
+        "--batch-size", type=int, default=None, help="images per forward (default 256 on GPU, 32 on CPU)"
+    )
     ap.add_argument("--shard-size", type=int, default=4096)
-    ap.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="files per unit of work (and shard)")
-    ap.add_argument("--decode-processes", type=int, default=None, help="decode pool size (default: one per "
-                    "core when the in-process runner feeds a GPU, else none)")
+    ap.add_argument(
+        "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="files per unit of work (and shard)"
+    )
+    ap.add_argument(
+        "--decode-processes",
+        type=int,
+        default=None,
+        help="decode pool size (default: one per core when the in-process runner feeds a GPU, else none)",
+    )
     ap.add_argument("--reshuffle", action="store_true", help="reshuffle between decoding and inference")
     ap.add_argument("--device", default=None)
     return ap

@@ -10,6 +10,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
+from core import uris
 from pipeline import shards
 
 
@@ -38,7 +39,7 @@ def shard_progress(
         return
     from tqdm import tqdm
 
-    every_s = every_s or (5.0 if "://" in folder else 0.5)
+    every_s = every_s or (5.0 if uris.is_remote(folder) else 0.5)
     stop = threading.Event()
     seen: set[str] = set()
     bar = tqdm(total=total, desc="embedding", unit="img", dynamic_ncols=True)

@@ -35,10 +35,12 @@ class LocalDaskOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
         parser.add_argument(
-            "--dask_local_workers", type=int, default=None,
+            "--dask_local_workers",
+            type=int,
+            default=None,
             help="worker processes of the local Dask cluster started when the Dask runner is "
             "chosen without --dask_client_address (default: one per CPU core)",
-        )  # fmt: skip
+        )
 
 
 # Beam options that would make an index run quietly wrong
@@ -90,8 +92,12 @@ def check_beam_args(beam_args: Sequence[str], own: Sequence[str] = ()) -> tuple[
         raise InputError(f"unexpected argument {bad!r} (options look like --name=value)")
     name = bad.split("=", 1)[0]
     beam = [o for action in parser._actions for o in action.option_strings]  # noqa: SLF001
-    near = difflib.get_close_matches(name, own, n=1, cutoff=0.75) or difflib.get_close_matches(name, beam, n=1)
-    hint = f"; did you mean {near[0]}?" if near else " (see `vistag index --help` and Beam's pipeline options)"
+    near = difflib.get_close_matches(name, own, n=1, cutoff=0.75) or difflib.get_close_matches(
+        name, beam, n=1
+    )
+    hint = (
+        f"; did you mean {near[0]}?" if near else " (see `vistag index --help` and Beam's pipeline options)"
+    )
     raise InputError(f"unknown option {name}{hint}")
 
 
@@ -183,9 +189,12 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1) -> It
     with warnings.catch_warnings():  # a second cluster's status page takes a free port: fine
         warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
         cluster = LocalCluster(
-            n_workers=n, processes=True, threads_per_worker=threads_per_worker, host="127.0.0.1",
+            n_workers=n,
+            processes=True,
+            threads_per_worker=threads_per_worker,
+            host="127.0.0.1",
             dashboard_address=None,
-        )  # fmt: skip
+        )
     try:
         yield cluster
     finally:

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from core import uris
 from core.errors import DamagedState, ShardFormatError
 
 FORMAT_VERSION = 1
@@ -47,8 +48,15 @@ STAMP_SUFFIX = ".stamp"
 RACY_NS = 2_000_000_000
 READ_BLOCK = 1 << 20
 SHARD_REPAIR = "`vistag index PATH` re-embeds the images whose vectors it held"
-META_COLUMNS = (("uri", "string"), ("sha256", "string"), ("size", "int64"), ("mtime", "float64"),
-                ("width", "int32"), ("height", "int32"), ("row", "int32"))
+META_COLUMNS = (
+    ("uri", "string"),
+    ("sha256", "string"),
+    ("size", "int64"),
+    ("mtime", "float64"),
+    ("width", "int32"),
+    ("height", "int32"),
+    ("row", "int32"),
+)
 FAILURE_COLUMNS = (("uri", "string"), ("stage", "string"), ("reason", "string"))
 
 
@@ -65,7 +73,7 @@ class Shard:
 
 def is_local(path: str) -> bool:
     """Whether ``path`` is on this machine's filesystem (read without Beam) rather than a URI."""
-    return "://" not in path
+    return not uris.is_remote(path)
 
 
 def join(folder: str, name: str) -> str:
@@ -128,9 +136,14 @@ def checksum_file(path: str) -> dict[str, Any]:
 
 
 def verify_files(
-    folder: str, expected: Mapping[str, Mapping[str, Any]], what: str, repair: str, *, full: bool = False,
+    folder: str,
+    expected: Mapping[str, Mapping[str, Any]],
+    what: str,
+    repair: str,
+    *,
+    full: bool = False,
     stamp: str | None = None,
-) -> int:  # fmt: skip
+) -> int:
     """Check the files ``expected`` names in ``folder`` ({file name: {"sha256", "size"}}).
 
     Local files that the ``stamp`` file vouches for (hashed before with this checksum, and the
@@ -244,8 +257,11 @@ def write_shard(
         FileSystems.mkdirs(folder)
     buf = io.BytesIO()
     np.save(buf, embeddings)
-    payloads = {f"{name}.npy": buf.getvalue(), f"{name}.parquet": _parquet_bytes(meta, META_COLUMNS),
-                f"{name}.failures.parquet": _parquet_bytes(failures, FAILURE_COLUMNS)}  # fmt: skip
+    payloads = {
+        f"{name}.npy": buf.getvalue(),
+        f"{name}.parquet": _parquet_bytes(meta, META_COLUMNS),
+        f"{name}.failures.parquet": _parquet_bytes(failures, FAILURE_COLUMNS),
+    }
     for file_name, payload in payloads.items():
         _write_atomic(join(folder, file_name), payload)
     manifest = {

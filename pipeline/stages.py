@@ -47,8 +47,14 @@ class ReadDecodeFn(beam.DoFn):
     worker's own thread.
     """
 
-    def __init__(self, worklist: str, identity: ModelIdentity, known_hashes_file: str | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, decode_processes: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        worklist: str,
+        identity: ModelIdentity,
+        known_hashes_file: str | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        decode_processes: int = 0,
+    ):
         self._worklist = worklist
         self._decoder = EntryDecoder(identity, known_hashes_file, max_pixels)
         self._processes = decode_processes

@@ -79,7 +79,9 @@ def cut_chunks(worklist: str, chunk_size: int, salt: str = "") -> Chunking:
                 offsets[-1] += len(line)  # a blank line belongs to no entry
     total = len(offsets) - 1
     chunks = tuple(
-        Chunk(i, first, min(chunk_size, total - first), offsets[first], offsets[min(first + chunk_size, total)])
+        Chunk(
+            i, first, min(chunk_size, total - first), offsets[first], offsets[min(first + chunk_size, total)]
+        )
         for i, first in enumerate(range(0, total, chunk_size))
     )
     return Chunking(digest.hexdigest()[:12], chunks, total)
@@ -94,8 +96,10 @@ def read_chunk(worklist: str, chunk: Chunk) -> list[FileEntry]:
         data = fh.read(chunk.end - chunk.start)
     entries = [parse_worklist_line(line) for line in data.decode().splitlines() if line.strip()]
     if len(entries) != chunk.count:
-        raise ValueError(f"{worklist}: chunk {chunk.index} holds {len(entries)} entries, expected "
-                         f"{chunk.count}: the work list changed during the run")  # fmt: skip
+        raise ValueError(
+            f"{worklist}: chunk {chunk.index} holds {len(entries)} entries, expected "
+            f"{chunk.count}: the work list changed during the run"
+        )
     return entries
 
 

@@ -85,7 +85,9 @@ def sample_rows(n: int, max_rows: int = MAX_ROWS, seed: int = 0) -> np.ndarray |
     return np.random.default_rng(seed).choice(n, max_rows, replace=False)
 
 
-def fit_calibration(scores: np.ndarray, *, log: bool = False, max_rows: int = MAX_ROWS, seed: int = 0) -> Calibration:
+def fit_calibration(
+    scores: np.ndarray, *, log: bool = False, max_rows: int = MAX_ROWS, seed: int = 0
+) -> Calibration:
     """Fit the rule above on (N, C) ``scores``; ``log=True`` for positive, heavy-tailed scores.
 
     Rows beyond ``max_rows`` are sampled with :func:`sample_rows`; passing just the sampled rows

@@ -55,7 +55,11 @@ def read_truth(path: str | Path, catalog: Catalog) -> Truth:
         raise InputError(f"cannot read truth file {path}: {err}") from err
     by_image: dict[int, set[str]] = {}
     for number, row in enumerate(rows, 1):
-        if not row or row[0].startswith("#") or (number == 1 and [c.strip() for c in row] == ["uri", "label"]):
+        if (
+            not row
+            or row[0].startswith("#")
+            or (number == 1 and [c.strip() for c in row] == ["uri", "label"])
+        ):
             continue
         if len(row) != 2 or not row[1].strip():
             raise InputError(f"{path} line {number}: expected 'uri,label'")
@@ -81,7 +85,9 @@ def _average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(precision_at[hits].mean())
 
 
-def metrics(scored: Scored, names: Sequence[str], truth: Truth, thresholds: dict[str, float]) -> dict[str, Any]:
+def metrics(
+    scored: Scored, names: Sequence[str], truth: Truth, thresholds: dict[str, float]
+) -> dict[str, Any]:
     """Top-1 accuracy, per-label precision/recall at ``thresholds``, and mAP on the truth images."""
     pos = {int(i): p for p, i in enumerate(scored.ids.tolist())}
     rows = np.array([pos[int(i)] for i in truth.ids])
@@ -94,13 +100,19 @@ def metrics(scored: Scored, names: Sequence[str], truth: Truth, thresholds: dict
         predicted = conf[:, c] >= thresholds[name]
         tp = int((predicted & positive).sum())
         per_label[name] = {
-            "precision": tp / max(int(predicted.sum()), 1), "recall": tp / max(int(positive.sum()), 1),
-            "ap": _average_precision(scores[:, c], positive), "support": int(positive.sum()),
+            "precision": tp / max(int(predicted.sum()), 1),
+            "recall": tp / max(int(positive.sum()), 1),
+            "ap": _average_precision(scores[:, c], positive),
+            "support": int(positive.sum()),
             "threshold": thresholds[name],
-        }  # fmt: skip
+        }
     aps = [v["ap"] for v in per_label.values() if not np.isnan(v["ap"])]
-    return {"top1": top1, "map": float(np.mean(aps)) if aps else float("nan"), "labels": per_label,
-            "images": len(truth.ids)}  # fmt: skip
+    return {
+        "top1": top1,
+        "map": float(np.mean(aps)) if aps else float("nan"),
+        "labels": per_label,
+        "images": len(truth.ids),
+    }
 
 
 def fit_thresholds(scored: Scored, names: Sequence[str], truth: Truth) -> dict[str, float]:
@@ -122,9 +134,14 @@ def fit_thresholds(scored: Scored, names: Sequence[str], truth: Truth) -> dict[s
 
 
 def evaluate(
-    home: Home, catalog: Catalog, searcher: Searcher, truth_path: str, config: TagConfig,
-    methods: Sequence[str] = ("zeroshot", "zlap"), fit: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+    home: Home,
+    catalog: Catalog,
+    searcher: Searcher,
+    truth_path: str,
+    config: TagConfig,
+    methods: Sequence[str] = ("zeroshot", "zlap"),
+    fit: bool = False,
+) -> dict[str, Any]:
     """Metrics per method on the truth file; ``fit`` also fits per-label thresholds on it."""
     truth = read_truth(truth_path, catalog)
     names = list(config.names)
@@ -137,7 +154,9 @@ def evaluate(
         position = {int(i): p for p, i in enumerate(corpus.ids.tolist())}
         missing_ids = [int(i) for i in truth.ids if int(i) not in position]
         if missing_ids:
-            raise InputError(f"{len(missing_ids)} truth images have no vector in the index (image id {missing_ids[0]})")
+            raise InputError(
+                f"{len(missing_ids)} truth images have no vector in the index (image id {missing_ids[0]})"
+            )
         scored = corpus.rows(np.array([position[int(i)] for i in truth.ids], dtype=np.int64))
         fixed = dict.fromkeys(names, config.min_confidence or 0.5)
         result = metrics(scored, names, truth, fixed)
@@ -153,4 +172,6 @@ def load_thresholds(path: str | Path) -> dict[str, float]:
         data = json.loads(Path(path).expanduser().read_text())
         return {str(k): float(v) for k, v in data.items()}
     except (OSError, ValueError, AttributeError) as err:
-        raise InputError(f"cannot read thresholds {path}: expected a JSON object label -> number ({err})") from err
+        raise InputError(
+            f"cannot read thresholds {path}: expected a JSON object label -> number ({err})"
+        ) from err

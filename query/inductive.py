@@ -53,7 +53,9 @@ def solve_workers(n_nodes: int, chunk: int = SOLVE_CHUNK) -> int:
     return int(max(1, min(os.cpu_count() or 1, budget // (8 * 8 * n_nodes * chunk))))
 
 
-def leave_self_out(graph: KnnGraph, k: int, rows: slice | np.ndarray = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+def leave_self_out(
+    graph: KnnGraph, k: int, rows: slice | np.ndarray = slice(None)
+) -> tuple[np.ndarray, np.ndarray]:
     """(D, I) of width k for ``rows`` of the graph without the row itself (padded with -1 / 0
     on tiny corpora), other neighbours in their order."""
     D, I = graph.D[rows], graph.I[rows]
@@ -73,9 +75,14 @@ def _structured(raw: np.ndarray, text: TextSet, labels: Sequence[Label]) -> np.n
 
 
 def fit_zlap(
-    graph: KnnGraph, xb: np.ndarray, text: TextSet, config: TagConfig, folder: Path | None,
-    *, workers: int | None = None,
-) -> CorpusScores:  # fmt: skip
+    graph: KnnGraph,
+    xb: np.ndarray,
+    text: TextSet,
+    config: TagConfig,
+    folder: Path | None,
+    *,
+    workers: int | None = None,
+) -> CorpusScores:
     """Transductive ZLaP scores of the corpus; with ``folder``, stores the inductive table and
     both calibrations there. ``workers``: threads of the block solves (default
     :func:`solve_workers`); the scores do not depend on it.
@@ -97,8 +104,15 @@ def fit_zlap(
     calibration = fit_calibration(raw(sample), log=True)
     if folder is not None:
         xs = xb[sample]
-        inductive = _structured(model.scores(xs, sparse=True, knn=leave_self_out(graph, k, sample)), text, config.labels)
-        np.savez(folder / "table.npz", ids=graph.ids, pseudo_labels=model.pseudo_labels_, pseudo_scores=model.pseudo_scores_)
+        inductive = _structured(
+            model.scores(xs, sparse=True, knn=leave_self_out(graph, k, sample)), text, config.labels
+        )
+        np.savez(
+            folder / "table.npz",
+            ids=graph.ids,
+            pseudo_labels=model.pseudo_labels_,
+            pseudo_scores=model.pseudo_scores_,
+        )
         np.savez(folder / "calibration.npz", **calibration.to_arrays())
         np.savez(folder / "calibration-inductive.npz", **fit_calibration(inductive, log=True).to_arrays())
     return CorpusScores(graph.ids, raw, calibration)
@@ -128,8 +142,10 @@ def tag_new_images(home: Home, catalog: Catalog, searcher: Searcher, image_ids: 
 def _score_new(home, catalog, version, folder: Path, config: dict, ids: np.ndarray, xq: np.ndarray) -> Scored:  # noqa: ANN001
     stored = np.load(folder / "text.npz")
     text: TextSet = (stored["labels"], stored["negatives"], stored["owners"])
-    labels = [Label(**{**x, "synonyms": tuple(x["synonyms"]), "negatives": tuple(x["negatives"])})
-              for x in config["vocabulary"]]  # fmt: skip
+    labels = [
+        Label(**{**x, "synonyms": tuple(x["synonyms"]), "negatives": tuple(x["negatives"])})
+        for x in config["vocabulary"]
+    ]
     if config["method"] == "zeroshot":
         scores = zero_shot_scores(xq, text, labels)
         calibration = Calibration.from_arrays(dict(np.load(folder / "calibration.npz")))
@@ -138,9 +154,14 @@ def _score_new(home, catalog, version, folder: Path, config: dict, ids: np.ndarr
     unlabeled = vectors.stored_vectors(home, catalog, version.identity, table["ids"].tolist())
     nodes = np.concatenate([text[0], text[1]]) if len(text[1]) else text[0]
     model = ZLaPInductive.from_table(
-        unlabeled, nodes, table["pseudo_labels"], table["pseudo_scores"],
-        k=config["k"], gamma=config["gamma"], alpha=config["alpha"],
-    )  # fmt: skip
+        unlabeled,
+        nodes,
+        table["pseudo_labels"],
+        table["pseudo_scores"],
+        k=config["k"],
+        gamma=config["gamma"],
+        alpha=config["alpha"],
+    )
     scores = _structured(model.scores(xq, sparse=True), text, labels)
     calibration = Calibration.from_arrays(dict(np.load(folder / "calibration-inductive.npz")))
     return Scored(ids, scores, calibration.apply(scores))

@@ -68,8 +68,10 @@ class TagConfig:
                 raise InputError(f"--store-top must be a whole number of labels, at least 1 (got {n!r})")
             object.__setattr__(self, "store_top", int(n))  # numpy integers too; stored as JSON
             if n > len(self.labels):
-                raise InputError(f"--store-top {n} is more than the {len(self.labels)} labels: "
-                                 "leave it out to store every label")  # fmt: skip
+                raise InputError(
+                    f"--store-top {n} is more than the {len(self.labels)} labels: "
+                    "leave it out to store every label"
+                )
         return self
 
 
@@ -159,9 +161,16 @@ def best_labels(scores: np.ndarray, n: int) -> np.ndarray:
 
 
 def store_tags(
-    catalog: Catalog, scored: Scored | Iterable[Scored], labels: Sequence[str], method: str, run_id: int,
-    *, store_top: int | None = None, top: int = 0, cuts: Sequence[float] | None = None,
-) -> list[dict[str, Any]]:  # fmt: skip
+    catalog: Catalog,
+    scored: Scored | Iterable[Scored],
+    labels: Sequence[str],
+    method: str,
+    run_id: int,
+    *,
+    store_top: int | None = None,
+    top: int = 0,
+    cuts: Sequence[float] | None = None,
+) -> list[dict[str, Any]]:
     """Insert tag rows of ``scored`` (one block or an iterable of blocks): per image every label,
     or its ``store_top`` best, ranked by raw score; rows go in batches of at most ``ROW_BATCH``.
 
@@ -185,30 +194,61 @@ def _insert(
     width = order.shape[1]
     step = max(1, ROW_BATCH // width)
     for a in range(0, len(block.ids), step):
-        part = Scored(block.ids[a : a + step], block.scores[a : a + step],
-                      None if block.confidence is None else block.confidence[a : a + step], block.calibration)  # fmt: skip
+        part = Scored(
+            block.ids[a : a + step],
+            block.scores[a : a + step],
+            None if block.confidence is None else block.confidence[a : a + step],
+            block.calibration,
+        )
         cols = order[a : a + step]
         scores = np.take_along_axis(part.scores, cols, 1).ravel().tolist()
         confidence = part.confidence_at(cols).ravel().tolist()
         images = np.repeat(block.ids[a : a + step], width).tolist()
         ranks = np.tile(np.arange(width), len(cols)).tolist()
         rows = [
-            {"image_id": i, "label_id": c, "score": s, "confidence": p, "rank": r, "method": method, "run_id": run_id}
-            for i, c, s, p, r in zip(images, label_ids[cols].ravel().tolist(), scores, confidence, ranks, strict=True)
+            {
+                "image_id": i,
+                "label_id": c,
+                "score": s,
+                "confidence": p,
+                "rank": r,
+                "method": method,
+                "run_id": run_id,
+            }
+            for i, c, s, p, r in zip(
+                images, label_ids[cols].ravel().tolist(), scores, confidence, ranks, strict=True
+            )
         ]
         catalog.add_tags(rows)
 
 
 def _shown(
-    catalog: Catalog, block: Scored, order: np.ndarray, labels: Sequence[str], method: str, cuts: Sequence[float]
+    catalog: Catalog,
+    block: Scored,
+    order: np.ndarray,
+    labels: Sequence[str],
+    method: str,
+    cuts: Sequence[float],
 ) -> list[dict[str, Any]]:
     uris = {r["id"]: r["uri"] for r in catalog.images(block.ids.tolist(), status=None)}
-    scores, confidence = np.take_along_axis(block.scores, order, 1).tolist(), block.confidence_at(order).tolist()
+    scores, confidence = (
+        np.take_along_axis(block.scores, order, 1).tolist(),
+        block.confidence_at(order).tolist(),
+    )
     out = []
     for r, image_id in enumerate(block.ids.tolist()):
         for rank, c in enumerate(order[r].tolist()):
             if confidence[r][rank] < cuts[c]:
                 continue
-            out.append({"id": image_id, "uri": uris.get(image_id), "label": labels[c], "score": scores[r][rank],
-                        "confidence": round(confidence[r][rank], 6), "rank": rank, "method": method})  # fmt: skip
+            out.append(
+                {
+                    "id": image_id,
+                    "uri": uris.get(image_id),
+                    "label": labels[c],
+                    "score": scores[r][rank],
+                    "confidence": round(confidence[r][rank], 6),
+                    "rank": rank,
+                    "method": method,
+                }
+            )
     return out

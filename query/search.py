@@ -44,8 +44,14 @@ class Hit:
     sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "uri": self.uri, "score": round(self.score, 6), "width": self.width,
-                "height": self.height, "sha256": self.sha256}  # fmt: skip
+        return {
+            "id": self.id,
+            "uri": self.uri,
+            "score": round(self.score, 6),
+            "width": self.width,
+            "height": self.height,
+            "sha256": self.sha256,
+        }
 
 
 class Searcher:
@@ -57,9 +63,14 @@ class Searcher:
     """
 
     def __init__(
-        self, home: Home, catalog: Catalog, device: str | None = None, mmap: bool | None = None,
-        *, remember_texts: bool = True,
-    ):  # fmt: skip
+        self,
+        home: Home,
+        catalog: Catalog,
+        device: str | None = None,
+        mmap: bool | None = None,
+        *,
+        remember_texts: bool = True,
+    ):
         self.home = home
         self.catalog = catalog
         self.device = device
@@ -119,8 +130,9 @@ class Searcher:
         """(len(texts), D) float32 query embeddings: from the caches when they hold them (no model
         is loaded then), else encoded by the version's model."""
         identity = self.version().identity
-        encoder = TextEncoder(self.model, catalog=self.catalog, identity=identity,
-                              remember=self.remember_texts, memo=self._memo)  # fmt: skip
+        encoder = TextEncoder(
+            self.model, catalog=self.catalog, identity=identity, remember=self.remember_texts, memo=self._memo
+        )
         return encoder.encode(list(texts))
 
     def search_vectors(self, xq: np.ndarray, k: int, where: ImageFilter | None = None) -> list[list[Hit]]:
@@ -137,8 +149,11 @@ class Searcher:
         xq = np.ascontiguousarray(xq, dtype=np.float32)
         k = min(k, max(index.ntotal, 1), len(ids) if ids is not None else k)
         if version.rerank:  # lossy codes: re-score candidates with the stored vectors
-            fetch = table.fetch if table is not None else (  # versions written before the table: the catalog
-                lambda found: vectors.stored_vectors(self.home, self.catalog, version.identity, found)
+            fetch = (
+                table.fetch
+                if table is not None
+                # versions written before the table: the catalog
+                else (lambda found: vectors.stored_vectors(self.home, self.catalog, version.identity, found))
             )
             D, I = vectors.rerank_search(index, xq, k, version.rerank, fetch, params)
         else:
@@ -154,15 +169,23 @@ class Searcher:
         if hits is not None:
             rows = hits.rows(ids)
         else:
-            rows = {r["id"]: (r["id"], r["uri"], r["width"], r["height"], r["sha256"]) for r in self.catalog.images(ids)}
-        return [Hit(row[0], row[1], float(d), row[2], row[3], row[4])
-                for d, i in zip(D, I, strict=True) if (row := rows.get(int(i))) is not None]  # fmt: skip
+            rows = {
+                r["id"]: (r["id"], r["uri"], r["width"], r["height"], r["sha256"])
+                for r in self.catalog.images(ids)
+            }
+        return [
+            Hit(row[0], row[1], float(d), row[2], row[3], row[4])
+            for d, i in zip(D, I, strict=True)
+            if (row := rows.get(int(i))) is not None
+        ]
 
     def search(self, text: str, k: int = 10, where: ImageFilter | None = None) -> list[Hit]:
         """Text-to-image search."""
         return self.search_vectors(self.encode_text([text]), k, where)[0]
 
-    def similar(self, image: int | str | os.PathLike[str], k: int = 10, where: ImageFilter | None = None) -> list[Hit]:
+    def similar(
+        self, image: int | str | os.PathLike[str], k: int = 10, where: ImageFilter | None = None
+    ) -> list[Hit]:
         """Image-to-image search from an indexed image id or uri, or any image file."""
         return self.search_vectors(self.image_vector(image)[None, :], k, where)[0]
 

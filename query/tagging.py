@@ -40,11 +40,19 @@ from query.scoring import (
 from query.search import Searcher
 from query.text import TextEncoder
 
-FULL_ROWS_MAX = 100_000_000  # tag rows a run stores without --store-top unless --store-all (about 15 min on SQLite)
-def corpus_matrix(home: Home, catalog: Catalog, version: versions.IndexVersion) -> tuple[np.ndarray, np.ndarray]:
+FULL_ROWS_MAX = (
+    100_000_000  # tag rows a run stores without --store-top unless --store-all (about 15 min on SQLite)
+)
+
+
+def corpus_matrix(
+    home: Home, catalog: Catalog, version: versions.IndexVersion
+) -> tuple[np.ndarray, np.ndarray]:
     """ids (N,) int64 sorted and vectors (N, D) float32 of every indexed image of the version's model."""
     identity = version.identity
-    return vectors.gather_vectors(home, catalog.vector_locations(catalog.model_id(identity)), identity.embed_dim)
+    return vectors.gather_vectors(
+        home, catalog.vector_locations(catalog.model_id(identity)), identity.embed_dim
+    )
 
 
 def encode_text(catalog: Catalog, searcher: Searcher, config: TagConfig) -> TextSet:
@@ -93,8 +101,11 @@ def tag_corpus(
             f"storing every score would write {rows:,} tag rows ({rows // len(config.labels):,} images x "
             f"{len(config.labels):,} labels): pass --store-top N to keep each image's N best, or --store-all"
         )
-    params = asdict(config) | {"labels": list(config.names), "vocabulary": [asdict(x) for x in config.labels],
-                               "model_key": version.identity.key}  # fmt: skip
+    params = asdict(config) | {
+        "labels": list(config.names),
+        "vocabulary": [asdict(x) for x in config.labels],
+        "model_key": version.identity.key,
+    }
     cuts = [max(config.min_confidence, (config.thresholds or {}).get(n, 0.0)) for n in config.names]
     with recovery.writer(home, catalog):  # one writer per home: a run found running under the lock is dead
         run_id = catalog.start_run("tag", catalog.model_id(version.identity), params)
@@ -103,8 +114,16 @@ def tag_corpus(
             folder.mkdir(parents=True, exist_ok=True)
             scores = score_corpus(home, catalog, searcher, config, folder)
             blocks = scores.chunks(chunk, confidence=False)
-            shown = store_tags(catalog, blocks, config.names, config.method, run_id,
-                               store_top=config.store_top, top=config.top, cuts=cuts)  # fmt: skip
+            shown = store_tags(
+                catalog,
+                blocks,
+                config.names,
+                config.method,
+                run_id,
+                store_top=config.store_top,
+                top=config.top,
+                cuts=cuts,
+            )
             (folder / "run.json").write_text(json.dumps(params | {"run_id": run_id}, indent=1))
         except BaseException as err:
             catalog.finish_run(run_id, "failed", {}, message=f"{type(err).__name__}: {err}")

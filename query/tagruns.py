@@ -33,8 +33,12 @@ def delete_tag_run(home: Home, catalog: Catalog, run_id: int) -> dict[str, Any]:
     tags = catalog.delete_tag_run(run_id)
     shutil.rmtree(run_dir(home, run_id), ignore_errors=True)
     params = json.loads((run or {}).get("params") or "{}")
-    same = [r["id"] for r in applied_runs(catalog, params.get("model_key", ""))
-            if (r["config"].get("method"), r["config"].get("labels")) == (params.get("method"), params.get("labels"))]  # fmt: skip
+    same = [
+        r["id"]
+        for r in applied_runs(catalog, params.get("model_key", ""))
+        if (r["config"].get("method"), r["config"].get("labels"))
+        == (params.get("method"), params.get("labels"))
+    ]
     return {"run_id": run_id, "tags": tags, "still_applied": same}
 
 
@@ -44,6 +48,14 @@ def explain(catalog: Catalog, model_key: str, image_id: int, top: int = 5) -> li
     out = []
     for run in applied_runs(catalog, model_key):
         for tag in catalog.tags(run["id"], image_ids=[image_id])[:top]:
-            out.append({"run_id": run["id"], "label": tag["label"], "score": tag["score"],
-                        "confidence": tag["confidence"], "rank": tag["rank"], "method": tag["method"]})  # fmt: skip
+            out.append(
+                {
+                    "run_id": run["id"],
+                    "label": tag["label"],
+                    "score": tag["score"],
+                    "confidence": tag["confidence"],
+                    "rank": tag["rank"],
+                    "method": tag["method"],
+                }
+            )
     return out

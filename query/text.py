@@ -44,9 +44,15 @@ class TextEncoder:
     """
 
     def __init__(
-        self, model: LoadedModel | Callable[[], LoadedModel], batch_size: int = 256, catalog: Catalog | None = None,
-        *, identity: ModelIdentity | None = None, remember: bool = True, memo: TextMemo | None = None,
-    ):  # fmt: skip
+        self,
+        model: LoadedModel | Callable[[], LoadedModel],
+        batch_size: int = 256,
+        catalog: Catalog | None = None,
+        *,
+        identity: ModelIdentity | None = None,
+        remember: bool = True,
+        memo: TextMemo | None = None,
+    ):
         self._model = model
         self.identity = identity if identity is not None else getattr(model, "identity", None)
         if self.identity is None:
@@ -84,7 +90,9 @@ class TextEncoder:
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         return encode_texts(self.model, list(texts), self.batch_size)
 
-    def encode_labels(self, labels: Sequence[Label | str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> np.ndarray:
+    def encode_labels(
+        self, labels: Sequence[Label | str], templates: Sequence[str] = DEFAULT_TEMPLATES
+    ) -> np.ndarray:
         """(C, D) float32: per label, the normalised mean of its normalised prompt embeddings."""
         if not templates:
             raise InputError("no prompt templates")

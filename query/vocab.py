@@ -69,7 +69,9 @@ def named_templates(name: str) -> tuple[str, ...]:
     templates = tuple(x for x in lines if x and not x.startswith("#"))
     for number, text in enumerate(lines, 1):
         if text and not text.startswith("#") and text.count("{}") != 1:
-            raise InputError(f"{path} line {number}: a template needs exactly one {{}} for the label: {text!r}")
+            raise InputError(
+                f"{path} line {number}: a template needs exactly one {{}} for the label: {text!r}"
+            )
     if not templates:
         raise InputError(f"{path}: no templates")
     return templates
@@ -147,7 +149,9 @@ def _label_node(path: Path, node: Any, name: Any = None) -> Label:
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             if key.value not in LABEL_FIELDS:
-                raise InputError(f"{_where(path, key)}: unknown field {key.value!r} (fields: {', '.join(LABEL_FIELDS)})")
+                raise InputError(
+                    f"{_where(path, key)}: unknown field {key.value!r} (fields: {', '.join(LABEL_FIELDS)})"
+                )
             data[key.value] = _field(path, key.value, value)
     elif not (isinstance(node, yaml.ScalarNode) and node.value in ("", "null", "~")):
         raise InputError(f"{_where(path, node)}: a label must be a name or a mapping of fields")
@@ -180,7 +184,9 @@ def _check_all(labels: list[Label], source: str) -> list[Label]:
     seen: dict[str, Label] = {}
     for label in labels:
         if len(label.name) > MAX_LABEL_CHARS:
-            raise InputError(f"{source}: label longer than {MAX_LABEL_CHARS} characters: {label.name[:40]!r}...")
+            raise InputError(
+                f"{source}: label longer than {MAX_LABEL_CHARS} characters: {label.name[:40]!r}..."
+            )
         if label.name in seen and seen[label.name] != label:
             raise InputError(f"{source}: label {label.name!r} is defined twice, differently")
         seen[label.name] = label

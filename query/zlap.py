@@ -297,7 +297,9 @@ class ZLaPInductive:
         """Section 5.2 weights: (nodes, weights), each (Q, k_it + k_ii), nodes int64, weights float64."""
         n_cls, n_u = self.graph_.n_classes, self.unlabeled_.shape[0]
         k_ii, k_it = min(self.k, n_u), min(self.k if self.k_text is None else self.k_text, n_cls)
-        d_ii, i_ii = exact_knn(q, self.unlabeled_, k_ii) if knn is None else check_knn(knn, q.shape[0], k_ii, n_u)
+        d_ii, i_ii = (
+            exact_knn(q, self.unlabeled_, k_ii) if knn is None else check_knn(knn, q.shape[0], k_ii, n_u)
+        )
         d_it, i_it = exact_knn(q, self.text_, k_it)
         w_ii, w_it = np.maximum(d_ii, 0.0), np.maximum(d_it, 0.0)  # clip first ...
         if self.graph_.sim_range is not None:  # ... then rescale (reverse of the graph), no re-clip
@@ -340,7 +342,9 @@ class ZLaPInductive:
         """Block solves ``L Z = Y``; returns Z[:C].T, (Q, C) float64."""
         lap, n_cls = self.graph_.L, self.graph_.n_classes
         if lap is None:
-            raise ZLaPError("exact scoring needs the graph: this model was rebuilt from a table, use sparse=True")
+            raise ZLaPError(
+                "exact scoring needs the graph: this model was rebuilt from a table, use sparse=True"
+            )
         n_q, width = nodes.shape
         out = np.empty((n_q, n_cls))
 
@@ -354,9 +358,17 @@ class ZLaPInductive:
             out[c0:c1] = x[:n_cls].T
 
         self.info_["scores"] = solve_blocks(
-            lap, n_q, make, consume, solver=self.solver, tol=self.tol, maxiter=self.maxiter, chunk=self.chunk,
-            workers=self.workers, permuted=self._permuted(),
-        )  # fmt: skip
+            lap,
+            n_q,
+            make,
+            consume,
+            solver=self.solver,
+            tol=self.tol,
+            maxiter=self.maxiter,
+            chunk=self.chunk,
+            workers=self.workers,
+            permuted=self._permuted(),
+        )
         return out
 
 

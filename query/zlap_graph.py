@@ -92,6 +92,7 @@ def check_knn(knn: object, n_rows: int, width: int, n_db: int) -> KnnPair:
         raise ZLaPError("knn D contains NaN or infinite values at valid ids")
     return dist.astype(np.float64), idx.astype(np.int64)
 
+
 # ----------------------------------------------------------------------------- graph
 
 
@@ -214,4 +215,3 @@ def build_graph(
         image_feats, text_feats, k=k, gamma=gamma, alpha=alpha, scale_sim=scale_sim, k_text=k_text, knn=knn
     )
     return {"L": graph.L, "Wn": wn, "W": w}[output]
-

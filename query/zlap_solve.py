@@ -70,6 +70,7 @@ def check_workers(workers: int) -> None:
     if isinstance(workers, bool) or not isinstance(workers, int | np.integer) or workers < 1:
         raise ZLaPError(f"workers must be an integer >= 1, got {workers!r}")
 
+
 # ----------------------------------------------------------------------------- solvers
 
 
@@ -313,7 +314,15 @@ def propagate_labels(
     if lap.format != "csr" or lap.dtype != np.float64:
         lap = sp.csr_matrix(lap, dtype=np.float64)
     info = solve_blocks(
-        lap, n_classes, onehot_rhs(n), consume, solver=solver, tol=tol, maxiter=maxiter, chunk=chunk,
-        workers=workers, permuted=None if solver == "direct" else locality_order(lap, n_classes),
-    )  # fmt: skip
+        lap,
+        n_classes,
+        onehot_rhs(n),
+        consume,
+        solver=solver,
+        tol=tol,
+        maxiter=maxiter,
+        chunk=chunk,
+        workers=workers,
+        permuted=None if solver == "direct" else locality_order(lap, n_classes),
+    )
     return (out, info) if return_info else out

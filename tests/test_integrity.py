@@ -297,3 +297,12 @@ def test_catalog_identity_is_kept_and_given_to_catalogs_from_before(tmp_path):
     other = Catalog(f"sqlite:///{tmp_path / 'new.db'}")
     assert other.catalog_id() not in ("", ident)
     other.close()
+
+
+def test_an_index_of_an_unknown_format_is_a_damaged_state_not_a_model_mismatch(cli, home_copy):
+    """The error says what happened (exit 5, "unknown format version"), not that models differ (3)."""
+    home, _ = home_copy
+    manifest = versions.current_version(Home.resolve(home)).path / "manifest.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"format_version": 99}))
+    out = cli("search", "a red circle", "--home", home)
+    assert out.code == 5 and "unknown format version 99" in out.err and out.err.count("\n") == 1

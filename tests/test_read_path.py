@@ -28,17 +28,35 @@ print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
 
 def _imports(*args: object) -> tuple[int, list[str]]:
     """Run ``vistag ARGS`` in a fresh process: (exit code, heavy modules it imported)."""
-    run = subprocess.run([sys.executable, "-c", IMPORTED, *map(str, args)], capture_output=True, text=True,
-                         cwd=ROOT, timeout=300)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", IMPORTED, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     result = json.loads(run.stderr.strip().splitlines()[-1])
     return result["code"], result["heavy"]
 
 
 def test_read_commands_import_neither_beam_nor_torch(home_copy):
     home, corpus = home_copy
-    assert _imports("search", "a photo of a red circle", "--home", home) == (0, ["torch", "open_clip"])  # a new query
-    assert _imports("search", "a photo of a red circle", "--home", home) == (0, [])  # now cached: no model at all
-    for args in (["status"], ["runs"], ["failures"], ["export"], ["similar", "1"], ["explain", corpus.good[0]]):
+    assert _imports("search", "a photo of a red circle", "--home", home) == (
+        0,
+        ["torch", "open_clip"],
+    )  # a new query
+    assert _imports("search", "a photo of a red circle", "--home", home) == (
+        0,
+        [],
+    )  # now cached: no model at all
+    for args in (
+        ["status"],
+        ["runs"],
+        ["failures"],
+        ["export"],
+        ["similar", "1"],
+        ["explain", corpus.good[0]],
+    ):
         code, heavy = _imports(*args, "--home", home)
         assert code in (0, 4) and heavy == [], args  # explain says "no tags yet" (0)
 
@@ -55,16 +73,24 @@ def test_a_server_keeps_new_queries_out_of_the_catalog(home_copy):
 
     home, _ = home_copy
     with Archive(home) as archive:
-        before = archive.catalog.text_vector_sample(archive.catalog.model_id(archive.searcher.version().identity), 10**6)
+        before = archive.catalog.text_vector_sample(
+            archive.catalog.model_id(archive.searcher.version().identity), 10**6
+        )
         service = Service(archive, ServiceConfig())
         first = service.search_text("a photo of a green star", 3, ImageFilter())
-        again = service.search_text("a photo of a green star", 3, ImageFilter())  # from the server's own memory
-        after = archive.catalog.text_vector_sample(archive.catalog.model_id(archive.searcher.version().identity), 10**6)
+        again = service.search_text(
+            "a photo of a green star", 3, ImageFilter()
+        )  # from the server's own memory
+        after = archive.catalog.text_vector_sample(
+            archive.catalog.model_id(archive.searcher.version().identity), 10**6
+        )
     assert [h["id"] for h in first["hits"]] == [h["id"] for h in again["hits"]]
     assert len(after) == len(before)  # anyone's queries never grow the database
 
 
-@pytest.mark.parametrize(("factory", "atol"), [("Flat", 1e-5), ("IVF4,SQ8", 2e-3), ("IVF4,PQ4x4", 1e-5), ("HNSW8,Flat", 1e-5)])
+@pytest.mark.parametrize(
+    ("factory", "atol"), [("Flat", 1e-5), ("IVF4,SQ8", 2e-3), ("IVF4,PQ4x4", 1e-5), ("HNSW8,Flat", 1e-5)]
+)
 def test_filtered_search_is_exact_and_scored_like_unfiltered(corpus, tiny_model, tmp_path, factory, atol):
     """A filter restricts the same search: on every index type it returns the best of the matching
     images with their exact cosine (PQ codes re-ranked, as unfiltered searches are; 8-bit codes

@@ -33,9 +33,13 @@ class Archive:
     """An indexed image archive living in a home directory (and optionally an external database)."""
 
     def __init__(
-        self, home: str | os.PathLike[str] | None = None, db: str | None = None, device: str | None = None,
-        *, change_db: bool = False,
-    ):  # fmt: skip
+        self,
+        home: str | os.PathLike[str] | None = None,
+        db: str | None = None,
+        device: str | None = None,
+        *,
+        change_db: bool = False,
+    ):
         """``db``: the catalog's database URL (default: ``$VISTAG_DB``, else the one the home remembers,
         else ``HOME/catalog.db``); another than the home's is an :class:`InputError` unless
         ``change_db`` (then the next :meth:`index` moves the home to it)."""
@@ -49,13 +53,17 @@ class Archive:
         """The catalog; :class:`NotFound` when the home holds no archive (nothing is created)."""
         if self._catalog is None:
             if not self.home.is_archive():
-                raise NotFound(f"no archive in {self.home.root}: make one with `vistag index PATH --home {self.home.root}`")
+                raise NotFound(
+                    f"no archive in {self.home.root}: make one with `vistag index PATH --home {self.home.root}`"
+                )
             try:
                 self._catalog = Catalog(self.home.db_url)
             except CatalogError as err:
                 if self.home.settings.db_password_removed and self.home.db_url == self.home.settings.db:
-                    raise CatalogError(f"{err} (this home remembers its database without the password: "
-                                       "pass --db, set VISTAG_DB, or use ~/.pgpass)") from err  # fmt: skip
+                    raise CatalogError(
+                        f"{err} (this home remembers its database without the password: "
+                        "pass --db, set VISTAG_DB, or use ~/.pgpass)"
+                    ) from err
                 raise
         return self._catalog
 
@@ -112,10 +120,17 @@ class Archive:
         return self.searcher.similar(image, k)
 
     def tag(
-        self, labels: str | Sequence[str | Label], top: int = 3, *, method: str = "zeroshot",
-        min_confidence: float = 0.0, templates: str | Sequence[str] = SHORT_TEMPLATES,
-        store_top: int | None = None, store_all: bool = False, **zlap: Any,
-    ) -> TagResult:  # fmt: skip
+        self,
+        labels: str | Sequence[str | Label],
+        top: int = 3,
+        *,
+        method: str = "zeroshot",
+        min_confidence: float = 0.0,
+        templates: str | Sequence[str] = SHORT_TEMPLATES,
+        store_top: int | None = None,
+        store_all: bool = False,
+        **zlap: Any,
+    ) -> TagResult:
         """Tag every indexed image with ``labels`` (a list, a comma-separated string, a label file
         or a YAML/JSON vocabulary; see :mod:`query.vocab`). ``templates``: a list of prompt
         templates, or ``"short"``, ``"imagenet"``, ``"none"`` or a template file.
@@ -144,10 +159,16 @@ class Archive:
             return delete_tag_run(self.home, self.catalog, int(run_id))
 
     def evaluate(
-        self, truth: str, labels: str | Sequence[str | Label] | None = None, *,
-        methods: Sequence[str] = ("zeroshot", "zlap"), min_confidence: float = 0.5, fit_thresholds: bool = False,
-        templates: str | Sequence[str] = SHORT_TEMPLATES, **zlap: Any,
-    ) -> dict[str, Any]:  # fmt: skip
+        self,
+        truth: str,
+        labels: str | Sequence[str | Label] | None = None,
+        *,
+        methods: Sequence[str] = ("zeroshot", "zlap"),
+        min_confidence: float = 0.5,
+        fit_thresholds: bool = False,
+        templates: str | Sequence[str] = SHORT_TEMPLATES,
+        **zlap: Any,
+    ) -> dict[str, Any]:
         """Top-1 accuracy, per-label precision/recall and mAP of each method against a
         ``uri,label`` CSV; labels default to those in the truth file."""
         from query.evaluate import evaluate, read_truth
@@ -166,7 +187,9 @@ class Archive:
             why = f"{failure['stage']}: {failure['reason']}" if failure else "no reason recorded"
             raise NotFound(f"{row['uri']} could not be indexed ({why}); see `vistag failures`")
         if row["status"] != "indexed":
-            raise NotFound(f"{row['uri']} is {row['status']}: it left the archive (no longer in a listed folder)")
+            raise NotFound(
+                f"{row['uri']} is {row['status']}: it left the archive (no longer in a listed folder)"
+            )
         from query.tagruns import explain
 
         return explain(self.catalog, self.searcher.version().identity.key, image_id, top)
@@ -211,8 +234,12 @@ class Archive:
         except IndexNotFound:
             return out
         out["model"] = {k: version.manifest["model"][k] for k in ("model", "pretrained", "embed_dim", "key")}
-        out["index"] = {"version": version.name, "type": version.manifest["index_type"],
-                        "count": version.manifest["count"], "created": version.manifest["created"]}  # fmt: skip
+        out["index"] = {
+            "version": version.name,
+            "type": version.manifest["index_type"],
+            "count": version.manifest["count"],
+            "created": version.manifest["created"],
+        }
         out["problem"] = integrity.catalog_problem(self.home, self.catalog, version)
         return out
 

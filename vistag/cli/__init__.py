@@ -24,7 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command != "index":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # Beam and its optional clients log warnings at import that are noise to a CLI user.
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not args.verbose:
         logging.getLogger("distributed").setLevel(logging.ERROR)  # Dask logs INFO on its own
     from vistag.api import Archive

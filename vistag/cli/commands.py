@@ -21,18 +21,28 @@ def beam_args(args: argparse.Namespace, extra: Sequence[str]) -> tuple[str, ...]
     each of which must be one of Beam's (a typo is an error naming the nearest option), plus --runner."""
     from pipeline.runners import check_beam_args
 
-    return check_beam_args(extra, option_names("index")) + ((f"--runner={args.runner}",) if args.runner else ())
+    return check_beam_args(extra, option_names("index")) + (
+        (f"--runner={args.runner}",) if args.runner else ()
+    )
 
 
 def cmd_index(archive: Any, args: argparse.Namespace, extra: list[str]) -> int:
-    options: dict[str, Any] = {"model": args.model, "pretrained": args.pretrained, "batch_size": args.batch_size,
-               "shard_size": args.shard_size, "chunk_size": args.chunk_size,
-               "decode_processes": args.decode_processes, "index_type": args.index_type, "shards_root": args.shards,
-               "memory_budget": args.memory_budget,
-               "latency_target_ms": args.latency_target, "index_storage": args.index_storage,
-               "dry_run": args.dry_run,
-               "progress": not args.no_progress and not args.json and sys.stderr.isatty(),
-               "beam_args": beam_args(args, extra)}  # fmt: skip
+    options: dict[str, Any] = {
+        "model": args.model,
+        "pretrained": args.pretrained,
+        "batch_size": args.batch_size,
+        "shard_size": args.shard_size,
+        "chunk_size": args.chunk_size,
+        "decode_processes": args.decode_processes,
+        "index_type": args.index_type,
+        "shards_root": args.shards,
+        "memory_budget": args.memory_budget,
+        "latency_target_ms": args.latency_target,
+        "index_storage": args.index_storage,
+        "dry_run": args.dry_run,
+        "progress": not args.no_progress and not args.json and sys.stderr.isatty(),
+        "beam_args": beam_args(args, extra),
+    }
     if args.max_pixels:
         options["max_pixels"] = args.max_pixels
     for name in ("batch_size", "chunk_size", "shard_size"):
@@ -54,9 +64,11 @@ def cmd_index(archive: Any, args: argparse.Namespace, extra: list[str]) -> int:
         if result.model_change:
             print(result.model_change)
         c = result.plan.counts()
-        print(f"{c['listed']} listed: {result.embedded} embedded, {result.reused} reused by content, "
-              f"{c['unchanged']} unchanged, {result.failed} failed, {result.deleted} deleted "
-              f"({time.perf_counter() - start:.1f}s)")  # fmt: skip
+        print(
+            f"{c['listed']} listed: {result.embedded} embedded, {result.reused} reused by content, "
+            f"{c['unchanged']} unchanged, {result.failed} failed, {result.deleted} deleted "
+            f"({time.perf_counter() - start:.1f}s)"
+        )
         if result.index_version:
             print(f"published index {result.index_version} with {result.index_count} vectors")
         if result.tag_runs:
@@ -88,9 +100,16 @@ def cmd_tag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
     from query.evaluate import load_thresholds
 
     thresholds = load_thresholds(args.thresholds) if args.thresholds else None
-    result = archive.tag(args.labels, top=args.top, method=args.method, min_confidence=args.min_confidence,
-                         templates=args.templates, thresholds=thresholds, store_top=args.store_top,
-                         store_all=args.store_all)
+    result = archive.tag(
+        args.labels,
+        top=args.top,
+        method=args.method,
+        min_confidence=args.min_confidence,
+        templates=args.templates,
+        thresholds=thresholds,
+        store_top=args.store_top,
+        store_all=args.store_all,
+    )
     if args.json:
         print_json(result.top)
         return 0
@@ -99,7 +118,11 @@ def cmd_tag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
         by_uri.setdefault(row["uri"], []).append(f"{row['label']} ({row['confidence']:.2f})")
     for uri, labels in by_uri.items():
         print(printable(f"{uri}: {', '.join(labels)}"))
-    stored = f"{len(result.labels)} labels" if args.store_top is None else f"best {args.store_top} of {len(result.labels)} labels"
+    stored = (
+        f"{len(result.labels)} labels"
+        if args.store_top is None
+        else f"best {args.store_top} of {len(result.labels)} labels"
+    )
     print(f"tag run {result.run_id}: {result.images} images x {stored} stored", file=sys.stderr)
     return 0
 
@@ -107,11 +130,19 @@ def cmd_tag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
 def cmd_eval(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     fit = args.fit_thresholds or bool(args.save_thresholds)
-    report = archive.evaluate(args.truth, args.labels, methods=methods, min_confidence=args.min_confidence,
-                              fit_thresholds=fit, templates=args.templates)  # fmt: skip
+    report = archive.evaluate(
+        args.truth,
+        args.labels,
+        methods=methods,
+        min_confidence=args.min_confidence,
+        fit_thresholds=fit,
+        templates=args.templates,
+    )
     if args.save_thresholds:
         first = report["methods"][methods[0]]["fitted"]["labels"]
-        write_atomic(args.save_thresholds, json.dumps({k: v["threshold"] for k, v in first.items()}, indent=1))
+        write_atomic(
+            args.save_thresholds, json.dumps({k: v["threshold"] for k, v in first.items()}, indent=1)
+        )
     if args.json:
         print_json(report)
         return 0
@@ -122,7 +153,10 @@ def cmd_eval(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
     print(f"{'label (P / R / AP)':24}" + "".join(f"{'at ' + str(args.min_confidence):>22}" for m in methods))
     for label in report["labels"]:
         cells = [results[m]["labels"][label] for m in methods]
-        print(f"{printable(label)[:24]:24}" + "".join(f"{c['precision']:>8.2f}{c['recall']:>7.2f}{c['ap']:>7.2f}" for c in cells))
+        print(
+            f"{printable(label)[:24]:24}"
+            + "".join(f"{c['precision']:>8.2f}{c['recall']:>7.2f}{c['ap']:>7.2f}" for c in cells)
+        )
     return 0
 
 
@@ -134,9 +168,13 @@ def cmd_explain(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
     if not rows:
         print("no tags for this image yet (run `vistag tag`)")
     for r in rows:
-        print(printable(f"run {r['run_id']:>4}  {r['method']:<15}  {r['label']:<30}  confidence "
-                        f"{r['confidence'] if r['confidence'] is not None else float('nan'):.3f}  "
-                        f"(score {r['score']:.5g})"))  # fmt: skip
+        print(
+            printable(
+                f"run {r['run_id']:>4}  {r['method']:<15}  {r['label']:<30}  confidence "
+                f"{r['confidence'] if r['confidence'] is not None else float('nan'):.3f}  "
+                f"(score {r['score']:.5g})"
+            )
+        )
     return 0
 
 
@@ -147,8 +185,11 @@ def cmd_untag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
         return 0
     for d in deleted:
         others = d["still_applied"]
-        after = (f"run {', '.join(map(str, others))} with the same labels is still applied to new images"
-                 if others else "its labels are no longer applied to new images")  # fmt: skip
+        after = (
+            f"run {', '.join(map(str, others))} with the same labels is still applied to new images"
+            if others
+            else "its labels are no longer applied to new images"
+        )
         print(f"deleted tag run {d['run_id']} ({d['tags']} tags); {after}")
     return 0
 
@@ -176,7 +217,9 @@ def cmd_status(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
         print(f"images:   {counts}")
     if status["model"]:
         m, i = status["model"], status["index"]
-        print(f"model:    {m['model']} ({m['pretrained'] or 'weights in model folder'}), {m['embed_dim']}-d, key {m['key']}")
+        print(
+            f"model:    {m['model']} ({m['pretrained'] or 'weights in model folder'}), {m['embed_dim']}-d, key {m['key']}"
+        )
         print(f"index:    {i['version']} ({i['type']}, {i['count']} vectors)")
     elif not status.get("problem"):
         print("index:    none published yet (run `vistag index PATH`)")
@@ -189,8 +232,10 @@ def cmd_check(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
         print_json(report)
         return 0 if report["ok"] else 5
     c = report["checked"]
-    print(f"checked {c['versions']} index versions and {c['shards']} shards ({c['files']} files, "
-          f"{c['bytes'] / 2**20:.1f} MiB hashed) in {report['seconds']:.1f}s")  # fmt: skip
+    print(
+        f"checked {c['versions']} index versions and {c['shards']} shards ({c['files']} files, "
+        f"{c['bytes'] / 2**20:.1f} MiB hashed) in {report['seconds']:.1f}s"
+    )
     for d in report["damaged"]:
         print(printable(f"damaged {d['kind']}: {d['path']}: {d['problem']}"))
         print(printable(f"  repair: {d['repair']}"))
@@ -202,8 +247,10 @@ def cmd_check(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
 
 def _run_line(r: dict[str, Any]) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"]))
-    return (f"{r['id']:>5}  {r['kind']:<5}  {r['status']:<11}  {when}  embedded {r['embedded']}, "
-            f"failed {r['failed']}, deleted {r['deleted']}")  # fmt: skip
+    return (
+        f"{r['id']:>5}  {r['kind']:<5}  {r['status']:<11}  {when}  embedded {r['embedded']}, "
+        f"failed {r['failed']}, deleted {r['deleted']}"
+    )
 
 
 def cmd_runs(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
@@ -211,13 +258,25 @@ def cmd_runs(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
 
 
 def cmd_failures(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
-    return print_rows(archive.failures(args.limit), args.json,
-                       lambda r: printable(f"{r['stage']:<10}  {r['uri']}: {r['reason']}"))  # fmt: skip
+    return print_rows(
+        archive.failures(args.limit),
+        args.json,
+        lambda r: printable(f"{r['stage']:<10}  {r['uri']}: {r['reason']}"),
+    )
 
 
 HANDLERS = {
-    "index": cmd_index, "search": cmd_search, "similar": cmd_similar, "tag": cmd_tag, "untag": cmd_untag, "eval": cmd_eval,
-    "explain": cmd_explain, "export": cmd_export,
-    "status": cmd_status, "runs": cmd_runs, "failures": cmd_failures, "serve": cmd_serve,
+    "index": cmd_index,
+    "search": cmd_search,
+    "similar": cmd_similar,
+    "tag": cmd_tag,
+    "untag": cmd_untag,
+    "eval": cmd_eval,
+    "explain": cmd_explain,
+    "export": cmd_export,
+    "status": cmd_status,
+    "runs": cmd_runs,
+    "failures": cmd_failures,
+    "serve": cmd_serve,
     "check": cmd_check,
-}  # fmt: skip
+}

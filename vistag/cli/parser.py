@@ -8,9 +8,21 @@ from typing import Any
 
 ENV_WRITE_TOKEN = "VISTAG_WRITE_TOKEN"
 COMMANDS = (
-    "index", "search", "similar", "tag", "untag", "eval", "explain", "export", "status", "runs", "failures", "serve",
+    "index",
+    "search",
+    "similar",
+    "tag",
+    "untag",
+    "eval",
+    "explain",
+    "export",
+    "status",
+    "runs",
+    "failures",
+    "serve",
     "check",
-)  # fmt: skip
+)
+
 
 class Parser(argparse.ArgumentParser):
     """vistag's argument parser: an option is written in full (``--dry`` is not ``--dry-run``)."""
@@ -31,119 +43,241 @@ def common_options(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(
-        prog="vistag", description="Index, search and tag an image archive. An argument @FILE is replaced by "
-        "the lines of FILE (e.g. Beam runner options kept in infra/beam/).", fromfile_prefix_chars="@",
-    )  # fmt: skip
+        prog="vistag",
+        description="Index, search and tag an image archive. An argument @FILE is replaced by "
+        "the lines of FILE (e.g. Beam runner options kept in infra/beam/).",
+        fromfile_prefix_chars="@",
+    )
     ap.add_argument("--version", action="version", version=_version())
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
-    p = sub.add_parser("index", help="embed images into the catalog and publish a new index version",
-                       description="Embed every image under PATHs (folders, globs, image files, manifest "
-                       "files of URIs) and publish a new index version. Unknown --options are passed "
-                       "to Apache Beam (e.g. --runner, --direct_num_workers).")  # fmt: skip
-    p.add_argument("paths", nargs="+", metavar="PATH", help="folder, glob, image file or manifest (.txt/.lst)")
+    p = sub.add_parser(
+        "index",
+        help="embed images into the catalog and publish a new index version",
+        description="Embed every image under PATHs (folders, globs, image files, manifest "
+        "files of URIs) and publish a new index version. Other --options must be Apache Beam "
+        "pipeline options (e.g. --direct_num_workers); a misspelt option is an error.",
+    )
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="folder, glob, image file or manifest (.txt/.lst)"
+    )
     p.add_argument("--model", help="OpenCLIP model: ViT-B-32 (default), hf-hub:org/name, local-dir:/path")
-    p.add_argument("--pretrained", help="pretrained tag (default for ViT-B-32: laion2b_s34b_b79k), checkpoint path, or 'random'")
-    p.add_argument("--batch-size", type=int, help="images per model forward (default: 256 on a GPU, 32 on CPU)")
+    p.add_argument(
+        "--pretrained",
+        help="pretrained tag (default for ViT-B-32: laion2b_s34b_b79k), checkpoint path, or 'random'",
+    )
+    p.add_argument(
+        "--batch-size", type=int, help="images per model forward (default: 256 on a GPU, 32 on CPU)"
+    )
     p.add_argument("--shard-size", type=int, default=4096, help="images per embedding shard (default 4096)")
-    p.add_argument("--chunk-size", type=int, default=256, help="images per unit of work, decoded, embedded and "
-                   "written as one shard by one worker (default 256)")
-    p.add_argument("--decode-processes", type=int, metavar="N",
-                   help="decode images in a pool of N processes inside the in-process runner (default: one per "
-                   "CPU core when it feeds a GPU, else 0: decode in the worker thread)")
-    p.add_argument("--index-type", help="FAISS index_factory string overriding the automatic choice (e.g. Flat, HNSW32,Flat)")
-    p.add_argument("--memory-budget", metavar="SIZE", type=parse_size,
-                   help="memory the index may take, e.g. 512M or 8G (default: no limit); decides between exact, "
-                   "8-bit and product-quantised codes")
-    p.add_argument("--latency-target", metavar="MS", type=float,
-                   help="target for one query's search in milliseconds: exact search is kept while its latency, "
-                   "estimated on this machine, stays within it (default: exact up to 100,000 vectors)")
-    p.add_argument("--index-storage", choices=("auto", "memory", "ondisk"), default="auto",
-                   help="where the index's inverted lists live: auto (default: on disk when the index exceeds the "
-                   "memory budget), memory, or ondisk (IVF only: built in blocks, merged into index.ivfdata)")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=256,
+        help="images per unit of work, decoded, embedded and "
+        "written as one shard by one worker (default 256)",
+    )
+    p.add_argument(
+        "--decode-processes",
+        type=int,
+        metavar="N",
+        help="decode images in a pool of N processes inside the in-process runner (default: one per "
+        "CPU core when it feeds a GPU, else 0: decode in the worker thread)",
+    )
+    p.add_argument(
+        "--index-type",
+        help="FAISS index_factory string overriding the automatic choice (e.g. Flat, HNSW32,Flat)",
+    )
+    p.add_argument(
+        "--memory-budget",
+        metavar="SIZE",
+        type=parse_size,
+        help="memory the index may take, e.g. 512M or 8G (default: no limit); decides between exact, "
+        "8-bit and product-quantised codes",
+    )
+    p.add_argument(
+        "--latency-target",
+        metavar="MS",
+        type=float,
+        help="target for one query's search in milliseconds: exact search is kept while its latency, "
+        "estimated on this machine, stays within it (default: exact up to 100,000 vectors)",
+    )
+    p.add_argument(
+        "--index-storage",
+        choices=("auto", "memory", "ondisk"),
+        default="auto",
+        help="where the index's inverted lists live: auto (default: on disk when the index exceeds the "
+        "memory budget), memory, or ondisk (IVF only: built in blocks, merged into index.ivfdata)",
+    )
     p.add_argument("--max-pixels", type=int, help="largest image accepted, in pixels (default 128000000)")
-    p.add_argument("--shards", metavar="URI", help="where embedding shards go (default HOME/shards); a shared "
-                   "filesystem or bucket such as gs://bucket/shards when a remote runner's workers write them")
-    p.add_argument("--runner", help="Beam runner (default: in-process FnApiRunner; DaskRunner, DataflowRunner, FlinkRunner...)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (new, changed, deleted...) and stop")
-    p.add_argument("--change-db", action="store_true", help="move this home to the catalog database given by "
-                   "--db or $VISTAG_DB (a home keeps one catalog; embeddings are taken from its shards)")
+    p.add_argument(
+        "--shards",
+        metavar="URI",
+        help="where embedding shards go (default HOME/shards); a shared "
+        "filesystem or bucket such as gs://bucket/shards when a remote runner's workers write them",
+    )
+    p.add_argument(
+        "--runner",
+        help="Beam runner (default: in-process FnApiRunner; DaskRunner, DataflowRunner, FlinkRunner...)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the plan (new, changed, deleted...) and stop"
+    )
+    p.add_argument(
+        "--change-db",
+        action="store_true",
+        help="move this home to the catalog database given by "
+        "--db or $VISTAG_DB (a home keeps one catalog; embeddings are taken from its shards)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     common_options(p)
 
-    p = sub.add_parser("search", help="text-to-image search", description="Find the images best matching TEXT.")
+    p = sub.add_parser(
+        "search", help="text-to-image search", description="Find the images best matching TEXT."
+    )
     p.add_argument("text", metavar="TEXT")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     common_options(p)
 
-    p = sub.add_parser("similar", help="image-to-image search",
-                       description="Find images similar to an indexed image (id or path) or any image file.")  # fmt: skip
+    p = sub.add_parser(
+        "similar",
+        help="image-to-image search",
+        description="Find images similar to an indexed image (id or path) or any image file.",
+    )
     p.add_argument("image", metavar="PATH_OR_ID")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     common_options(p)
 
-    p = sub.add_parser("tag", help="zero-shot tag every indexed image",
-                       description="Score every indexed image against LABELS; store all scores (or each "
-                       "image's --store-top best) under a new tag run and print each image's best labels.")  # fmt: skip
-    p.add_argument("--labels", required=True, metavar="FILE_OR_LIST",
-                   help="'cat,dog,car', a file with one label per line, or a YAML/JSON vocabulary")
-    p.add_argument("--templates", default="short", metavar="NAME_OR_FILE",
-                   help="prompt templates: short (default, 6), imagenet (CLIP's 80), none, or a file with one per line")
+    p = sub.add_parser(
+        "tag",
+        help="zero-shot tag every indexed image",
+        description="Score every indexed image against LABELS; store all scores (or each "
+        "image's --store-top best) under a new tag run and print each image's best labels.",
+    )
+    p.add_argument(
+        "--labels",
+        required=True,
+        metavar="FILE_OR_LIST",
+        help="'cat,dog,car', a file with one label per line, or a YAML/JSON vocabulary",
+    )
+    p.add_argument(
+        "--templates",
+        default="short",
+        metavar="NAME_OR_FILE",
+        help="prompt templates: short (default, 6), imagenet (CLIP's 80), none, or a file with one per line",
+    )
     p.add_argument("--top", type=int, default=3, help="labels printed per image (default 3)")
-    p.add_argument("--method", choices=("zeroshot", "zlap"), default="zeroshot",
-                   help="zeroshot (cosine to label prompts) or zlap (label propagation over the kNN graph)")
-    p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
-                   help="print only labels whose calibrated confidence is at least P (0..1; all are stored)")
-    p.add_argument("--store-top", type=int, metavar="N",
-                   help="store only each image's N best labels by raw score (default: every label)")
-    p.add_argument("--store-all", action="store_true",
-                   help="store every label even when that is over 100 million tag rows (refused otherwise)")
+    p.add_argument(
+        "--method",
+        choices=("zeroshot", "zlap"),
+        default="zeroshot",
+        help="zeroshot (cosine to label prompts) or zlap (label propagation over the kNN graph)",
+    )
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="print only labels whose calibrated confidence is at least P (0..1; all are stored)",
+    )
+    p.add_argument(
+        "--store-top",
+        type=int,
+        metavar="N",
+        help="store only each image's N best labels by raw score (default: every label)",
+    )
+    p.add_argument(
+        "--store-all",
+        action="store_true",
+        help="store every label even when that is over 100 million tag rows (refused otherwise)",
+    )
     common_options(p)
 
-    p.add_argument("--thresholds", metavar="FILE", help="per-label confidence thresholds (JSON, e.g. from eval --save-thresholds)")
+    p.add_argument(
+        "--thresholds",
+        metavar="FILE",
+        help="per-label confidence thresholds (JSON, e.g. from eval --save-thresholds)",
+    )
 
-    p = sub.add_parser("untag", help="delete a tag run", description="Delete tag runs: their tags and saved "
-                       "state; their label sets are no longer applied to newly indexed images.")  # fmt: skip
+    p = sub.add_parser(
+        "untag",
+        help="delete a tag run",
+        description="Delete tag runs: their tags and saved "
+        "state; their label sets are no longer applied to newly indexed images.",
+    )
     p.add_argument("run_ids", nargs="+", type=int, metavar="RUN_ID", help="tag run id (see `vistag runs`)")
     common_options(p)
 
-    p = sub.add_parser("eval", help="evaluate zero-shot and ZLaP tagging against ground truth",
-                       description="Compare tagging methods on a CSV of uri,label rows: top-1 accuracy, per-label "
-                       "precision and recall at the confidence threshold, and mAP.")  # fmt: skip
+    p = sub.add_parser(
+        "eval",
+        help="evaluate zero-shot and ZLaP tagging against ground truth",
+        description="Compare tagging methods on a CSV of uri,label rows: top-1 accuracy, per-label "
+        "precision and recall at the confidence threshold, and mAP.",
+    )
     p.add_argument("--truth", required=True, metavar="CSV", help="ground truth: uri,label rows")
-    p.add_argument("--labels", metavar="FILE_OR_LIST", help="label set (default: the labels in the truth file)")
-    p.add_argument("--methods", default="zeroshot,zlap", help="comma-separated methods (default zeroshot,zlap)")
-    p.add_argument("--min-confidence", type=float, default=0.5, metavar="P", help="confidence threshold (default 0.5)")
-    p.add_argument("--templates", default="short", metavar="NAME_OR_FILE", help="prompt templates, as for tag")
-    p.add_argument("--fit-thresholds", action="store_true", help="also fit per-label F1-best thresholds on the truth")
-    p.add_argument("--save-thresholds", metavar="FILE", help="write the fitted thresholds of the first method as JSON")
+    p.add_argument(
+        "--labels", metavar="FILE_OR_LIST", help="label set (default: the labels in the truth file)"
+    )
+    p.add_argument(
+        "--methods", default="zeroshot,zlap", help="comma-separated methods (default zeroshot,zlap)"
+    )
+    p.add_argument(
+        "--min-confidence", type=float, default=0.5, metavar="P", help="confidence threshold (default 0.5)"
+    )
+    p.add_argument(
+        "--templates", default="short", metavar="NAME_OR_FILE", help="prompt templates, as for tag"
+    )
+    p.add_argument(
+        "--fit-thresholds", action="store_true", help="also fit per-label F1-best thresholds on the truth"
+    )
+    p.add_argument(
+        "--save-thresholds", metavar="FILE", help="write the fitted thresholds of the first method as JSON"
+    )
     common_options(p)
 
-    p = sub.add_parser("explain", help="an image's labels with raw score, confidence and method",
-                       description="Show an indexed image's best labels in every label set applied.")  # fmt: skip
+    p = sub.add_parser(
+        "explain",
+        help="an image's labels with raw score, confidence and method",
+        description="Show an indexed image's best labels in every label set applied.",
+    )
     p.add_argument("image", metavar="PATH_OR_ID")
     p.add_argument("--top", type=int, default=5, help="labels per label set (default 5)")
     common_options(p)
 
-    p = sub.add_parser("export", help="tags and metadata of every image", description="Export every image "
-                       "with its metadata and the tags of the latest tag run.")  # fmt: skip
+    p = sub.add_parser(
+        "export",
+        help="tags and metadata of every image",
+        description="Export every image with its metadata and the tags of the latest tag run.",
+    )
     p.add_argument("--format", choices=("json", "csv"), default="json", help="output format (default json)")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
     common_options(p, json_flag=False)
 
-    p = sub.add_parser("status", help="counts, model and index version", description="Show counts, model identity, index version and type.")
+    p = sub.add_parser(
+        "status",
+        help="counts, model and index version",
+        description="Show counts, model identity, index version and type.",
+    )
     common_options(p)
-    p = sub.add_parser("runs", help="index and tag runs, newest first", description="List runs, newest first.")
+    p = sub.add_parser(
+        "runs", help="index and tag runs, newest first", description="List runs, newest first."
+    )
     p.add_argument("-n", "--limit", type=int, default=20, help="how many runs (default 20)")
     common_options(p)
-    p = sub.add_parser("failures", help="images that could not be indexed, with stage and reason",
-                       description="List recorded failures, newest first.")  # fmt: skip
+    p = sub.add_parser(
+        "failures",
+        help="images that could not be indexed, with stage and reason",
+        description="List recorded failures, newest first.",
+    )
     p.add_argument("-n", "--limit", type=int, default=50, help="how many failures (default 50)")
     common_options(p)
-    p = sub.add_parser("check", help="verify index versions, shards and catalog; say how to repair",
-                       description="Hash every file of the published and previous index versions and "
-                       "every embedding shard the catalog points into, compare the catalog with the index, "
-                       "and print what is damaged and how to repair it (exit 5 when anything is).")  # fmt: skip
+    p = sub.add_parser(
+        "check",
+        help="verify index versions, shards and catalog; say how to repair",
+        description="Hash every file of the published and previous index versions and "
+        "every embedding shard the catalog points into, compare the catalog with the index, "
+        "and print what is damaged and how to repair it (exit 5 when anything is).",
+    )
     common_options(p)
     add_serve_parser(sub)
     return ap
@@ -151,16 +285,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``serve`` command to ``vistag``'s subparsers."""
-    p = subparsers.add_parser("serve", help="HTTP query service and web page",
-                              description="Serve the JSON API (OpenAPI schema at /openapi.json, Prometheus "
-                              "metrics at /metrics) and the search page at / until Ctrl-C. A newly "
-                              "published index version is picked up without a restart.")  # fmt: skip
+    p = subparsers.add_parser(
+        "serve",
+        help="HTTP query service and web page",
+        description="Serve the JSON API (OpenAPI schema at /openapi.json, Prometheus "
+        "metrics at /metrics) and the search page at / until Ctrl-C. A newly "
+        "published index version is picked up without a restart.",
+    )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
-    p.add_argument("--write-token", metavar="TOKEN", help="allow write operations (POST /api/tag) to requests "
-                   f"with 'Authorization: Bearer TOKEN' (default: ${ENV_WRITE_TOKEN}; none: writes disabled)")  # fmt: skip
+    p.add_argument(
+        "--write-token",
+        metavar="TOKEN",
+        help="allow write operations (POST /api/tag) to requests "
+        f"with 'Authorization: Bearer TOKEN' (default: ${ENV_WRITE_TOKEN}; none: writes disabled)",
+    )
     p.add_argument(
         "--max-k", type=int, default=200, help="most results one request may ask for (default 200)"
     )

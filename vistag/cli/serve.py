@@ -29,8 +29,11 @@ def cmd_serve(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     writes = "enabled" if config.write_token else "disabled"
-    print(f"vistag: serving {archive.home.root} on http://{shown}:{port}/ (writes {writes}; Ctrl-C stops)",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"vistag: serving {archive.home.root} on http://{shown}:{port}/ (writes {writes}; Ctrl-C stops)",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         serve(archive, config, sock=sock, verbose=args.verbose)
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown

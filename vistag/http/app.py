@@ -35,6 +35,7 @@ from vistag.http.service import Service
 
 log = logging.getLogger(__name__)
 
+
 def create_app(archive: Any, config: ServiceConfig) -> FastAPI:
     """The API and web page on one :class:`vistag.api.Archive`; see the module docstring."""
     from vistag import __version__
@@ -47,7 +48,7 @@ def create_app(archive: Any, config: ServiceConfig) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
-    )  # fmt: skip (no CDN pages)
+    )  # docs_url and redoc_url off: those pages load from a CDN
     app.state.service = service
     _add_error_handlers(app)
     add_read_routes(app, service)

@@ -99,11 +99,24 @@ class Overloaded(VistagError):
 
 
 HTTP_STATUS: dict[type[VistagError], int] = {
-    PayloadTooLarge: 413, UnsupportedMedia: 415, InputError: 400, NotFound: 404, Unauthorized: 401,
-    WritesDisabled: 403, Busy: 409, LockHeld: 409, FileChanged: 409, Overloaded: 503, IndexNotFound: 503,
-    EmptyCorpus: 503, ModelLoadError: 503, ModelMismatch: 503, CatalogError: 503, ShardFormatError: 500,
+    PayloadTooLarge: 413,
+    UnsupportedMedia: 415,
+    InputError: 400,
+    NotFound: 404,
+    Unauthorized: 401,
+    WritesDisabled: 403,
+    Busy: 409,
+    LockHeld: 409,
+    FileChanged: 409,
+    Overloaded: 503,
+    IndexNotFound: 503,
+    EmptyCorpus: 503,
+    ModelLoadError: 503,
+    ModelMismatch: 503,
+    CatalogError: 503,
+    ShardFormatError: 500,
     VistagError: 500,
-}  # fmt: skip
+}
 
 
 def http_status(err: VistagError) -> int:

@@ -24,9 +24,12 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
     (b"cross-origin-resource-policy", b"same-origin"),
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
-     b"base-uri 'none'; frame-ancestors 'none'; form-action 'self'"),
-]  # fmt: skip
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+        b"base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
+    ),
+]
 UPLOAD_PATH = "/api/search/image"
 
 

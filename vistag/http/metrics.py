@@ -26,13 +26,26 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("vistag_http_requests", "HTTP requests by method, route and status code",
-                                ["method", "route", "status"], registry=r)  # fmt: skip
-        self.request_latency = Histogram("vistag_http_request_duration_seconds", "HTTP request duration",
-                                         ["method", "route"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.search_latency = Histogram("vistag_search_latency_seconds", "Search time in the service (encode, "
-                                        "FAISS search, catalog join) by query kind", ["kind"],
-                                        buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.requests = Counter(
+            "vistag_http_requests",
+            "HTTP requests by method, route and status code",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "vistag_http_request_duration_seconds",
+            "HTTP request duration",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.search_latency = Histogram(
+            "vistag_search_latency_seconds",
+            "Search time in the service (encode, FAISS search, catalog join) by query kind",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.thumbnails = Counter(
             "vistag_thumbnails", "Thumbnail requests by cache result", ["cache"], registry=r
         )

@@ -85,6 +85,8 @@ class Hits(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
 ImageId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="catalog image id")]
 
 
@@ -100,8 +102,13 @@ def add_read_routes(app: FastAPI, service: Service) -> None:
     ) -> Response:
         return Hits(service.search_text(q, k, filters))
 
-    @app.post("/api/search/image", response_model=SearchOut, responses=ERRORS | {415: {"model": ErrorOut}},
-              openapi_extra={"requestBody": UPLOAD_BODY}, summary="Search by example image (never stored)")  # fmt: skip
+    @app.post(
+        "/api/search/image",
+        response_model=SearchOut,
+        responses=ERRORS | {415: {"model": ErrorOut}},
+        openapi_extra={"requestBody": UPLOAD_BODY},
+        summary="Search by example image (never stored)",
+    )
     async def search_image(request: Request, filters: FilterDep, k: int = K(24)) -> Response:
         data = await read_upload(request, config.max_upload_bytes)
         return Hits(await run_in_threadpool(service.search_upload, data, k, filters))
@@ -115,8 +122,12 @@ def add_read_routes(app: FastAPI, service: Service) -> None:
     def search_vector(body: VectorIn, filters: FilterDep, k: int = K(10)) -> Response:
         return Hits(service.search_vector(body.vector, k, filters))
 
-    @app.get("/api/similar/{image_id}", response_model=SearchOut, responses=ERRORS,
-             summary="Images similar to an indexed image (itself first)")  # fmt: skip
+    @app.get(
+        "/api/similar/{image_id}",
+        response_model=SearchOut,
+        responses=ERRORS,
+        summary="Images similar to an indexed image (itself first)",
+    )
     def similar(image_id: ImageId, filters: FilterDep, k: int = K(24)) -> Response:
         return Hits(service.similar(image_id, k, filters))
 
@@ -129,8 +140,12 @@ def add_read_routes(app: FastAPI, service: Service) -> None:
     def image(image_id: ImageId) -> dict[str, Any]:
         return service.image(image_id)
 
-    @app.get("/api/images/{image_id}/thumbnail", responses=ERRORS | {409: {"model": ErrorOut}},
-             response_class=Response, summary="JPEG thumbnail (cached)")  # fmt: skip
+    @app.get(
+        "/api/images/{image_id}/thumbnail",
+        responses=ERRORS | {409: {"model": ErrorOut}},
+        response_class=Response,
+        summary="JPEG thumbnail (cached)",
+    )
     def thumbnail(
         image_id: ImageId, size: int = 256, if_none_match: Annotated[str | None, Header()] = None
     ) -> Response:

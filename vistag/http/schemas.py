@@ -10,6 +10,7 @@ from vistag.http.config import HIT_TAGS
 
 log = logging.getLogger(__name__)
 
+
 # -- the app --------------------------------------------------------------------------------------
 class TagOut(BaseModel):
     label: str
@@ -80,5 +81,15 @@ class ErrorOut(BaseModel):
 
 
 ERRORS = {code: {"model": ErrorOut} for code in (400, 404, 413, 503)}
-UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}}}}}}  # fmt: skip
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary"}},
+            }
+        }
+    },
+}

@@ -17,6 +17,7 @@ from vistag.http.config import ServiceConfig
 
 log = logging.getLogger(__name__)
 
+
 # -- running it -----------------------------------------------------------------------------------
 def listen(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     """A bound TCP socket for ``host``:``port`` (port 0: any free port); :class:`InputError` if taken."""
@@ -39,8 +40,15 @@ def warm_up(archive: Any) -> None:
         log.warning("not ready for every query yet: %s", err)
 
 
-def serve(archive: Any, config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000, *,
-          sock: socket.socket | None = None, verbose: bool = False) -> None:  # fmt: skip
+def serve(
+    archive: Any,
+    config: ServiceConfig,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    sock: socket.socket | None = None,
+    verbose: bool = False,
+) -> None:
     """Serve until SIGINT/SIGTERM (graceful: running requests finish). Blocks."""
     import uvicorn
 
@@ -53,6 +61,12 @@ def uvicorn_config(app: FastAPI, *, verbose: bool = False) -> Any:
     """The ``uvicorn.Config`` of an app from :func:`create_app`, with its service's connection limit."""
     import uvicorn
 
-    return uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=verbose,
-                          server_header=False, proxy_headers=False, timeout_graceful_shutdown=10,
-                          limit_concurrency=app.state.service.config.max_connections)  # fmt: skip
+    return uvicorn.Config(
+        app,
+        log_level="info" if verbose else "warning",
+        access_log=verbose,
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=10,
+        limit_concurrency=app.state.service.config.max_connections,
+    )

@@ -38,6 +38,7 @@ from vistag.http.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
 
+
 class Service:
     """Every operation of the API on one archive; thread-safe, shared by all request threads."""
 
@@ -64,7 +65,9 @@ class Service:
         row = self.image_row(image_id)
         return self._search("similar", lambda: self.searcher.image_vector(row["id"])[None, :], k, where)
 
-    def _search(self, kind: str, encode: Callable[[], np.ndarray], k: int, where: ImageFilter) -> dict[str, Any]:
+    def _search(
+        self, kind: str, encode: Callable[[], np.ndarray], k: int, where: ImageFilter
+    ) -> dict[str, Any]:
         """Encode the query (1, D), search, join tags; observed in vistag_search_latency_seconds."""
         import faiss
 
@@ -77,8 +80,12 @@ class Service:
         tags = self.catalog.top_tags(self.catalog.latest_tag_run(), [h.id for h in hits], HIT_TAGS)
         seconds = time.perf_counter() - start
         self.metrics.search_latency.labels(kind).observe(seconds)
-        return {"hits": [_hit(h, tags.get(h.id, [])) for h in hits], "k": k,
-                "index_version": self.searcher.version().name, "took_ms": round(seconds * 1000, 3)}  # fmt: skip
+        return {
+            "hits": [_hit(h, tags.get(h.id, [])) for h in hits],
+            "k": k,
+            "index_version": self.searcher.version().name,
+            "took_ms": round(seconds * 1000, 3),
+        }
 
     def query_vector(self, vector: Sequence[float]) -> np.ndarray:
         """(1, D) float32 L2-normalised query from a raw vector of the index's dimension."""
@@ -107,7 +114,9 @@ class Service:
 
     def image(self, image_id: int) -> dict[str, Any]:
         row = self.image_row(image_id)
-        tags = self.catalog.top_tags(self.catalog.latest_tag_run(), [row["id"]], DETAIL_TAGS).get(row["id"], [])
+        tags = self.catalog.top_tags(self.catalog.latest_tag_run(), [row["id"]], DETAIL_TAGS).get(
+            row["id"], []
+        )
         keys = ("id", "uri", "status", "sha256", "size", "mtime", "width", "height")
         return {k: row[k] for k in keys} | {"tags": tags, "thumbnail": _thumbnail_url(row["id"])}
 
@@ -129,8 +138,11 @@ class Service:
     def status(self) -> dict[str, Any]:
         """Counts, model and index (no home path or database URL), tag run, limits."""
         status = {k: v for k, v in self.archive.status().items() if k not in ("home", "database")}
-        return status | {"tag_run": self.catalog.latest_tag_run(), "limits": self.config.limits(),
-                         "writes_enabled": self.config.write_token is not None}  # fmt: skip
+        return status | {
+            "tag_run": self.catalog.latest_tag_run(),
+            "limits": self.config.limits(),
+            "writes_enabled": self.config.write_token is not None,
+        }
 
     def authorize(self, header: str | None) -> None:
         """Raise unless ``header`` is ``Bearer TOKEN`` with this server's write token."""

@@ -25,7 +25,8 @@ def _fk(name: str, target: str, nullable: bool = True) -> sa.Column:
 
 def upgrade() -> None:
     op.create_table(
-        "models", _id(),
+        "models",
+        _id(),
         sa.Column("key", sa.String(32), nullable=False, unique=True),
         sa.Column("model", sa.Text, nullable=False),
         sa.Column("pretrained", sa.Text),
@@ -33,10 +34,11 @@ def upgrade() -> None:
         sa.Column("preprocess", sa.Text, nullable=False),
         sa.Column("fingerprint", sa.String(64), nullable=False),
         sa.Column("created", sa.Float, nullable=False),
-    )  # fmt: skip
+    )
     counts = ["listed", "new", "changed", "unchanged", "deleted", "embedded", "reused", "failed"]
     op.create_table(
-        "runs", _id(),
+        "runs",
+        _id(),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         _fk("model_id", "models.id"),
@@ -45,9 +47,10 @@ def upgrade() -> None:
         *[sa.Column(name, sa.Integer, nullable=False) for name in counts],
         sa.Column("params", sa.Text, nullable=False),
         sa.Column("message", sa.Text),
-    )  # fmt: skip
+    )
     op.create_table(
-        "images", _id(),
+        "images",
+        _id(),
         sa.Column("uri", sa.Text, nullable=False, unique=True),
         sa.Column("sha256", sa.String(64)),
         sa.Column("size", sa.BigInteger),
@@ -58,7 +61,7 @@ def upgrade() -> None:
         _fk("first_run", "runs.id"),
         _fk("last_run", "runs.id"),
         sa.Column("updated", sa.Float, nullable=False),
-    )  # fmt: skip
+    )
     op.create_index("ix_images_sha256", "images", ["sha256"])
     op.create_index("ix_images_status", "images", ["status"])
     op.create_table(
@@ -70,18 +73,20 @@ def upgrade() -> None:
         sa.Column("row", sa.Integer, nullable=False),
         _fk("run_id", "runs.id"),
         sa.PrimaryKeyConstraint("sha256", "model_id", name="pk_embeddings"),
-    )  # fmt: skip
+    )
     op.create_table(
-        "failures", _id(),
+        "failures",
+        _id(),
         sa.Column("uri", sa.Text, nullable=False),
         sa.Column("stage", sa.String(32), nullable=False),
         sa.Column("reason", sa.Text, nullable=False),
         _fk("run_id", "runs.id"),
         sa.Column("created", sa.Float, nullable=False),
-    )  # fmt: skip
+    )
     op.create_index("ix_failures_uri", "failures", ["uri"])
     op.create_table(
-        "index_versions", _id(),
+        "index_versions",
+        _id(),
         _fk("model_id", "models.id", nullable=False),
         sa.Column("path", sa.Text, nullable=False),
         sa.Column("index_type", sa.String(128), nullable=False),
@@ -89,17 +94,18 @@ def upgrade() -> None:
         sa.Column("count", sa.BigInteger, nullable=False),
         _fk("run_id", "runs.id"),
         sa.Column("created", sa.Float, nullable=False),
-    )  # fmt: skip
+    )
     op.create_table("labels", _id(), sa.Column("name", sa.Text, nullable=False, unique=True))
     op.create_table(
-        "tags", _id(),
+        "tags",
+        _id(),
         _fk("image_id", "images.id", nullable=False),
         _fk("label_id", "labels.id", nullable=False),
         sa.Column("score", sa.Float, nullable=False),
         sa.Column("rank", sa.Integer, nullable=False),
         sa.Column("method", sa.String(16), nullable=False),
         _fk("run_id", "runs.id", nullable=False),
-    )  # fmt: skip
+    )
     op.create_index("ix_tags_run_image", "tags", ["run_id", "image_id"])
     op.create_index("ix_tags_image", "tags", ["image_id"])
 
