@@ -1,5 +1,6 @@
 """Helpers several test modules share: a real ``vistag serve`` process on loopback, started on a
-copy of a home, waited for on /healthz with a bounded timeout, and always stopped."""
+copy of a home, waited for on /healthz with a bounded timeout, and always stopped; a catalog
+left at an older schema revision."""
 
 from __future__ import annotations
 
@@ -98,3 +99,25 @@ def copy_home(indexed_home: tuple[Path, object], target: Path) -> Path:
     """Copy the home of ``indexed_home`` (home, corpus) to ``target``; return ``target``."""
     shutil.copytree(indexed_home[0], target)
     return target
+
+
+def catalog_at_revision(path: Path, revision: str, rows: Iterator[str] | list[str] = ()) -> str:
+    """A SQLite catalog at ``path`` migrated only up to ``revision`` (as an older vistag left it),
+    with the SQL statements ``rows`` run in it; returns its URL."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    from indexer.database import MIGRATIONS
+
+    url = f"sqlite:///{path}"
+    engine = sa.create_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+        for statement in rows:
+            conn.execute(sa.text(statement))
+    engine.dispose()
+    return url

@@ -122,33 +122,16 @@ def test_database_url_errors():
 
 def test_catalog_from_the_previous_schema_version_is_upgraded_with_its_data(tmp_path):
     """A catalog written at revision 0001 opens under the current code with its rows intact."""
-    from alembic import command
-    from alembic.config import Config
+    from tests.helpers import catalog_at_revision
 
-    from indexer.database import MIGRATIONS
-
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    engine = sa.create_engine(url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0001")
-        conn.execute(
-            sa.text(
-                "INSERT INTO runs (kind, status, started, listed, new, changed, unchanged, deleted, "
-                "embedded, reused, failed, params) VALUES ('tag', 'ok', 1, 0,0,0,0,0,0,0,0, '{}')"
-            )
-        )
-        conn.execute(sa.text("INSERT INTO images (uri, status, updated) VALUES ('/a.jpg', 'indexed', 1)"))
-        conn.execute(sa.text("INSERT INTO labels (name) VALUES ('cat')"))
-        conn.execute(
-            sa.text(
-                "INSERT INTO tags (image_id, label_id, score, rank, method, run_id) "
-                "VALUES (1, 1, 0.25, 0, 'zeroshot', 1)"
-            )
-        )
-    engine.dispose()
+    rows = [
+        "INSERT INTO runs (kind, status, started, listed, new, changed, unchanged, deleted, "
+        "embedded, reused, failed, params) VALUES ('tag', 'ok', 1, 0,0,0,0,0,0,0,0, '{}')",
+        "INSERT INTO images (uri, status, updated) VALUES ('/a.jpg', 'indexed', 1)",
+        "INSERT INTO labels (name) VALUES ('cat')",
+        "INSERT INTO tags (image_id, label_id, score, rank, method, run_id) VALUES (1, 1, 0.25, 0, 'zeroshot', 1)",
+    ]
+    url = catalog_at_revision(tmp_path / "old.db", "0001", rows)
     catalog = Catalog(url)
     (tag,) = catalog.tags()
     assert tag["label"] == "cat" and tag["score"] == 0.25 and tag["confidence"] is None

@@ -275,19 +275,9 @@ def test_state_written_before_checksums_still_loads_unchecked(copy, cli, tiny_mo
 
 
 def test_catalog_identity_is_kept_and_given_to_catalogs_from_before(tmp_path):
-    from alembic import command
-    from alembic.config import Config
+    from tests.helpers import catalog_at_revision
 
-    from indexer.database import MIGRATIONS
-
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    engine = sa.create_engine(url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0003")
-    engine.dispose()
+    url = catalog_at_revision(tmp_path / "old.db", "0003")
     first = Catalog(url)
     ident = first.catalog_id()
     first.close()

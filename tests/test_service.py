@@ -14,10 +14,8 @@ import os
 import random
 import socket
 import string
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +26,7 @@ import pytest
 
 from devkit.http import REQUEST_TIMEOUT_S, Reply, http_request
 from tests.helpers import Server, copy_home, running_server, stop
+from vistag.synth.hostile import png_bomb
 
 TOKEN = "test-write-token-0123456789"
 MAX_UPLOAD = 20 * 1024 * 1024
@@ -53,21 +52,6 @@ def multipart(*files: bytes, field: str = "file") -> tuple[bytes, str]:
         for i, data in enumerate(files)
     ]
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG that claims ``width`` x ``height`` pixels in a few dozen bytes (a decompression bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def noise_jpeg(width: int = 256, height: int = 192) -> bytes:
@@ -259,7 +243,7 @@ def test_bad_uploads(server, indexed_home, case, status):
         "text": multipart(b"<html>not an image</html>"),
         "empty": multipart(b""),
         "truncated": multipart(noise_jpeg()[:20_000]),
-        "bomb": multipart(png_header(10_000, 10_000)),
+        "bomb": multipart(png_bomb(10_000, 10_000)),
         "wrong field": multipart(jpeg, field="image"),
         "no boundary": (b"xx", "multipart/form-data"),
         "garbage multipart": (b"\x00\xff" * 100, "multipart/form-data; boundary=zzz"),

@@ -22,7 +22,7 @@ def _save(img: Image.Image, fmt: str, **kw: object) -> bytes:
     return buf.getvalue()
 
 
-def _png_bomb(width: int, height: int) -> bytes:
+def png_bomb(width: int, height: int) -> bytes:
     """A tiny PNG whose header declares width x height pixels."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -132,7 +132,7 @@ def hostile_files() -> dict[str, tuple[bytes, str]]:
         "zero-bytes.jpg": (b"", "decode"),
         "page.jpg": (b"<!doctype html><html><body>not an image</body></html>", "decode"),
         "notes.png": (b"plain text in a png file\n" * 20, "decode"),
-        "bomb.png": (_png_bomb(200_000, 200_000), "decode"),
+        "bomb.png": (png_bomb(200_000, 200_000), "decode"),
         "scan-bomb.jpg": (scan_bomb_jpeg(64, 48, 500), "decode"),
         "comment-bomb.gif": (comment_bomb_gif(5000), "decode"),
         "progressive.jpg": (scan_bomb_jpeg(64, 48, 0), "index"),
