@@ -35,6 +35,7 @@ import struct
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -80,6 +81,7 @@ class DecodedImage:
     width: int
     height: int
     format: str
+    taken: float | None = None  # EXIF DateTimeOriginal, seconds since the epoch (see :func:`date_taken`)
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int = 0) -> DecodedImage:
@@ -99,6 +101,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_siz
         img = _open(data, max_pixels)
         width, height = img.size
         fmt = img.format or "unknown"
+        taken = date_taken(img)
         if _orientation(img) in _SWAPPING_ORIENTATIONS:
             width, height = height, width
         if draft_size and fmt == "JPEG" and img.mode in ("RGB", "L", "CMYK", "YCbCr"):
@@ -110,7 +113,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_siz
         except Exception as err:
             raise DecodeError(f"truncated or corrupt image data ({type(err).__name__}: {err})") from err
     img = shrink(img, draft_size)  # drops the full-size image before the RGB copy
-    return DecodedImage(crop_aspect(to_rgb(img), MAX_ASPECT), width, height, fmt)
+    return DecodedImage(crop_aspect(to_rgb(img), MAX_ASPECT), width, height, fmt, taken)
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -201,6 +204,27 @@ def _check_gif(data: bytes) -> None:
                 break
             pos += data[pos] + 1
         pos += 1
+
+
+def date_taken(img: Image.Image) -> float | None:
+    """When the photo was taken: EXIF ``DateTimeOriginal`` (else ``DateTime``) as seconds since the
+    epoch, with ``OffsetTimeOriginal`` applied when the camera recorded it (else read as UTC);
+    None without a usable date. Read through Pillow's EXIF support from the opened header."""
+    try:
+        exif = img.getexif()
+        sub = exif.get_ifd(0x8769)
+        text, offset = sub.get(0x9003) or exif.get(0x0132), sub.get(0x9011)
+        if not text:
+            return None
+        moment = datetime.strptime(str(text).strip().strip("\x00")[:19], "%Y:%m:%d %H:%M:%S")
+        zone = timezone.utc
+        if offset and re.fullmatch(r"[+-]\d{2}:\d{2}", str(offset).strip()):
+            sign = -1 if str(offset).strip()[0] == "-" else 1
+            hours, minutes = map(int, str(offset).strip()[1:].split(":"))
+            zone = timezone(sign * timedelta(hours=hours, minutes=minutes))
+        return moment.replace(tzinfo=zone).timestamp()
+    except Exception:  # a missing, partial or garbled date is no date
+        return None
 
 
 def _orientation(img: Image.Image) -> int:

@@ -22,6 +22,7 @@ from core.errors import CatalogError, LockHeld, NotFound
 from core.models import ModelIdentity
 from indexer import database
 from indexer import schema as t
+from indexer.catalog_duplicates import DuplicateQueries
 from indexer.catalog_tags import TagQueries
 from indexer.database import WRITER_LOCK_KEY, chunks, insert_many, parse_db_url
 
@@ -41,7 +42,7 @@ class ImageFilter:
         return any(v is not None for v in (self.tag, self.prefix, self.since, self.until))
 
 
-class Catalog(TagQueries):
+class Catalog(TagQueries, DuplicateQueries):
     """Typed operations on the catalog database."""
 
     def __init__(self, url: str):
@@ -174,7 +175,7 @@ class Catalog(TagQueries):
 
     # images ---------------------------------------------------------------------------------
     def image_states(self) -> dict[str, dict[str, Any]]:
-        """uri -> {id, sha256, size, mtime, status} for every image row (for planning)."""
+        """uri -> {id, sha256, size, mtime, status, phash} for every image row (for planning)."""
         cols = [
             t.images.c.uri,
             t.images.c.id,
@@ -182,6 +183,7 @@ class Catalog(TagQueries):
             t.images.c.size,
             t.images.c.mtime,
             t.images.c.status,
+            t.images.c.phash,
         ]
         with self.engine.connect() as conn:
             return {r["uri"]: dict(r) for r in conn.execute(sa.select(*cols)).mappings()}
@@ -230,16 +232,28 @@ class Catalog(TagQueries):
                 )
         return len(uris)
 
-    def sizes_by_sha(self, shas: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """sha256 -> (width, height) from any already-decoded image with that content."""
-        out: dict[str, tuple[int, int]] = {}
+    def decoded_by_sha(self, shas: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """sha256 -> ``width``, ``height``, ``phash``, ``taken`` of any already-decoded image with
+        that content (content the pipeline did not decode again takes them from it)."""
+        i = t.images
+        out: dict[str, dict[str, Any]] = {}
         with self.engine.connect() as conn:
             for chunk in chunks(list(shas)):
-                query = sa.select(t.images.c.sha256, t.images.c.width, t.images.c.height).where(
-                    t.images.c.sha256.in_(chunk), t.images.c.width > 0
+                query = sa.select(i.c.sha256, i.c.width, i.c.height, i.c.phash, i.c.taken).where(
+                    i.c.sha256.in_(chunk), i.c.width > 0
                 )
-                out.update({sha: (w, h) for sha, w, h in conn.execute(query)})
+                for row in conn.execute(query.order_by(i.c.phash.is_(None))).mappings():
+                    out.setdefault(row["sha256"], {k: row[k] for k in ("width", "height", "phash", "taken")})
         return out
+
+    def described_hashes(self, model_id: int) -> dict[str, bool]:
+        """sha256 of every content embedded with this model -> whether an image of it has a
+        perceptual hash in the catalog (else the pipeline decodes it again, for that only)."""
+        i = t.images
+        described = sa.select(i.c.sha256).where(i.c.phash.is_not(None)).distinct()
+        with self.engine.connect() as conn:
+            have = set(conn.execute(described).scalars())
+        return {sha: sha in have for sha in self.known_hashes(model_id)}
 
     def images(
         self, ids: Sequence[int] | None = None, status: str | None = "indexed"

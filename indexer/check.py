@@ -168,24 +168,27 @@ def _set_aside(folder: Path) -> Path:
     return target
 
 
-def shard_sizes(home: Home, catalog: Catalog, model_id: int, shas: list[str]) -> dict[str, tuple[int, int]]:
-    """sha256 -> (width, height) read from the shards holding these embeddings (for content no
-    catalog image has been decoded for, e.g. after :func:`adopt_shards`); unreadable ones are left out."""
+def shard_descriptions(
+    home: Home, catalog: Catalog, model_id: int, shas: list[str]
+) -> dict[str, dict[str, Any]]:
+    """sha256 -> ``width``, ``height``, ``phash``, ``taken`` read from the shards holding these
+    embeddings (for content no catalog image has been decoded for, e.g. after :func:`adopt_shards`;
+    shards written before perceptual hashes give None for them); unreadable ones are left out."""
     if not shas:
         return {}
     by_shard: dict[tuple[str, str], set[str]] = {}
     for sha, where in catalog.embedding_sources(model_id, shas).items():
         by_shard.setdefault(where, set()).add(sha)
-    sizes: dict[str, tuple[int, int]] = {}
+    found: dict[str, dict[str, Any]] = {}
     for (shard_dir, shard), wanted in by_shard.items():
         try:
-            meta = shards.read_meta(home.absolute(shard_dir), shard, ("sha256", "width", "height"))
+            meta = shards.read_meta(home.absolute(shard_dir), shard)
         except DamagedState:
             continue
-        sizes |= {
-            m["sha256"]: (m["width"], m["height"]) for m in meta if m["sha256"] in wanted and m["width"]
-        }
-    return sizes
+        for m in meta:
+            if m["sha256"] in wanted and m["width"]:
+                found[m["sha256"]] = {k: m.get(k) for k in ("width", "height", "phash", "taken")}
+    return found
 
 
 def still_serves(version: versions.IndexVersion, catalog: Catalog) -> bool:

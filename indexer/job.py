@@ -23,6 +23,7 @@ from indexer.recall import tune_index
 from indexer.recovery import apply_shards, recover
 from indexer.reindex import ReindexPlan, plan_reindex
 from pipeline import shards
+from pipeline.entries import known_lines
 from pipeline.inputs import FileEntry, expand_inputs
 from pipeline.job import DEFAULT_CHUNK_SIZE, KNOWN_HASHES_FILE, PipelineConfig, run_config, write_worklist
 from pipeline.runners import check_beam_args
@@ -49,6 +50,7 @@ class IndexConfig:
     index_storage: str = "auto"  # "auto", "memory" or "ondisk" (see indexer.choice)
     shards_root: str | None = None
     dry_run: bool = False
+    refresh_metadata: bool = False  # read unchanged images again for what the catalog keeps of them
     progress: bool = False
     beam_args: tuple[str, ...] = field(default_factory=tuple)
 
@@ -101,7 +103,9 @@ def _run_locked(home: Home, catalog: Catalog, config: IndexConfig) -> IndexResul
     if not config.dry_run:
         recover(home, catalog)
         check.repair(home, catalog, identity, model_id)
-    plan = plan_reindex(listing, catalog.image_states(), set(catalog.known_hashes(model_id)))
+    plan = plan_reindex(
+        listing, catalog.image_states(), set(catalog.known_hashes(model_id)), config.refresh_metadata
+    )
     if config.dry_run:
         live = len(plan.unchanged) + len(plan.work) - len(plan.missing)
         choice = choose_index(
@@ -207,7 +211,7 @@ def _embed(
 ) -> None:
     worklist = write_worklist(folder, work)
     known_file = shards.join(folder, KNOWN_HASHES_FILE)
-    shards.write_text(known_file, "\n".join(catalog.known_hashes(model_id)))
+    shards.write_text(known_file, known_lines(catalog.described_hashes(model_id)))
     pipeline_config = PipelineConfig(
         worklist=worklist,
         total=len(work),

@@ -22,6 +22,8 @@ from indexer.lock import WriterLock
 from pipeline import shards
 from pipeline.inputs import FileEntry
 
+DESCRIBED = ("uri", "sha256", "size", "mtime", "width", "height", "phash", "taken")
+
 
 # dead runs --------------------------------------------------------------------------------------
 def unfinished_runs(catalog: Catalog) -> list[dict[str, Any]]:
@@ -91,11 +93,7 @@ def apply_shards(
         shard = shards.read_shard(folder, name)
         fresh = [m for m in shard.meta if m["row"] >= 0]
         known = [m for m in shard.meta if m["row"] < 0]
-        sizes = catalog.sizes_by_sha([m["sha256"] for m in known])
-        unsized = [m["sha256"] for m in known if m["sha256"] not in sizes]
-        sizes |= check.shard_sizes(home, catalog, model_id, unsized)  # e.g. taken from shards by repair
-        for m in known:
-            m["width"], m["height"] = sizes.get(m["sha256"], (0, 0))
+        _describe_known(home, catalog, model_id, known)
         catalog.add_embeddings(
             [
                 {
@@ -109,16 +107,25 @@ def apply_shards(
                 for m in fresh
             ]
         )
-        rows = [
-            {k: m[k] for k in ("uri", "sha256", "size", "mtime", "width", "height")} | {"status": "indexed"}
-            for m in shard.meta
-        ]
+        rows = [{k: m.get(k) for k in DESCRIBED} | {"status": "indexed"} for m in shard.meta]
         catalog.upsert_images(rows, run_id)
         catalog.add_failures(shard.failures, run_id)
         catalog.upsert_images([_failed_row(f["uri"], by_uri) for f in shard.failures], run_id)
         crash_point("shard-applied")
         embedded, reused, failed = embedded + len(fresh), reused + len(known), failed + len(shard.failures)
     return embedded, reused, failed
+
+
+def _describe_known(home: Home, catalog: Catalog, model_id: int, known: list[dict[str, Any]]) -> None:
+    """Give the shard rows of content not decoded in this run (``row`` -1, no perceptual hash) what
+    the catalog knows of it (its size, perceptual hash and date taken), else what its shards do
+    (content whose catalog was rebuilt from them)."""
+    missing = [m for m in known if not m.get("phash")]
+    found = catalog.decoded_by_sha([m["sha256"] for m in missing])
+    unsized = [m["sha256"] for m in missing if m["sha256"] not in found]
+    found |= check.shard_descriptions(home, catalog, model_id, unsized)
+    for m in missing:
+        m.update(found.get(m["sha256"], {"width": 0, "height": 0}))
 
 
 def _failed_row(uri: str, by_uri: dict[str, FileEntry]) -> dict[str, Any]:

@@ -28,11 +28,13 @@ class ReindexPlan:
     unchanged: tuple[str, ...]
     deleted: tuple[str, ...]
     missing: tuple[tuple[str, str], ...]
+    refresh: tuple[FileEntry, ...] = ()  # unchanged, read again for what the catalog keeps of them
 
     @property
     def work(self) -> tuple[FileEntry, ...]:
-        """Files the pipeline must read (new, changed, and those lacking this model's embedding)."""
-        return self.new + self.changed + self.reembed
+        """Files the pipeline must read (new, changed, those lacking this model's embedding, and
+        those whose description is refreshed)."""
+        return self.new + self.changed + self.reembed + self.refresh
 
     @property
     def is_noop(self) -> bool:
@@ -40,11 +42,16 @@ class ReindexPlan:
 
     def counts(self) -> dict[str, int]:
         return {
-            "listed": len(self.new) + len(self.changed) + len(self.reembed) + len(self.unchanged),
+            "listed": len(self.new)
+            + len(self.changed)
+            + len(self.reembed)
+            + len(self.unchanged)
+            + len(self.refresh),
             "new": len(self.new),
             "changed": len(self.changed),
             "reembed": len(self.reembed),
             "unchanged": len(self.unchanged),
+            "refresh": len(self.refresh),
             "deleted": len(self.deleted),
             "missing": len(self.missing),
         }
@@ -54,23 +61,26 @@ class ReindexPlan:
         lines = [
             f"plan: {c['listed']} listed, {c['new']} new, {c['changed']} changed, "
             f"{c['reembed']} to re-embed for this model, {c['unchanged']} unchanged, "
-            f"{c['deleted']} deleted, {c['missing']} unreadable in manifests"
+            f"{c['refresh']} to describe again, {c['deleted']} deleted, {c['missing']} unreadable in manifests"
         ]
         lines += [f"  new      {e.uri}" for e in self.new]
         lines += [f"  changed  {e.uri}" for e in self.changed]
         lines += [f"  re-embed {e.uri}" for e in self.reembed]
+        lines += [f"  refresh  {e.uri}" for e in self.refresh]
         lines += [f"  deleted  {u}" for u in self.deleted]
         return "\n".join(lines)
 
 
 def plan_reindex(
-    listing: Listing, states: Mapping[str, Mapping[str, Any]], known: Collection[str]
+    listing: Listing, states: Mapping[str, Mapping[str, Any]], known: Collection[str], refresh: bool = False
 ) -> ReindexPlan:
-    """Compare ``listing`` with catalog ``states`` (uri -> id, sha256, size, mtime, status).
+    """Compare ``listing`` with catalog ``states`` (uri -> id, sha256, size, mtime, status, phash).
 
-    ``known`` holds the sha256 of content already embedded with the run's model.
+    ``known`` holds the sha256 of content already embedded with the run's model. ``refresh``:
+    unchanged indexed images the catalog does not describe yet (no perceptual hash: indexed by an
+    older vistag) are read again for it, without being embedded again.
     """
-    new, changed, reembed, unchanged = [], [], [], []
+    new, changed, reembed, unchanged, again = [], [], [], [], []
     for entry in listing.entries:
         state = states.get(entry.uri)
         if state is None or state["status"] not in LIVE:
@@ -79,6 +89,8 @@ def plan_reindex(
             changed.append(entry)
         elif state["status"] == "indexed" and state["sha256"] not in known:
             reembed.append(entry)
+        elif refresh and state["status"] == "indexed" and not state.get("phash"):
+            again.append(entry)
         else:
             unchanged.append(entry.uri)
     listed = {e.uri for e in listing.entries}
@@ -87,5 +99,11 @@ def plan_reindex(
         uri for uri, state in states.items() if state["status"] in LIVE and uri not in listed and below(uri)
     )
     return ReindexPlan(
-        tuple(new), tuple(changed), tuple(reembed), tuple(unchanged), tuple(deleted), listing.missing
+        tuple(new),
+        tuple(changed),
+        tuple(reembed),
+        tuple(unchanged),
+        tuple(deleted),
+        listing.missing,
+        tuple(again),
     )

@@ -26,7 +26,7 @@ from sqlalchemy import (
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
-HEAD_REVISION = "0004"  # the newest migration in migrations/versions (a test checks it is Alembic's head)
+HEAD_REVISION = "0005"  # the newest migration in migrations/versions (a test checks it is Alembic's head)
 
 models = Table(
     "models",
@@ -73,6 +73,8 @@ images = Table(
     Column("width", Integer),
     Column("height", Integer),
     Column("status", String(16), nullable=False),
+    Column("phash", String(16)),  # perceptual hash, 16 hex digits (core.hashes)
+    Column("taken", Float),  # EXIF date taken, seconds since the epoch
     Column("first_run", Id, ForeignKey("runs.id")),
     Column("last_run", Id, ForeignKey("runs.id")),
     Column("updated", Float, nullable=False),
@@ -154,4 +156,24 @@ meta = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+# people's decisions about duplicate groups, by content: a kept group ("keep": one member "keep",
+# the others "other") or a pair that is not one ("not_duplicates": both members "pair")
+duplicate_decisions = Table(
+    "duplicate_decisions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("created", Float, nullable=False),
+)
+
+duplicate_members = Table(
+    "duplicate_members",
+    metadata,
+    Column("decision_id", Id, ForeignKey("duplicate_decisions.id"), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("role", String(8), nullable=False),
+    PrimaryKeyConstraint("decision_id", "sha256"),
+    Index("ix_duplicate_members_sha256", "sha256"),
 )

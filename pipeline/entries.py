@@ -3,6 +3,8 @@ thread and in a decode process (see :mod:`pipeline.decode_pool`).
 
 An entry becomes a failure row (uri, stage, reason), the :class:`ImageKey` of content already
 embedded with the run's model (its SHA-256 is known), or a key and its (3, H, W) uint8 pixels.
+A decoded image's key also carries what the catalog keeps of it: its size, perceptual hash and
+date taken; content already embedded but not yet described that way is decoded for them only.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from core import uris
 from core.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image, max_file_bytes
+from core.hashes import perceptual_hash
 from core.models import ModelIdentity
 from pipeline.inputs import FileEntry
 from pipeline.preprocess import SplitTransform, split_transform, to_pixels
@@ -31,6 +34,8 @@ class ImageKey:
     mtime: float
     width: int
     height: int
+    phash: str | None = None  # perceptual hash (core.hashes); None when not decoded here
+    taken: float | None = None  # EXIF date taken, seconds since the epoch
 
     def row(self, row: int) -> dict[str, Any]:
         return {
@@ -41,11 +46,17 @@ class ImageKey:
             "width": self.width,
             "height": self.height,
             "row": row,
+            "phash": self.phash,
+            "taken": self.taken,
         }
 
 
 class KnownHashes(frozenset):
-    """A frozenset that ``shared.Shared`` can hold (it needs weak references)."""
+    """SHA-256s of content already embedded with the run's model (a frozenset that ``shared.Shared``
+    can hold: it needs weak references); ``undescribed``: those of them the catalog has no
+    perceptual hash for yet (decoded for it, not embedded again)."""
+
+    undescribed: frozenset[str] = frozenset()
 
 
 def failure(uri: str, stage: str, reason: str) -> dict[str, str]:
@@ -63,7 +74,16 @@ def load_known(path: str | None) -> KnownHashes:
     from apache_beam.io.filesystems import FileSystems
 
     with FileSystems.open(path, compression_type="uncompressed") as fh:
-        return KnownHashes(line.strip() for line in fh.read().decode().splitlines() if line.strip())
+        lines = [line.split() for line in fh.read().decode().splitlines() if line.strip()]
+    known = KnownHashes(words[0] for words in lines)
+    known.undescribed = frozenset(words[0] for words in lines if words[1:] == ["-"])
+    return known
+
+
+def known_lines(described: dict[str, bool]) -> str:
+    """The known-hashes file of content embedded with the run's model: sha256 -> whether the
+    catalog describes it (perceptual hash) already; see :func:`load_known`."""
+    return "\n".join(sha if done else f"{sha} -" for sha, done in described.items())
 
 
 class EntryDecoder:
@@ -104,21 +124,33 @@ class EntryDecoder:
         except Exception as err:  # any filesystem's error: vanished, permission, I/O, not a regular file
             return failure(entry.uri, "read", _reason(err))
         sha = hashlib.sha256(data).hexdigest()
-        if sha in self._known:
+        if sha in self._known and sha not in self._known.undescribed:
             return ImageKey(entry.uri, sha, len(data), entry.mtime, 0, 0)
         try:
             decoded = decode_image(data, max_pixels=self.max_pixels, draft_size=self._draft)
+            key = ImageKey(
+                entry.uri,
+                sha,
+                len(data),
+                entry.mtime,
+                decoded.width,
+                decoded.height,
+                perceptual_hash(decoded.image),
+                decoded.taken,
+            )
         except DecodeError as err:
             return failure(entry.uri, "decode", err.reason)
         except Exception as err:  # a bad file must never stop the run
             return failure(entry.uri, "preprocess", _reason(err))
+        if sha in self._known:  # embedded already: described now, not embedded again
+            return key
         try:
             arr = to_pixels(self._split.to_image(decoded.image))
             if arr.shape != self._split.shape:
                 raise ValueError(f"preprocessed to {arr.shape}, expected {self._split.shape}")
         except Exception as err:
             return failure(entry.uri, "preprocess", _reason(err))
-        return ImageKey(entry.uri, sha, len(data), entry.mtime, decoded.width, decoded.height), arr
+        return key, arr
 
 
 Outcome = dict[str, str] | tuple[ImageKey, int]

@@ -56,6 +56,8 @@ META_COLUMNS = (
     ("width", "int32"),
     ("height", "int32"),
     ("row", "int32"),
+    ("phash", "string"),  # since shard format 1 files of 2026-11; older shards lack it (read as None)
+    ("taken", "float64"),
 )
 FAILURE_COLUMNS = (("uri", "string"), ("stage", "string"), ("reason", "string"))
 

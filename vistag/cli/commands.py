@@ -40,6 +40,7 @@ def cmd_index(archive: Any, args: argparse.Namespace, extra: list[str]) -> int:
         "latency_target_ms": args.latency_target,
         "index_storage": args.index_storage,
         "dry_run": args.dry_run,
+        "refresh_metadata": args.refresh_metadata,
         "progress": not args.no_progress and not args.json and sys.stderr.isatty(),
         "beam_args": beam_args(args, extra),
     }
@@ -265,6 +266,48 @@ def cmd_failures(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
     )
 
 
+def cmd_duplicates(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
+    options = {"kind": args.kind, "threshold": args.threshold, "similarity": args.similarity,
+               "within": args.within * 60 if args.within is not None else None, "keep_rule": args.keep_rule}  # fmt: skip
+    if args.action == "resolve":
+        return _resolve(archive, args, options)
+    if args.target or args.keep is not None or args.not_duplicates or args.move_to:
+        raise InputError(
+            "GROUP_OR_ID, --keep, --not-duplicates and --move-to go with `vistag duplicates resolve`"
+        )
+    found = archive.duplicates(**options)
+    if args.json:
+        print_json(found["groups"])
+        return 0
+    for group in found["groups"]:
+        print(
+            f"{group['id']}  {group['kind']:<7}  {len(group['members'])} images, keep {group['keep']} ({group['why']})"
+        )
+        for m in group["members"]:
+            mark = "*" if m["id"] == group["keep"] else " "
+            print(printable(f"  {mark} {m['id']:>8}  {m['width']}x{m['height']}  {m['uri']}"))
+    if found["unhashed"]:
+        print(f"{found['unhashed']} images have no perceptual hash yet: `vistag index PATH --refresh-metadata` "
+              "adds it (without it, only their embeddings find near copies)", file=sys.stderr)  # fmt: skip
+    print(f"{len(found['groups'])} groups", file=sys.stderr)
+    return 0
+
+
+def _resolve(archive: Any, args: argparse.Namespace, options: dict[str, Any]) -> int:
+    if not args.target:
+        raise InputError("say which group: `vistag duplicates resolve GROUP_OR_ID --keep ID`")
+    done = archive.resolve_duplicates(args.target, keep=args.keep, not_duplicates=args.not_duplicates,
+                                      move_to=args.move_to, **options)  # fmt: skip
+    if args.json:
+        print_json({"group": done["group"]["id"], "decision": done["decision"], "moved": done["moved"]})
+        return 0
+    what = "not duplicates" if args.not_duplicates else f"keep {args.keep}"
+    print(f"{done['group']['id']}: {what} (remembered: the group is not listed again)")
+    for source, destination in done["moved"]:
+        print(printable(f"  moved {source} -> {destination}"))
+    return 0
+
+
 HANDLERS = {
     "index": cmd_index,
     "search": cmd_search,
@@ -279,4 +322,5 @@ HANDLERS = {
     "failures": cmd_failures,
     "serve": cmd_serve,
     "check": cmd_check,
+    "duplicates": cmd_duplicates,
 }

@@ -21,6 +21,7 @@ COMMANDS = (
     "failures",
     "serve",
     "check",
+    "duplicates",
 )
 
 
@@ -122,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dry-run", action="store_true", help="print the plan (new, changed, deleted...) and stop"
+    )
+    p.add_argument(
+        "--refresh-metadata",
+        action="store_true",
+        help="read unchanged images the catalog does not describe yet (perceptual hash, date taken: "
+        "indexed by an older vistag) again, without embedding them again",
     )
     p.add_argument(
         "--change-db",
@@ -279,8 +286,55 @@ def build_parser() -> argparse.ArgumentParser:
         "and print what is damaged and how to repair it (exit 5 when anything is).",
     )
     common_options(p)
+    add_duplicates_parser(sub)
     add_serve_parser(sub)
     return ap
+
+
+def add_duplicates_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``vistag duplicates [resolve TARGET]`` to ``vistag``'s subparsers."""
+    p = subparsers.add_parser(
+        "duplicates",
+        help="exact copies, near copies and bursts, with the member to keep",
+        description="List duplicate groups, largest first: exact (identical bytes), near (the same picture "
+        "altered) and similar (shots of one moment), each with a suggested member to keep. "
+        "`duplicates resolve GROUP_OR_ID --keep ID` or `--not-duplicates` remembers a decision.",
+    )
+    p.add_argument("action", nargs="?", choices=("resolve",), help="resolve: decide about one group")
+    p.add_argument(
+        "target", nargs="?", metavar="GROUP_OR_ID", help="with resolve: a group id or an image id of it"
+    )
+    p.add_argument(
+        "--kind",
+        choices=("exact", "near", "similar", "all"),
+        default="all",
+        help="which groups (default all)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=int,
+        metavar="BITS",
+        help="largest perceptual-hash distance of near copies (default 10 of 64)",
+    )
+    p.add_argument(
+        "--similarity",
+        type=float,
+        metavar="COS",
+        help="cosine of similar shots (default: 0.9, or above what random pairs of the archive reach)",
+    )
+    p.add_argument("--within", type=float, metavar="MINUTES", help="time between similar shots (default 10)")
+    p.add_argument(
+        "--keep-rule", metavar="TESTS", help="the keeper's tests in order (default pixels,format,oldest)"
+    )
+    p.add_argument("--keep", type=int, metavar="ID", help="with resolve: the image to keep")
+    p.add_argument(
+        "--not-duplicates", action="store_true", help="with resolve: the group's pictures are not duplicates"
+    )
+    p.add_argument(
+        "--move-to", metavar="DIR", help="with resolve --keep: move the others into DIR, keeping their paths"
+    )
+    common_options(p)
+    return p
 
 
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
