@@ -69,3 +69,10 @@ class DuplicateQueries:
                 )
                 entry["members"][sha] = role
         return list(out.values())
+
+    def duplicate_decision_count(self) -> int:
+        """How many decisions have been recorded (they are never deleted: a change marks new ones)."""
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(sa.select(sa.func.count()).select_from(t.duplicate_decisions)).scalar() or 0
+            )

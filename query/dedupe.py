@@ -67,9 +67,17 @@ def find_duplicates(
     groups = [g for g in groups if not any(set(g["contents"]) <= k for k in kept)]
     groups.sort(key=lambda g: (-len(g["members"]), g["kind"], g["id"]))
     unhashed = sum(1 for rows in found.images.values() for r in rows if not r["phash"])
-    return {"groups": groups, "thresholds": {"near_bits": config.near_bits, "crop_bits": config.crop_bits,
-            "near_cosine": _shown(near_cos), "similar_cosine": _shown(similar_cos),
-            "within_s": config.within_s}, "unhashed": unhashed}  # fmt: skip
+    return {
+        "groups": groups,
+        "thresholds": {
+            "near_bits": config.near_bits,
+            "crop_bits": config.crop_bits,
+            "near_cosine": _shown(near_cos),
+            "similar_cosine": _shown(similar_cos),
+            "within_s": config.within_s,
+        },
+        "unhashed": unhashed,
+    }
 
 
 def _shown(cosine: float) -> float | None:
@@ -168,14 +176,26 @@ def _group(
         rows = [r for r in rows if r["id"] in only] or rows
     best, why = keeper(rows, config.keep_rule)
     members = [{k: r[k] for k in SHOWN} for r in sorted(rows, key=lambda r: r["id"])]
-    return {"id": group_id(kind, shas), "kind": kind, "members": members, "keep": best["id"], "why": why,
-            "contents": sorted(shas)}  # fmt: skip
+    return {
+        "id": group_id(kind, shas),
+        "kind": kind,
+        "members": members,
+        "keep": best["id"],
+        "why": why,
+        "contents": sorted(shas),
+    }
 
 
 def resolve(
-    home: Home, catalog: Catalog, listing: dict[str, Any], target: str, *, keep: int | None = None,
-    not_duplicates: bool = False, move_to: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    home: Home,
+    catalog: Catalog,
+    listing: dict[str, Any],
+    target: str,
+    *,
+    keep: int | None = None,
+    not_duplicates: bool = False,
+    move_to: str | None = None,
+) -> dict[str, Any]:
     """Record a decision about the group ``target`` (a group id, or the id of an image in one):
     ``keep`` (an image id of the group) or ``not_duplicates``; with ``move_to``, move the members
     not kept into that folder, keeping their paths below the archive's folders. Returns the group,

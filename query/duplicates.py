@@ -40,8 +40,24 @@ from query.tagging import corpus_matrix
 KINDS = ("exact", "near", "similar")
 KEEP_RULES = ("pixels", "format", "oldest")  # the default order of the keeper's tests
 # original formats first (a camera's or phone's own file), then JPEG and TIFF, then re-saves
-FORMAT_RANK = {".dng": 0, ".cr2": 0, ".cr3": 0, ".nef": 0, ".arw": 0, ".raf": 0, ".orf": 0, ".rw2": 0,
-               ".pef": 0, ".heic": 0, ".heif": 0, ".jpg": 1, ".jpeg": 1, ".jfif": 1, ".tif": 1, ".tiff": 1}  # fmt: skip
+FORMAT_RANK = {
+    ".dng": 0,
+    ".cr2": 0,
+    ".cr3": 0,
+    ".nef": 0,
+    ".arw": 0,
+    ".raf": 0,
+    ".orf": 0,
+    ".rw2": 0,
+    ".pef": 0,
+    ".heic": 0,
+    ".heif": 0,
+    ".jpg": 1,
+    ".jpeg": 1,
+    ".jfif": 1,
+    ".tif": 1,
+    ".tiff": 1,
+}
 DERIVED_RANK = 2
 BUCKET_MAX = 512  # hashes sharing a quarter beyond this (flat images) are not paired by it
 SAMPLE_PAIRS = 20_000
@@ -77,6 +93,29 @@ class DuplicateConfig:
         if sorted(self.keep_rule) != sorted(KEEP_RULES):
             raise InputError(f"the keep rule orders {', '.join(KEEP_RULES)}, each once")
         return self
+
+
+def make_config(
+    kind: str,
+    threshold: int | None,
+    similarity: float | None,
+    within: float | None,
+    keep_rule: str | Sequence[str] | None,
+) -> DuplicateConfig:
+    """The :class:`DuplicateConfig` of a command's or request's options (None: the default)."""
+    if kind != "all" and kind not in KINDS:
+        raise InputError(f"unknown duplicate kind {kind!r}: choose exact, near, similar or all")
+    rule = keep_rule.split(",") if isinstance(keep_rule, str) else keep_rule
+    crop = max(22, threshold) if threshold is not None else None  # a crop's hash moves further
+    values = {
+        "kinds": KINDS if kind == "all" else (kind,),
+        "near_bits": threshold,
+        "crop_bits": crop,
+        "similar_cosine": similarity,
+        "within_s": within,
+        "keep_rule": tuple(x.strip() for x in rule) if rule else KEEP_RULES,
+    }
+    return DuplicateConfig(**{k: v for k, v in values.items() if v is not None}).check()
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The web page in a real headless Chromium: search, grid, details, "more like this", upload.
+"""The web page in a real headless Chromium: search, grid, details, "more like this", upload; the
+duplicates view and a decision in it.
 
 Uses Debian's ``chromium`` and ``chromium-driver`` through Selenium with the driver path given, so
 Selenium Manager never downloads anything; skipped only when those two programs are absent.
@@ -6,12 +7,14 @@ Selenium Manager never downloads anything; skipped only when those two programs 
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import copy_home, running_server
+from tests.test_service import TOKEN
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -110,3 +113,71 @@ def test_search_details_more_like_this_and_upload(indexed_home, tmp_path, browse
 
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe  # no failed loads, no CSP violations, no script errors
+
+
+@pytest.fixture(scope="module")
+def family_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> Path:
+    """A home of 5 pictures, 2 of them with every variant (an identical copy, re-encodes, a crop...)."""
+    from vistag import Archive
+    from vistag.synth.families import make_families
+
+    root = tmp_path_factory.mktemp("families")
+    list(make_families(root / "photos", distinct=5, families=2))
+    with Archive(root / "home") as archive:
+        archive.index([root / "photos"], model=tiny_model, batch_size=8)
+    return root / "home"
+
+
+def _groups(driver: object) -> list:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, "#dup-groups .dup-group") or False  # type: ignore[attr-defined]
+
+
+def test_duplicates_view_shows_groups_and_resolves_one(family_home, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    home = Path(shutil.copytree(family_home, tmp_path / "home"))
+    wait = WebDriverWait(browser, WAIT_S)
+    with running_server(home, env={"VISTAG_WRITE_TOKEN": TOKEN}) as server:
+        listed = server.get("/api/duplicates").json()["groups"]
+        browser.get(f"http://127.0.0.1:{server.port}/")
+        wait.until(EC.text_to_be_present_in_element((By.ID, "status"), "images indexed"))
+        browser.find_element(By.ID, "duplicates-link").click()
+        groups = wait.until(_groups)
+        assert [g.get_attribute("data-group") for g in groups] == [g["id"] for g in listed]
+        keepers = [g.find_element(By.CSS_SELECTOR, ".dup-member.keeper") for g in groups]
+        assert [k.get_attribute("data-id") for k in keepers] == [str(g["keep"]) for g in listed]
+        assert all("Suggested keeper" in k.text for k in keepers)
+        assert not browser.find_element(By.ID, "filters").is_displayed()
+        wait.until(
+            lambda d: d.execute_script(
+                "return [...document.querySelectorAll('#dup-groups img')].slice(0, 4)"
+                ".every(i => i.complete && i.naturalWidth > 0)"
+            )
+        )
+        browser.save_screenshot(str(SCREENSHOT.with_name("vistag-duplicates.png")))
+
+        target = listed[0]
+        other = next(m for m in target["members"] if m["id"] != target["keep"])
+        browser.find_element(By.ID, "token").send_keys(TOKEN)
+        section = groups[0]
+        member = section.find_element(By.CSS_SELECTOR, f'.dup-member[data-id="{other["id"]}"]')
+        assert Path(other["uri"]).name in member.text
+        browser.execute_script("arguments[0].scrollIntoView()", member)
+        member.find_element(By.CSS_SELECTOR, "button[data-action='keep']").click()
+        wait.until(EC.staleness_of(section))
+        wait.until(EC.text_to_be_present_in_element((By.ID, "notice"), f"keep image {other['id']}"))
+
+        after = server.get("/api/duplicates").json()["groups"]
+        assert target["id"] not in {g["id"] for g in after}
+        shown = [g.get_attribute("data-group") for g in (_groups(browser) or [])]
+        assert shown == [g["id"] for g in after]  # what the page dropped is what the server no longer lists
+        browser.refresh()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "dup-summary"), f"{len(after)} group"))
+        assert [g.get_attribute("data-group") for g in (_groups(browser) or [])] == [g["id"] for g in after]
+
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not severe, severe

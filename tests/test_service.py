@@ -85,6 +85,8 @@ def test_health_schema_page_and_metrics(server):
         "/api/labels",
         "/api/status",
         "/api/tag",
+        "/api/duplicates",
+        "/api/duplicates/resolve",
     ):
         assert path in schema["paths"], path
     assert "ErrorOut" in schema["components"]["schemas"]
@@ -386,6 +388,7 @@ def test_in_process_app_on_a_home_without_index(tmp_path):
             503,
         )
         assert_error(http_request(port, "GET", "/api/search?q=cat&k=6"), 400)
+        assert "vistag index" in assert_error(http_request(port, "GET", "/api/duplicates"), 503)
         assert_error(http_request(port, "GET", "/api/similar/1"), 404)
         assert http_request(port, "GET", "/api/labels").json() == {"tag_run": None, "labels": []}
         tag = http_request(
@@ -418,6 +421,23 @@ def test_config_and_listen_errors():
         parse_time("2024-05-01T02:00:00+02:00") == 1714521600.0 and parse_time("1714521600") == 1714521600.0
     )
     assert not parse_filter(None, None, None, None) and parse_filter("cat", None, None, None)
+
+
+def test_serve_warms_the_searcher_that_answers_queries(home_copy, monkeypatch):
+    """The index and model are loaded before the first request into the service's searcher, the
+    one that answers, and not into the archive's (a second copy of both, and a slow first query)."""
+    import uvicorn
+
+    from vistag import Archive
+    from vistag.http import ServiceConfig, listen, serve
+
+    served = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server, sockets: served.append(server.config.app))
+    with Archive(home_copy[0]) as archive, listen("127.0.0.1", 0) as sock:
+        serve(archive, ServiceConfig(), sock=sock)
+        searcher = served[0].state.service.searcher
+        assert searcher._version is not None and searcher._model is not None
+        assert archive._searcher is None
 
 
 # -- hardening: thumbnails from the indexed bytes only, bounded waits, labels and connections -------

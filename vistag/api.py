@@ -159,9 +159,14 @@ class Archive:
             return delete_tag_run(self.home, self.catalog, int(run_id))
 
     def duplicates(
-        self, kind: str = "all", threshold: int | None = None, *, similarity: float | None = None,
-        within: float | None = None, keep_rule: str | Sequence[str] | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
+        self,
+        kind: str = "all",
+        threshold: int | None = None,
+        *,
+        similarity: float | None = None,
+        within: float | None = None,
+        keep_rule: str | Sequence[str] | None = None,
+    ) -> dict[str, Any]:
         """Duplicate groups (see :mod:`query.duplicates`): ``groups`` largest first (each ``id``,
         ``kind``, ``members``, ``keep``, ``why``), the ``thresholds`` used, ``unhashed`` images.
         ``kind``: ``exact``, ``near``, ``similar`` or ``all``; ``threshold``: the largest
@@ -170,14 +175,24 @@ class Archive:
         shots (default 600); ``keep_rule``: the keeper's tests in order (default
         ``pixels,format,oldest``)."""
         from query.dedupe import find_duplicates
+        from query.duplicates import make_config
 
-        return find_duplicates(self.home, self.catalog, self.searcher.version(), _dedupe_config(
-            kind, threshold, similarity, within, keep_rule))  # fmt: skip
+        return find_duplicates(
+            self.home,
+            self.catalog,
+            self.searcher.version(),
+            make_config(kind, threshold, similarity, within, keep_rule),
+        )
 
     def resolve_duplicates(
-        self, target: str | int, *, keep: int | None = None, not_duplicates: bool = False,
-        move_to: str | os.PathLike[str] | None = None, **options: Any,
-    ) -> dict[str, Any]:  # fmt: skip
+        self,
+        target: str | int,
+        *,
+        keep: int | None = None,
+        not_duplicates: bool = False,
+        move_to: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
         """Remember a decision about a duplicate group (its id, or an image id of it): ``keep`` one
         member (the group does not come back while its contents stay the same; ``move_to`` moves the
         others into that folder, keeping their paths) or ``not_duplicates`` (its contents are
@@ -187,8 +202,15 @@ class Archive:
 
         listing = self.duplicates(**options)
         with recovery.writer(self.home, self.catalog):
-            return resolve(self.home, self.catalog, listing, str(target), keep=keep, not_duplicates=not_duplicates,
-                           move_to=os.fspath(move_to) if move_to else None)  # fmt: skip
+            return resolve(
+                self.home,
+                self.catalog,
+                listing,
+                str(target),
+                keep=keep,
+                not_duplicates=not_duplicates,
+                move_to=os.fspath(move_to) if move_to else None,
+            )
 
     def evaluate(
         self,
@@ -289,19 +311,3 @@ class Archive:
     def failures(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Recorded failures (uri, stage, reason, run_id), newest first."""
         return self.catalog.failures(limit)
-
-
-def _dedupe_config(
-    kind: str, threshold: int | None, similarity: float | None, within: float | None,
-    keep_rule: str | Sequence[str] | None,
-) -> Any:  # fmt: skip
-    from core.errors import InputError
-    from query.duplicates import KEEP_RULES, KINDS, DuplicateConfig
-
-    if kind != "all" and kind not in KINDS:
-        raise InputError(f"unknown duplicate kind {kind!r}: choose exact, near, similar or all")
-    rule = keep_rule.split(",") if isinstance(keep_rule, str) else keep_rule
-    crop = max(22, threshold) if threshold is not None else None  # a crop's hash moves further
-    values = {"kinds": KINDS if kind == "all" else (kind,), "near_bits": threshold, "crop_bits": crop, "similar_cosine": similarity,
-              "within_s": within, "keep_rule": tuple(x.strip() for x in rule) if rule else KEEP_RULES}  # fmt: skip
-    return DuplicateConfig(**{k: v for k, v in values.items() if v is not None}).check()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -27,9 +27,12 @@ from vistag.http.filters import parse_filter
 from vistag.http.schemas import (
     ERRORS,
     UPLOAD_BODY,
+    DuplicatesOut,
     ErrorOut,
     ImageOut,
     LabelsOut,
+    ResolveIn,
+    ResolveOut,
     SearchOut,
     TagIn,
     TagRunOut,
@@ -77,14 +80,14 @@ FilterDep = Annotated[ImageFilter, Depends(_filters)]
 
 
 class Hits(Response):
-    """A search's JSON, serialised by orjson as it is: the service builds it in the shape of
-    :class:`~vistag.http.schemas.SearchOut` (the schema the routes declare); validating it again
-    took longer than the search itself."""
+    """A search's or a listing's JSON, serialised by orjson as it is: the service builds it in the
+    shape of the schema the route declares (:class:`~vistag.http.schemas.SearchOut`,
+    :class:`~vistag.http.schemas.DuplicatesOut`); validating it again took longer than the search."""
 
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 ImageId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="catalog image id")]
@@ -156,6 +159,20 @@ def add_read_routes(app: FastAPI, service: Service) -> None:
             return Response(status_code=304, headers=headers)
         return Response(service.thumbnail(row, size), media_type="image/jpeg", headers=headers)
 
+    @app.get(
+        "/api/duplicates",
+        response_model=DuplicatesOut,
+        responses=ERRORS,
+        summary="Duplicate groups: exact copies, near copies, similar shots (cached)",
+    )
+    def duplicates(  # sync: the first listing of a large archive takes seconds, in the thread pool
+        kind: Literal["all", "exact", "near", "similar"] = "all",
+        threshold: int | None = Query(
+            None, ge=0, le=64, description="largest hash distance of near copies, bits"
+        ),
+    ) -> Response:
+        return Hits(service.duplicates(kind, threshold))
+
     @app.get("/api/labels", response_model=LabelsOut, summary="Labels of the latest tag run")
     def labels() -> dict[str, Any]:
         return service.labels()
@@ -185,6 +202,18 @@ def add_write_routes(app: FastAPI, service: Service) -> None:
     def tag(body: TagIn, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         service.authorize(authorization)
         return service.tag(body.labels, body.top)
+
+    @app.post(
+        "/api/duplicates/resolve",
+        response_model=ResolveOut,
+        responses=codes,
+        summary="Remember a decision about a duplicate group (needs the write token; moves no file)",
+    )
+    def resolve_duplicates(
+        body: ResolveIn, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        service.authorize(authorization)
+        return service.resolve_duplicates(body.group, body.keep, body.not_duplicates, body.threshold)
 
 
 def add_page_routes(app: FastAPI, service: Service) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from vistag.http.config import HIT_TAGS
+from vistag.http.config import HIT_TAGS, MAX_ID
+
+GROUP_ID = r"^(exact|near|similar)-[0-9a-f]{10}$"
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,56 @@ class TagRunOut(BaseModel):
     run_id: int
     images: int
     labels: list[str]
+
+
+class DuplicateMemberOut(BaseModel):
+    id: int
+    uri: str
+    width: int | None
+    height: int | None
+    size: int | None = Field(description="file size in bytes")
+    taken: float | None = Field(description="EXIF date taken, seconds since the epoch")
+    mtime: float | None
+    sha256: str | None
+    phash: str | None = Field(description="64-bit perceptual hash, hex; null: not hashed yet")
+    thumbnail: str
+
+
+class DuplicateGroupOut(BaseModel):
+    id: str = Field(description="kind and a digest of the group's contents (stable while they are)")
+    kind: Literal["exact", "near", "similar"]
+    members: list[DuplicateMemberOut]
+    keep: int = Field(description="id of the suggested member to keep")
+    why: str
+    contents: list[str] = Field(description="sha256 of each distinct content")
+
+
+class DuplicateThresholdsOut(BaseModel):
+    near_bits: int
+    crop_bits: int
+    near_cosine: float | None = Field(description="null: unused (the model's cosines tell nothing apart)")
+    similar_cosine: float | None
+    within_s: float
+
+
+class DuplicatesOut(BaseModel):
+    groups: list[DuplicateGroupOut] = Field(description="largest first; resolved groups are not listed")
+    thresholds: DuplicateThresholdsOut
+    unhashed: int = Field(description="indexed images without a perceptual hash")
+
+
+class ResolveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a move_to is refused, not ignored: moving is the CLI's
+
+    group: str = Field(max_length=20, pattern=GROUP_ID, description="a group id from GET /api/duplicates")
+    keep: int | None = Field(None, ge=1, le=MAX_ID, description="the member to keep (an image id)")
+    not_duplicates: bool = Field(False, description="the group's pictures are not duplicates")
+    threshold: int | None = Field(None, ge=0, le=64, description="the threshold the group was listed with")
+
+
+class ResolveOut(BaseModel):
+    group: str
+    decision: int
 
 
 class ErrorOut(BaseModel):

@@ -31,11 +31,12 @@ def listen(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     return sock
 
 
-def warm_up(archive: Any) -> None:
-    """Load the published index and its model now rather than on the first query."""
+def warm_up(searcher: Any) -> None:
+    """Load the published index and its model into ``searcher`` (the service's: the one that answers
+    queries) now rather than on the first query."""
     try:
-        archive.searcher.version()
-        archive.searcher.model()
+        searcher.version()
+        searcher.model()
     except VistagError as err:
         log.warning("not ready for every query yet: %s", err)
 
@@ -53,8 +54,9 @@ def serve(
     import uvicorn
 
     sock = sock or listen(host, port)
-    warm_up(archive)
-    uvicorn.Server(uvicorn_config(create_app(archive, config), verbose=verbose)).run(sockets=[sock])
+    app = create_app(archive, config)
+    warm_up(app.state.service.searcher)
+    uvicorn.Server(uvicorn_config(app, verbose=verbose)).run(sockets=[sock])
 
 
 def uvicorn_config(app: FastAPI, *, verbose: bool = False) -> Any:

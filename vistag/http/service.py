@@ -3,12 +3,13 @@ thread."""
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,8 +34,9 @@ from vistag.http.config import (
     UnsupportedMedia,
     WritesDisabled,
 )
+from vistag.http.duplicates import DuplicateReview
 from vistag.http.metrics import Metrics
-from vistag.http.thumbnails import ThumbnailCache
+from vistag.http.thumbnails import ThumbnailCache, thumbnail_url
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,8 @@ class Service:
         self.searcher = Searcher(archive.home, archive.catalog, archive.device, remember_texts=False)
         self.thumbnails = ThumbnailCache(archive.home.root / "thumbnails", config.render_timeout_s)
         self.metrics = Metrics()
-        self._write_lock = threading.Lock()
+        self.review = DuplicateReview(archive.home, archive.catalog, self.searcher)
+        self._write_lock = threading.Lock()  # one write (tag run, duplicate decision) at a time
 
     def search_text(self, q: str, k: int, where: ImageFilter) -> dict[str, Any]:
         return self._search("text", lambda: self.searcher.encode_text([q]), k, where)
@@ -118,7 +121,7 @@ class Service:
             row["id"], []
         )
         keys = ("id", "uri", "status", "sha256", "size", "mtime", "width", "height")
-        return {k: row[k] for k in keys} | {"tags": tags, "thumbnail": _thumbnail_url(row["id"])}
+        return {k: row[k] for k in keys} | {"tags": tags, "thumbnail": thumbnail_url(row["id"])}
 
     def thumbnail(self, row: dict[str, Any], size: int) -> bytes:
         """JPEG bytes of an image row's thumbnail: cached, else rendered (see :class:`ThumbnailCache`)."""
@@ -160,21 +163,34 @@ class Service:
         names = labels.split(",") if isinstance(labels, str) else list(labels)  # never a file name
         if len(names) > self.config.max_labels:
             raise InputError(f"at most {self.config.max_labels} labels")
-        if not self._write_lock.acquire(blocking=False):
-            raise Busy("a tag run is already running")
-        try:
+        with self._one_write():
             result = self.archive.tag(names, top=top)
+        return {"run_id": result.run_id, "images": result.images, "labels": list(result.labels)}
+
+    def duplicates(self, kind: str, threshold: int | None) -> dict[str, Any]:
+        """Duplicate groups (see :meth:`DuplicateReview.listing`); cached, shared: do not change it."""
+        return self.review.listing(kind, threshold)
+
+    def resolve_duplicates(
+        self, group: str, keep: int | None, not_duplicates: bool, threshold: int | None
+    ) -> dict[str, Any]:
+        """Record a decision about a listed duplicate group (one write at a time)."""
+        with self._one_write():
+            return self.review.resolve(group, keep, not_duplicates, threshold)
+
+    @contextlib.contextmanager
+    def _one_write(self) -> Iterator[None]:
+        """Hold the service's write lock; :class:`Busy` if another write holds it."""
+        if not self._write_lock.acquire(blocking=False):
+            raise Busy("another write (a tag run or a duplicate decision) is running; try again when it ends")
+        try:
+            yield
         finally:
             self._write_lock.release()
-        return {"run_id": result.run_id, "images": result.images, "labels": list(result.labels)}
 
 
 def _hit(hit: Hit, tags: list[dict]) -> dict[str, Any]:
-    return hit.to_dict() | {"tags": tags, "thumbnail": _thumbnail_url(hit.id)}
-
-
-def _thumbnail_url(image_id: int) -> str:
-    return f"/api/images/{image_id}/thumbnail"
+    return hit.to_dict() | {"tags": tags, "thumbnail": thumbnail_url(hit.id)}
 
 
 def _upload_error(err: DecodeError) -> InputError:

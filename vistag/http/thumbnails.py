@@ -23,6 +23,11 @@ from vistag.http.config import MAX_SOURCE_BYTES, RENDER_SLOTS, FileChanged, Over
 log = logging.getLogger(__name__)
 
 
+def thumbnail_url(image_id: int) -> str:
+    """The API path of an image's thumbnail (``?size=N`` picks one of the configured sizes)."""
+    return f"/api/images/{image_id}/thumbnail"
+
+
 def read_catalog_file(uri: str, max_bytes: int = MAX_SOURCE_BYTES) -> bytes:
     """The bytes of a catalog image (a local regular file, opened without blocking, or any Beam
     filesystem URI); :class:`NotFound` when it can no longer be read."""

@@ -3,7 +3,10 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { limits: null, detailId: null, previewUrl: null };
+const state = {
+  limits: null, detailId: null, previewUrl: null, writesEnabled: false,
+  dupPending: [], dupThreshold: null, dupTotal: 0, dupNote: "",
+};
 
 function el(tag, props = {}, children = []) {
   const node = document.createElement(tag);
@@ -81,6 +84,12 @@ function readHash() {
 
 async function run() {
   const params = readHash();
+  if (params.get("view") === "duplicates") {
+    showView("duplicates");
+    await loadDuplicates(params);
+    return;
+  }
+  showView("search");
   const filters = filterParams();
   if (params.get("similar")) {
     const id = params.get("similar");
@@ -216,11 +225,185 @@ async function searchByUpload() {
   $("upload").value = "";
 }
 
+// -- duplicates view: each group side by side with the suggested keeper marked; a decision is sent
+// with the write token (kept in this tab's sessionStorage only) and the group leaves the view --
+const TOKEN_KEY = "vistag-write-token";
+const DUP_PAGE = 40;  // groups rendered at a time (each shows every member's thumbnail)
+const KIND_NAMES = { exact: "Exact copies", near: "Near copies", similar: "Similar shots" };
+
+function showView(name) {
+  const duplicates = name === "duplicates";
+  $("dup-view").hidden = !duplicates;
+  for (const id of ["filters", "heading", "grid"]) $(id).hidden = duplicates;
+  for (const [id, on] of [["duplicates-link", duplicates], ["search-link", !duplicates]]) {
+    $(id).classList.toggle("active", on);
+    if (on) $(id).setAttribute("aria-current", "page");
+    else $(id).removeAttribute("aria-current");
+  }
+}
+
+function showDuplicates() {
+  const params = new URLSearchParams({ view: "duplicates", kind: $("dup-kind").value });
+  const threshold = $("dup-threshold").value.trim();
+  if (threshold) params.set("threshold", threshold);
+  setHash(params);
+}
+
+async function loadDuplicates(params) {
+  showNotice("");
+  const query = new URLSearchParams({ kind: params.get("kind") || "all" });
+  $("dup-kind").value = query.get("kind");
+  $("dup-threshold").value = params.get("threshold") || "";
+  state.dupThreshold = params.get("threshold") ? Number(params.get("threshold")) : null;
+  if (state.dupThreshold != null) query.set("threshold", String(state.dupThreshold));
+  $("dup-groups").replaceChildren();
+  $("dup-more").hidden = true;
+  $("dup-summary").textContent = "Looking for duplicates… (the first listing of a large archive takes a while)";
+  $("dup-groups").setAttribute("aria-busy", "true");
+  try {
+    const result = await api(`/api/duplicates?${query}`);
+    state.dupPending = result.groups;
+    state.dupTotal = result.groups.length;
+    state.dupNote = thresholdNote(result);
+    showMoreGroups();
+  } catch (error) {
+    $("dup-summary").textContent = "";
+    showNotice(explain(error), true);
+  } finally {
+    $("dup-groups").removeAttribute("aria-busy");
+  }
+}
+
+function thresholdNote(result) {
+  const t = result.thresholds;
+  const parts = [`near copies within ${t.near_bits} bits`];
+  if (t.similar_cosine != null) parts.push(`similar shots from cosine ${t.similar_cosine} within ${Math.round(t.within_s / 60)} min`);
+  if (result.unhashed) parts.push(`${result.unhashed} images not hashed yet (vistag index PATH --refresh-metadata)`);
+  return parts.join(" · ");
+}
+
+function updateSummary() {
+  const left = state.dupTotal;
+  const read = state.writesEnabled ? "" : " · this server is read-only: start it with --write-token to record decisions";
+  $("dup-summary").textContent = (left ? `${left} group${left === 1 ? "" : "s"} to review` : "No duplicates left to review.") +
+    (state.dupNote ? ` · ${state.dupNote}` : "") + read;
+  $("dup-more").hidden = !state.dupPending.length;
+}
+
+function showMoreGroups() {
+  const batch = state.dupPending.slice(0, DUP_PAGE);
+  state.dupPending = state.dupPending.slice(DUP_PAGE);
+  $("dup-groups").append(...batch.map(groupCard));
+  updateSummary();
+}
+
+function groupCard(group) {
+  const head = [
+    el("span", { className: `kind kind-${group.kind}`, textContent: KIND_NAMES[group.kind] || group.kind }),
+    el("span", { className: "count", textContent: `${group.members.length} images` }),
+    el("span", { className: "why", textContent: group.why }),
+  ];
+  if (group.kind !== "exact") {  // identical bytes are duplicates whatever anyone says
+    head.push(el("button", { type: "button", className: "secondary", textContent: "Not duplicates",
+      title: "These pictures are not duplicates: never pair them again", disabled: !state.writesEnabled,
+      dataset: { action: "not-duplicates" } }));
+  }
+  return el("section", { className: "dup-group", dataset: { group: group.id, contents: group.contents.join(",") },
+    "aria-label": `${KIND_NAMES[group.kind] || group.kind}, ${group.members.length} images` }, [
+    el("div", { className: "dup-head" }, head),
+    el("div", { className: "dup-members" }, keeperFirst(group).map((member) => memberCard(group, member))),
+  ]);
+}
+
+function keeperFirst(group) {
+  return [...group.members].sort((a, b) => (b.id === group.keep) - (a.id === group.keep));
+}
+
+function memberCard(group, member) {
+  const keeper = member.id === group.keep;
+  const children = [
+    el("img", { src: `${member.thumbnail}?size=256`, alt: baseName(member.uri), loading: "lazy", width: 256, height: 256 }),
+    el("figcaption", {}, [
+      el("span", { className: "name", textContent: baseName(member.uri) }),
+      el("span", { textContent: `${member.width ?? "?"} × ${member.height ?? "?"} px · ${bytesText(member.size)}` }),
+      el("span", { textContent: dateText(member) }),
+      el("span", { className: "uri", textContent: member.uri }),
+    ]),
+    el("button", { type: "button", textContent: "Keep this one", disabled: !state.writesEnabled,
+      className: keeper ? "keep" : "keep secondary", dataset: { action: "keep" } }),
+  ];
+  if (keeper) children.unshift(el("span", { className: "badge", textContent: "Suggested keeper", title: group.why }));
+  return el("figure", { className: keeper ? "dup-member keeper" : "dup-member", title: member.uri,
+    dataset: { id: member.id } }, children);
+}
+
+function bytesText(size) {
+  if (size == null) return "size unknown";
+  if (size < 1024) return `${size} B`;
+  const units = ["KB", "MB", "GB", "TB"];
+  let value = size / 1024, unit = 0;
+  while (value >= 1024 && unit < units.length - 1) { value /= 1024; unit += 1; }
+  return `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
+}
+
+function dateText(member) {
+  if (member.taken) return `taken ${new Date(member.taken * 1000).toLocaleString()}`;
+  return member.mtime ? `modified ${new Date(member.mtime * 1000).toLocaleString()}` : "date unknown";
+}
+
+function onDuplicateAction(event) {
+  const button = event.target.closest("button[data-action]");
+  if (!button) return;
+  const section = button.closest(".dup-group");
+  const body = button.dataset.action === "keep"
+    ? { keep: Number(button.closest(".dup-member").dataset.id) } : { not_duplicates: true };
+  resolveGroup(section, body);
+}
+
+async function resolveGroup(section, decision) {
+  const token = $("token").value.trim();
+  if (!token) {
+    showNotice("Enter the server's write token (vistag serve --write-token) to record decisions.", true);
+    $("token").focus();
+    return;
+  }
+  const buttons = [...section.querySelectorAll("button")];
+  for (const button of buttons) button.disabled = true;
+  const body = { group: section.dataset.group, ...decision };
+  if (state.dupThreshold != null) body.threshold = state.dupThreshold;
+  try {
+    await api("/api/duplicates/resolve", {
+      method: "POST", body: JSON.stringify(body),
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+    });
+    sessionStorage.setItem(TOKEN_KEY, token);
+    showNotice(decision.keep ? `Remembered: keep image ${decision.keep}.` : "Remembered: not duplicates.");
+    dropGroups(section, decision.keep != null);
+  } catch (error) {
+    for (const button of buttons) button.disabled = false;
+    showNotice(error.status === 401 ? "The server refused that write token." : explain(error), true);
+  }
+}
+
+// a kept group leaves the view, and so do groups of its contents only (the server lists them no more)
+function dropGroups(section, kept) {
+  const contents = new Set(section.dataset.contents.split(","));
+  const within = (shas) => kept && shas.every((sha) => contents.has(sha));
+  const gone = [...$("dup-groups").querySelectorAll(".dup-group")]
+    .filter((other) => other === section || within(other.dataset.contents.split(",")));
+  for (const other of gone) other.remove();
+  const before = state.dupPending.length;
+  state.dupPending = state.dupPending.filter((group) => !within(group.contents));
+  state.dupTotal -= gone.length + before - state.dupPending.length;
+  updateSummary();
+}
+
 // -- start-up: status line and tag list --
 async function loadStatus() {
   try {
     const status = await api("/api/status");
     state.limits = status.limits;
+    state.writesEnabled = status.writes_enabled;
     const index = status.index ? `index ${status.index.version} (${status.index.count} vectors, ${status.index.type})`
       : "no index published yet";
     $("status").textContent = `${status.indexed} images indexed · ${index}` +
@@ -289,6 +472,12 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("upload").addEventListener("change", searchByUpload);
   $("upload-label").addEventListener("keydown", keyActivates(() => $("upload").click()));
   for (const id of ["tag", "prefix", "since", "until", "k"]) $(id).addEventListener("change", refresh);
+  $("dup-form").addEventListener("submit", (event) => { event.preventDefault(); showDuplicates(); });
+  $("dup-kind").addEventListener("change", showDuplicates);
+  $("dup-threshold").addEventListener("change", showDuplicates);
+  $("dup-groups").addEventListener("click", onDuplicateAction);
+  $("dup-more").addEventListener("click", showMoreGroups);
+  $("token").value = sessionStorage.getItem(TOKEN_KEY) || "";
   window.addEventListener("hashchange", run);
   await Promise.all([loadStatus(), loadLabels()]);
   await run();
