@@ -23,9 +23,11 @@ from indexer.catalog import Catalog
 from indexer.home import Home
 from indexer.versions import IndexVersion
 from query.duplicates import (
+    UNUSED,
     Contents,
     DuplicateConfig,
     Edges,
+    Thresholds,
     candidate_pairs,
     components,
     contents,
@@ -52,17 +54,17 @@ def find_duplicates(
     if "exact" in config.kinds:
         for sha, members in catalog.identical_contents().items():
             groups.append(_group("exact", [sha], found, config, members))
-    near_cos, similar_cos = thresholds(found, config)
+    limits = thresholds(found, config)
     if {"near", "similar"} & set(config.kinds) and len(found.shas) > 1:
-        edges = _without_refused(candidate_pairs(found, version, ids, xb), found, decisions)
-        near_groups = _near(found, edges, config, near_cos)
+        edges = _without_refused(candidate_pairs(found, version, ids, xb, config), found, decisions)
+        near_groups = _near(found, edges, config, limits)
         if "near" in config.kinds:
             groups += [_group("near", [found.shas[n] for n in g], found, config) for g in near_groups]
         if "similar" in config.kinds:
             same = {n: k for k, g in enumerate(near_groups) for n in g}
             groups += [
                 _group("similar", [found.shas[n] for n in g], found, config)
-                for g in _similar(found, edges, config, near_cos, similar_cos, same)
+                for g in _similar(found, edges, config, limits, same)
             ]
     groups = [g for g in groups if not any(set(g["contents"]) <= k for k in kept)]
     groups.sort(key=lambda g: (-len(g["members"]), g["kind"], g["id"]))
@@ -72,8 +74,9 @@ def find_duplicates(
         "thresholds": {
             "near_bits": config.near_bits,
             "crop_bits": config.crop_bits,
-            "near_cosine": _shown(near_cos),
-            "similar_cosine": _shown(similar_cos),
+            "near_cosine": _shown(limits.near),
+            "similar_cosine": _shown(limits.similar),
+            "agree_cosine": _shown(limits.agree if limits.agree > -1 else UNUSED),
             "within_s": config.within_s,
         },
         "unhashed": unhashed,
@@ -103,12 +106,15 @@ def _without_refused(edges: Edges, found: Contents, decisions: list[dict[str, An
     return Edges(edges.i[keep], edges.j[keep], edges.bits[keep], edges.cosine[keep])
 
 
-def _is_near(bits: np.ndarray, cosine: np.ndarray, config: DuplicateConfig, near_cos: float) -> np.ndarray:
-    """Near copies: hashes within ``near_bits``, or within ``crop_bits`` with a near cosine (a crop
-    moves the hash); contents without a hash (64 bits) by the cosine alone."""
+def _is_near(bits: np.ndarray, cosine: np.ndarray, config: DuplicateConfig, limits: Thresholds) -> np.ndarray:
+    """Near copies: hashes within ``near_bits`` (and a cosine that random pairs rarely reach, when
+    the model tells pictures apart), or within ``crop_bits`` with a near cosine (a crop moves the
+    hash); contents without a hash by the near cosine alone."""
     hashed = bits < 64
-    by_hash = (bits <= config.near_bits) | ((bits <= config.crop_bits) & (cosine >= near_cos))
-    return (hashed & by_hash) | (~hashed & (cosine >= near_cos))
+    by_hash = ((bits <= config.near_bits) & (cosine >= limits.agree)) | (
+        (bits <= config.crop_bits) & (cosine >= limits.near)
+    )
+    return (hashed & by_hash) | (~hashed & (cosine >= limits.near))
 
 
 def _pair(found: Contents, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,12 +124,12 @@ def _pair(found: Contents, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
     return bits, np.array([float(found.xb[a] @ found.xb[b])])
 
 
-def _near(found: Contents, edges: Edges, config: DuplicateConfig, near_cos: float) -> list[list[int]]:
+def _near(found: Contents, edges: Edges, config: DuplicateConfig, limits: Thresholds) -> list[list[int]]:
     """Groups of near copies (see :func:`_is_near`), each member near its group's centre."""
-    picked = _is_near(edges.bits, edges.cosine, config, near_cos)
+    picked = _is_near(edges.bits, edges.cosine, config, limits)
 
     def near(a: int, b: int) -> bool:
-        return bool(_is_near(*_pair(found, a, b), config, near_cos)[0])
+        return bool(_is_near(*_pair(found, a, b), config, limits)[0])
 
     groups = components(len(found.shas), edges.i[picked], edges.j[picked])
     return [g for group in groups for g in guarded(group, near, lambda a, b: _distance(found, a, b))]
@@ -137,12 +143,7 @@ def _distance(found: Contents, a: int, b: int) -> float:
 
 
 def _similar(
-    found: Contents,
-    edges: Edges,
-    config: DuplicateConfig,
-    near_cos: float,
-    similar_cos: float,
-    same: dict[int, int],
+    found: Contents, edges: Edges, config: DuplicateConfig, limits: Thresholds, same: dict[int, int]
 ) -> list[list[int]]:
     """Groups of shots of one moment: a similar cosine, taken within ``within_s``, not near copies
     of each other (near copies are a group of their own)."""
@@ -150,7 +151,7 @@ def _similar(
     def similar(a: int, b: int) -> bool:
         bits, cosine = _pair(found, a, b)
         close = abs(found.when[a] - found.when[b]) <= config.within_s
-        return bool(close and cosine[0] >= similar_cos and not _is_near(bits, cosine, config, near_cos)[0])
+        return bool(close and cosine[0] >= limits.similar and not _is_near(bits, cosine, config, limits)[0])
 
     group = np.full(len(found.shas), -1, dtype=np.int64)  # each node's near group, -1 for none
     for node, k in same.items():
@@ -158,7 +159,7 @@ def _similar(
     apart = (group[edges.i] < 0) | (group[edges.i] != group[edges.j])
     close = np.abs(found.when[edges.i] - found.when[edges.j]) <= config.within_s
     picked = (
-        apart & close & (edges.cosine >= similar_cos) & ~_is_near(edges.bits, edges.cosine, config, near_cos)
+        apart & close & (edges.cosine >= limits.similar) & ~_is_near(edges.bits, edges.cosine, config, limits)
     )
     groups = components(len(found.shas), edges.i[picked], edges.j[picked])
     return [

@@ -11,8 +11,9 @@
 
 Work is per content (one node per SHA-256; its copies join its group). Candidate pairs come from
 the index version's kNN graph (the one ZLaP uses, cached with the version) and from perceptual
-hashes sharing one of their four 16-bit quarters (every pair within 3 bits does, and most within
-10); nothing is compared all against all. Groups are connected components with a guard against
+hashes sharing one of their four 16-bit quarters (every pair within 3 bits does; one within 4 bits
+nine times in ten, within 8 bits a third of the time: the graph finds the others); nothing is
+compared all against all. Groups are connected components with a guard against
 chaining: every member must itself pass the group's test with the group's centre (the member
 with most such links), not only with a neighbour; the others form groups of their own.
 
@@ -165,23 +166,52 @@ def contents(catalog: Catalog, home: Any, version: IndexVersion) -> tuple[Conten
     return found, ids, xb
 
 
-def candidate_pairs(found: Contents, version: IndexVersion, ids: np.ndarray, xb: np.ndarray) -> Edges:
-    """Pairs from the kNN graph and from shared hash quarters, each once, with bits and cosine."""
+def candidate_pairs(
+    found: Contents, version: IndexVersion, ids: np.ndarray, xb: np.ndarray, config: DuplicateConfig
+) -> Edges:
+    """Pairs from the kNN graph and from shared hash quarters, each once, with bits and cosine;
+    pairs that no test could pick (hashes farther than ``crop_bits`` apart, taken too far apart
+    to be shots of one moment) are left out before any cosine is computed."""
+    pairs = np.concatenate([graph_pairs(found, version, ids, xb), hash_pairs(found)])
+    return measure(found, unique_pairs(pairs, len(found.shas)), config)
+
+
+def graph_pairs(found: Contents, version: IndexVersion, ids: np.ndarray, xb: np.ndarray) -> np.ndarray:
+    """(P, 2) node pairs of the index version's kNN graph (the one ZLaP uses, cached with it)."""
     node = _node_positions(found, ids)
     graph = knn_graph(version, ids, xb)
-    rows = np.repeat(np.arange(len(ids)), graph.I.shape[1])
     cols = graph.I.ravel()
-    keep = cols >= 0
-    a, b = node[rows[keep]], node[cols[keep]]
-    pairs = [np.stack([a, b], axis=1)] + [
-        _quarter_pairs(found.hashes[found.hashed], np.flatnonzero(found.hashed))
-    ]
-    both = np.concatenate(pairs)
-    both = both[(both[:, 0] >= 0) & (both[:, 1] >= 0) & (both[:, 0] != both[:, 1])]
-    both = np.unique(np.sort(both, axis=1), axis=0)
-    i, j = both[:, 0], both[:, 1]
-    bits = np.where(found.hashed[i] & found.hashed[j], hamming(found.hashes[i], found.hashes[j]), 64)
-    cosine = np.einsum("nd,nd->n", found.xb[i], found.xb[j]) if len(i) else np.zeros(0, np.float32)
+    rows = np.repeat(np.arange(len(ids)), graph.I.shape[1])[cols >= 0]
+    return np.stack([node[rows], node[cols[cols >= 0]]], axis=1)
+
+
+def hash_pairs(found: Contents) -> np.ndarray:
+    """(P, 2) node pairs whose perceptual hashes share a 16-bit quarter (see :func:`_quarter_pairs`)."""
+    return _quarter_pairs(found.hashes[found.hashed], np.flatnonzero(found.hashed))
+
+
+def unique_pairs(pairs: np.ndarray, n: int) -> np.ndarray:
+    """(Q, 2) distinct pairs (i < j) of ``pairs`` between nodes of ``n``, by sorting their codes
+    ``i * n + j`` (numpy's ``unique(axis=0)`` took ten times longer at 40M pairs)."""
+    pairs = pairs[(pairs[:, 0] >= 0) & (pairs[:, 1] >= 0) & (pairs[:, 0] != pairs[:, 1])]
+    lo, hi = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
+    codes = np.sort(lo.astype(np.int64) * n + hi)
+    codes = codes[np.r_[True, codes[1:] != codes[:-1]]] if len(codes) else codes
+    return np.stack([codes // n, codes % n], axis=1)
+
+
+def measure(found: Contents, pairs: np.ndarray, config: DuplicateConfig, block: int = 16_384) -> Edges:
+    """``pairs`` with their hash distance (64 where a hash is unknown) and cosine, without those no
+    test could pick; cosines are computed a block of pairs at a time (memory stays bounded)."""
+    i, j = pairs[:, 0], pairs[:, 1]
+    known = found.hashed[i] & found.hashed[j]
+    bits = np.where(known, hamming(found.hashes[i], found.hashes[j]), 64)
+    useful = (bits <= config.crop_bits) | ~known | (np.abs(found.when[i] - found.when[j]) <= config.within_s)
+    i, j, bits = i[useful], j[useful], bits[useful]
+    cosine = np.empty(len(i), dtype=np.float32)
+    for start in range(0, len(i), block):
+        part = slice(start, start + block)
+        cosine[part] = np.einsum("nd,nd->n", found.xb[i[part]], found.xb[j[part]])
     return Edges(i, j, bits, cosine)
 
 
@@ -210,10 +240,23 @@ def _quarter_pairs(hashes: np.ndarray, nodes: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
-def thresholds(found: Contents, config: DuplicateConfig, seed: int = 0) -> tuple[float, float]:
-    """(near cosine, similar cosine): the configured ones, else 0.97 and 0.90 raised to above
-    what random pairs of this archive reach (so a model that knows nothing adds no false pairs;
-    ``UNUSED`` when random pairs are as alike as copies: then only hashes pair pictures)."""
+@dataclass(frozen=True)
+class Thresholds:
+    """The cosines that decide: ``near`` (a crop's near copies), ``similar`` (shots of one moment),
+    ``agree`` (what hash-only near copies must reach too: what random pairs of the archive reach,
+    so that unrelated pictures whose hashes happen to be close are not paired; -1 when the
+    model tells nothing apart and hashes decide alone). ``UNUSED`` for a test no pair passes."""
+
+    near: float
+    similar: float
+    agree: float
+
+
+def thresholds(found: Contents, config: DuplicateConfig, seed: int = 0) -> Thresholds:
+    """The configured cosines, else 0.97 (near) and 0.90 (similar) raised to above what random pairs
+    of this archive reach (their 99.9th percentile on a sample), so a model that tells pictures
+    apart poorly adds no false pairs; when random pairs are as alike as copies (a model that knows
+    nothing), cosines pair nothing and hashes decide alone."""
     n = len(found.shas)
     background = -1.0
     if n > 1:
@@ -221,15 +264,14 @@ def thresholds(found: Contents, config: DuplicateConfig, seed: int = 0) -> tuple
         a, b = rng.integers(0, n, (2, min(SAMPLE_PAIRS, n * (n - 1))))
         sims = np.einsum("nd,nd->n", found.xb[a[a != b]], found.xb[b[a != b]])
         background = float(np.quantile(sims, 0.999)) if len(sims) else -1.0
+    informative = background <= INDISTINCT
 
     def above(floor: float, share: float) -> float:
-        if background > INDISTINCT:  # the model tells nothing apart: its cosines pair nothing
-            return UNUSED
-        return max(floor, background + share * (1.0 - background))
+        return max(floor, background + share * (1.0 - background)) if informative else UNUSED
 
     near = config.near_cosine if config.near_cosine is not None else above(0.97, 0.9)
     similar = config.similar_cosine if config.similar_cosine is not None else above(0.90, 0.5)
-    return near, similar
+    return Thresholds(near, similar, min(background, near) if informative else -1.0)
 
 
 def components(n: int, i: np.ndarray, j: np.ndarray) -> list[list[int]]:

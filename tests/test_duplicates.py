@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from query.dedupe import _similar
-from query.duplicates import Contents, DuplicateConfig, Edges
+from query.dedupe import _near, _similar
+from query.duplicates import Contents, DuplicateConfig, Edges, Thresholds, measure, thresholds, unique_pairs
 from vistag import Archive
 from vistag.synth.families import VARIANTS, make_families
 
@@ -199,10 +199,46 @@ def test_similar_shots_are_grouped_apart_from_near_copies():
     cosine = np.einsum("nd,nd->n", found.xb[i], found.xb[j])
     bits = np.array([bin(int(hashes[a] ^ hashes[b])).count("1") for a, b in zip(i, j, strict=True)])
     config = DuplicateConfig()
-    groups = _similar(found, Edges(i, j, bits, cosine), config, 0.99, 0.9, {3: 0, 4: 0})
+    limits = Thresholds(near=0.99, similar=0.9, agree=-1.0)
+    groups = _similar(found, Edges(i, j, bits, cosine), config, limits, {3: 0, 4: 0})
     assert groups == [[0, 1, 2]]
     late = Contents(found.shas, hashes, found.hashed, found.xb, np.array([0.0, 3000.0, 6000.0, 0, 0, 0]))
-    assert _similar(late, Edges(i, j, bits, cosine), config, 0.99, 0.9, {}) == []  # too far apart in time
+    assert _similar(late, Edges(i, j, bits, cosine), config, limits, {}) == []  # too far apart in time
+
+
+def test_close_hashes_of_unrelated_pictures_need_the_models_agreement():
+    """At a million images some unrelated hashes fall within ``near_bits`` by chance; where the
+    model tells pictures apart, such a pair must also reach the archive's background cosine."""
+    rng = np.random.default_rng(1)
+    xb = rng.standard_normal((400, 32)).astype(np.float32)
+    xb[1] = xb[0] + 0.05 * xb[1]  # 0 and 1: a real near copy
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    hashes = rng.integers(0, 2**63, 400, dtype=np.uint64)
+    hashes[1] = hashes[0] ^ np.uint64(0b111)  # 3 bits apart
+    hashes[3] = hashes[2] ^ np.uint64(0b11)  # 2 and 3: unrelated pictures, hashes 2 bits apart
+    found = Contents([f"{i:064x}" for i in range(400)], hashes, np.ones(400, bool), xb, np.zeros(400))
+    config = DuplicateConfig()
+    limits = thresholds(found, config)
+    assert -1.0 < limits.agree < 0.9 and limits.near >= 0.97
+    edges = measure(found, unique_pairs(np.array([[0, 1], [3, 2], [2, 3], [5, 5], [-1, 4]]), 400), config)
+    assert sorted(zip(edges.i.tolist(), edges.j.tolist(), strict=True)) == [(0, 1), (2, 3)]
+    assert _near(found, edges, config, limits) == [[0, 1]]
+    blind = Thresholds(near=limits.near, similar=limits.similar, agree=-1.0)  # a model that knows nothing
+    assert sorted(_near(found, edges, config, blind)) == [[0, 1], [2, 3]]
+
+
+def test_pairs_no_test_could_pick_are_not_measured():
+    """Hashes farther apart than ``crop_bits`` and taken hours apart: neither near nor similar."""
+    xb = np.eye(4, dtype=np.float32)
+    hashes = np.array([0, 2**40 - 1, 0, 1], dtype=np.uint64)  # 0-1: 40 bits apart
+    when = np.array([0.0, 86_400.0, 86_400.0, 0.0])
+    found = Contents([f"{i:064x}" for i in range(4)], hashes, np.array([True, True, False, True]), xb, when)
+    edges = measure(found, np.array([[0, 1], [0, 2], [1, 3], [0, 3]]), DuplicateConfig(), block=1)
+    assert list(zip(edges.i.tolist(), edges.j.tolist(), edges.bits.tolist(), strict=True)) == [
+        (0, 2, 64),  # 2 has no hash: its cosine decides
+        (0, 3, 1),
+    ]
+    assert edges.cosine.tolist() == [0.0, 0.0]
 
 
 def test_json_members_carry_what_a_reviewer_needs(families_home, cli):

@@ -267,8 +267,13 @@ def cmd_failures(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
 
 
 def cmd_duplicates(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
-    options = {"kind": args.kind, "threshold": args.threshold, "similarity": args.similarity,
-               "within": args.within * 60 if args.within is not None else None, "keep_rule": args.keep_rule}  # fmt: skip
+    options = {
+        "kind": args.kind,
+        "threshold": args.threshold,
+        "similarity": args.similarity,
+        "within": args.within * 60 if args.within is not None else None,
+        "keep_rule": args.keep_rule,
+    }
     if args.action == "resolve":
         return _resolve(archive, args, options)
     if args.target or args.keep is not None or args.not_duplicates or args.move_to:
@@ -287,8 +292,11 @@ def cmd_duplicates(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
             mark = "*" if m["id"] == group["keep"] else " "
             print(printable(f"  {mark} {m['id']:>8}  {m['width']}x{m['height']}  {m['uri']}"))
     if found["unhashed"]:
-        print(f"{found['unhashed']} images have no perceptual hash yet: `vistag index PATH --refresh-metadata` "
-              "adds it (without it, only their embeddings find near copies)", file=sys.stderr)  # fmt: skip
+        print(
+            f"{found['unhashed']} images have no perceptual hash yet: `vistag index PATH --refresh-metadata` "
+            "adds it (without it, only their embeddings find near copies)",
+            file=sys.stderr,
+        )
     print(f"{len(found['groups'])} groups", file=sys.stderr)
     return 0
 
@@ -296,8 +304,9 @@ def cmd_duplicates(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
 def _resolve(archive: Any, args: argparse.Namespace, options: dict[str, Any]) -> int:
     if not args.target:
         raise InputError("say which group: `vistag duplicates resolve GROUP_OR_ID --keep ID`")
-    done = archive.resolve_duplicates(args.target, keep=args.keep, not_duplicates=args.not_duplicates,
-                                      move_to=args.move_to, **options)  # fmt: skip
+    done = archive.resolve_duplicates(
+        args.target, keep=args.keep, not_duplicates=args.not_duplicates, move_to=args.move_to, **options
+    )
     if args.json:
         print_json({"group": done["group"]["id"], "decision": done["decision"], "moved": done["moved"]})
         return 0

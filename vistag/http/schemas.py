@@ -106,6 +106,9 @@ class DuplicateThresholdsOut(BaseModel):
     crop_bits: int
     near_cosine: float | None = Field(description="null: unused (the model's cosines tell nothing apart)")
     similar_cosine: float | None
+    agree_cosine: float | None = Field(
+        description="what hash-only near copies must reach too; null: hashes decide alone"
+    )
     within_s: float
 
 
