@@ -4,8 +4,8 @@
 
 Each row decodes one generated file in a fresh process (peak RSS is ``VmHWM``) and prints its
 time and peak beside those of its baseline, a normal image of the same size decoded in the
-same run, as ratios. ``--decode`` measures another version of ``pipeline/decode.py`` (e.g.
-``git show HEAD~1:pipeline/decode.py > /tmp/old_decode.py``); a refused file prints its reason.
+same run, as ratios. ``--decode`` measures another version of ``core/decode.py`` (e.g.
+``git show HEAD~1:core/decode.py > /tmp/old_decode.py``); a refused file prints its reason.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def measure(decode: Path, path: Path, draft: int, timeout: float) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--decode", type=Path, default=ROOT / "pipeline" / "decode.py")
+    parser.add_argument("--decode", type=Path, default=ROOT / "core" / "decode.py")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--only", default="", help="run the cases whose name contains this")
     args = parser.parse_args(argv)

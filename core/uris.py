@@ -14,6 +14,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Sequence
+from typing import BinaryIO
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 FILE_SCHEME = "file://"
@@ -81,10 +82,7 @@ def read_local(uri: str, max_bytes: int | None = None) -> bytes:
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise IsADirectoryError(f"not a regular file: {uri}")
-        data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
-    if max_bytes is not None and len(data) > max_bytes:
-        raise ValueError(f"larger than {max_bytes} bytes")
-    return data
+        return _read_capped(fh, max_bytes)
 
 
 def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
@@ -95,7 +93,12 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
     from apache_beam.io.filesystems import FileSystems
 
     with FileSystems.open(uri, compression_type="uncompressed") as fh:
-        data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
+        return _read_capped(fh, max_bytes)
+
+
+def _read_capped(fh: BinaryIO, max_bytes: int | None) -> bytes:
+    """All of ``fh``; ``ValueError`` when it holds more than ``max_bytes`` (reading one byte past)."""
+    data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
     if max_bytes is not None and len(data) > max_bytes:
         raise ValueError(f"larger than {max_bytes} bytes")
     return data

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import decode_procs
-from pipeline.decode_procs import Dispatcher, ProcessLost, Task, TimedOut, Unserved
+from pipeline.decode_procs import Dispatcher, ProcessLost, Task, TimedOut, Unserved, decode_into
 from pipeline.entries import EntryDecoder, ImageKey, Outcome, decode_entries
 from pipeline.inputs import FileEntry
 
@@ -54,8 +54,6 @@ class DecodePool:
     """``processes`` decode processes for one decoder configuration, shared by a worker's threads."""
 
     def __init__(self, decoder: EntryDecoder, processes: int):
-        self._decoder = decoder
-        self.processes = processes
         self.users = 0
         self._warned: set[str] = set()
         self._dispatcher = Dispatcher(decoder, processes, lambda message: self._warn_once("start", message))
@@ -139,17 +137,8 @@ class DecodePool:
         self, part: Sequence[FileEntry], first: int, buffer: shared_memory.SharedMemory, local: EntryDecoder
     ) -> list[Any]:
         """A task no process decoded, decoded in this thread into the same slots."""
-        outcomes, batch = decode_entries(part, local)
         pixels = np.ndarray((first + len(part), *local.shape), np.uint8, buffer=buffer.buf)
-        out: list[Any] = []
-        for i, outcome in enumerate(outcomes):
-            if isinstance(outcome, dict):
-                out.append(outcome)
-            elif outcome[1] < 0:
-                out.append(outcome[0])
-            else:
-                pixels[first + i] = batch[outcome[1]]
-                out.append((outcome[0], first + i))
+        out = decode_into(local, pixels, first, part)
         del pixels
         return out
 

@@ -66,18 +66,26 @@ def _decode_task(name: str, first: int, count: int, entries: Sequence[FileEntry]
     """Decode ``entries`` into slots ``first``... of the chunk buffer ``name``; per entry a failure
     row, a key (already embedded) or (key, slot)."""
     assert _decoder is not None
-    shape = _decoder.shape
-    pixels = np.ndarray((count, *shape), np.uint8, buffer=_attach(name).buf)
+    pixels = np.ndarray((count, *_decoder.shape), np.uint8, buffer=_attach(name).buf)
+    out = decode_into(_decoder, pixels, first, entries)
+    del pixels  # no view may outlive the task: the buffer closes when the next chunk's arrives
+    return out
+
+
+def decode_into(
+    decoder: EntryDecoder, pixels: np.ndarray, first: int, entries: Sequence[FileEntry]
+) -> list[Any]:
+    """Decode ``entries`` with ``decoder`` into ``pixels[first:]``; per entry a failure row, a key
+    (already embedded) or (key, slot)."""
     out: list[Any] = []
     for slot, entry in enumerate(entries, start=first):
-        outcome = _decoder.one(entry)
+        outcome = decoder.one(entry)
         if isinstance(outcome, tuple):
             key, arr = outcome
             pixels[slot] = arr
             out.append((key, slot))
         else:
             out.append(outcome)
-    del pixels  # no view may outlive the task: the buffer closes when the next chunk's arrives
     return out
 
 

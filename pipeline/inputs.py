@@ -48,9 +48,6 @@ class Listing:
     missing: tuple[tuple[str, str], ...]
 
 
-is_remote = uris.is_remote
-
-
 def has_image_extension(uri: str) -> bool:
     return os.path.splitext(uri)[1].lower() in IMAGE_EXTENSIONS
 
@@ -73,7 +70,7 @@ def _expand_one(raw: str, roots: list[str], missing: list[tuple[str, str]]) -> l
     text = raw.strip()
     if not text:
         raise InputError("empty input path")
-    if is_remote(text):
+    if uris.is_remote(text):
         return _expand_remote(text, roots)
     path = Path(uris.to_path(text)).expanduser()
     if path.is_dir():
@@ -136,7 +133,7 @@ def _read_manifest(path: Path, missing: list[tuple[str, str]]) -> list[FileEntry
         item = line.strip()
         if not item or item.startswith("#"):
             continue
-        if is_remote(item):
+        if uris.is_remote(item):
             entries.extend(_match_remote(item) or [])
             continue
         local = Path(uris.to_path(item)).expanduser()
