@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -120,15 +122,57 @@ def decode_rate(
     return rate
 
 
-def pipeline_run(folder: Path, home: Path, args: argparse.Namespace) -> tuple[float, dict]:
-    from vistag import Archive
+def engine_forward(model_spec: str, pretrained: str, n: int, batch_size: int, cache: Path) -> dict[str, dict]:
+    """Per engine other than torch that validates on this machine: images/s of its image tower on
+    one batch (as :func:`raw_forward`), its minimum cosine to torch fp32 on the probe batch and on
+    this batch, and its precision."""
+    import torch
 
+    from core import engines
+    from core.models import load_model, parse_model_spec
+
+    loaded = load_model(parse_model_spec(model_spec, pretrained), "cpu")
+    tower = engines.tower(loaded, "image", "openvino", cache)
+    if tower is None:
+        return {}
+    size = loaded.identity.preprocess["size"]
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    x = torch.randn(batch_size, 3, *hw).numpy()
+    with torch.inference_mode():
+        want = torch.nn.functional.normalize(loaded.model.encode_image(torch.from_numpy(x)), dim=-1).numpy()
+    cosine = float(np.min(np.sum(tower(x) * want, axis=1)))
+    for _ in range(2):
+        tower(x)
+    done, start = 0, time.perf_counter()
+    while done < n:
+        tower(x)
+        done += batch_size
+    rate = done / (time.perf_counter() - start)
+    info = tower.info
+    return {f"openvino {info.precision}": {"rate": rate, "probe": info.min_cosine, "batch": cosine}}
+
+
+def pipeline_run(folder: Path, home: Path, args: argparse.Namespace, engine: str | None = None) -> float:
+    """Seconds of the whole ``vistag index`` command (a fresh Python process, imports included)."""
+    command = [sys.executable, "-m", "vistag.cli", "index", str(folder), "--home", str(home)]
+    command += ["--model", args.model, "--pretrained", args.pretrained, "--device", args.device]
+    command += ["--batch-size", str(args.batch_size)] if args.batch_size else []
+    command += ["--engine", engine] if engine else []
     start = time.perf_counter()
-    with Archive(home, device=args.device) as archive:
-        result = archive.index(
-            [folder], model=args.model, pretrained=args.pretrained, batch_size=args.batch_size
-        )
-    return time.perf_counter() - start, result.to_dict()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def stored(home: Path) -> dict[str, np.ndarray]:
+    """The home's vectors by file name."""
+    from pipeline import shards
+
+    out = {}
+    for folder in sorted((home / "shards").glob("*/run-*")):
+        for name in shards.list_shards(str(folder)):
+            shard = shards.read_shard(str(folder), name)
+            out |= {Path(m["uri"]).name: shard.embeddings[m["row"]] for m in shard.meta if m["row"] >= 0}
+    return out
 
 
 def main() -> None:
@@ -151,6 +195,12 @@ def main() -> None:
         "one per core on a GPU, none on CPU)",
     )
     args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["VISTAG_ENGINE_CACHE"] = str(Path(tmp) / "engines")  # shared by every run below
+        measure(args, Path(tmp))
+
+
+def measure(args: argparse.Namespace, tmp: Path) -> None:
     import torch
 
     from pipeline.handler import default_batch_size
@@ -163,52 +213,71 @@ def main() -> None:
     job_pool = job.decode_processes or 0
     threads = sorted({int(t) for t in args.decode_threads.split(",") if t})
     pools = sorted({int(p) for p in (args.decode_processes or str(job_pool)).split(",") if int(p) > 0})
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "images"
-        start = time.perf_counter()
-        make_images(folder, args.images, args.image_size)
-        made = time.perf_counter() - start
-        raw = raw_forward(args.model, args.pretrained, args.images, batch, args.device)
-        decode = {
-            f"{t} thread(s)": decode_rate(folder, Path(tmp) / f"w{t}", args.model, args.pretrained, t)
-            for t in threads
-        }
-        for n in pools:
-            decode[f"pool of {n} processes"] = decode_rate(
-                folder, Path(tmp) / f"p{n}", args.model, args.pretrained, POOL_THREADS, n
-            )
-        half = Path(tmp) / "half"  # the first half of the images (hard links): the steady-state rate
-        half.mkdir()
-        for f in sorted(folder.iterdir())[: args.images // 2]:
-            os.link(f, half / f.name)
-        half_seconds, _ = pipeline_run(half, Path(tmp) / "home-half", args)
-        seconds, result = pipeline_run(folder, Path(tmp) / "home", args)
-        assert result["embedded"] == args.images, result
-        again, _ = pipeline_run(folder, Path(tmp) / "home", args)
-    rate = args.images / seconds
-    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    folder = tmp / "images"
+    start = time.perf_counter()
+    make_images(folder, args.images, args.image_size)
+    made = time.perf_counter() - start
+    raw = raw_forward(args.model, args.pretrained, args.images, batch, args.device)
+    on_cpu = not args.device.startswith("cuda")
+    others = (
+        engine_forward(args.model, args.pretrained, args.images, batch, tmp / "engines") if on_cpu else {}
+    )
+    decode = {
+        f"{t} thread(s)": decode_rate(folder, tmp / f"w{t}", args.model, args.pretrained, t) for t in threads
+    }
+    for n in pools:
+        decode[f"pool of {n} processes"] = decode_rate(
+            folder, tmp / f"p{n}", args.model, args.pretrained, POOL_THREADS, n
+        )
+    half = tmp / "half"  # the first half of the images (hard links): the steady-state rate
+    half.mkdir()
+    for f in sorted(folder.iterdir())[: args.images // 2]:
+        os.link(f, half / f.name)
+    half_seconds = pipeline_run(half, tmp / "home-half", args)  # also makes the engine's one-time export
+    seconds = pipeline_run(folder, tmp / "home", args)
+    torch_seconds = pipeline_run(folder, tmp / "home-torch", args, "torch")
+    again = pipeline_run(folder, tmp / "home", args)
+    auto, reference = stored(tmp / "home"), stored(tmp / "home-torch")
+    assert len(auto) == len(reference) == args.images, (len(auto), len(reference))
+    agreement = min(float(auto[k] @ reference[k]) for k in reference)
+    name = torch.cuda.get_device_name() if not on_cpu else "cpu"
     print(
         f"model {args.model} ({args.pretrained}), {args.images} JPEG images {args.image_size}px "
         f"(written in {made:.1f} s), batch {batch}, device {args.device} ({name}), "
         f"torch threads {torch.get_num_threads()}, CPU cores {os.cpu_count()}"
     )
-    print(f"raw encode_image forward : {raw:8.1f} images/s")
+    print(f"raw forward, torch {'fp32' if on_cpu else 'fp16'}  : {raw:8.1f} images/s")
+    for what, figures in others.items():
+        print(
+            f"raw forward, {what:13s}: {figures['rate']:8.1f} images/s  (x{figures['rate'] / raw:.2f}; "
+            f"min cosine to torch fp32 {figures['probe']:.6f} on the probe batch, "
+            f"{figures['batch']:.6f} on this batch)"
+        )
     for what, r in decode.items():
         print(f"decode stage, {what:24s}: {r:8.1f} images/s")
     job_decode = f"pool of {job_pool} processes" if job_pool else "1 thread(s)"
-    print(f"vistag index (whole job) : {rate:8.1f} images/s  ({seconds:.1f} s, decoding: {job_decode})")
-    print(f"ratio job / raw forward  : {rate / raw:8.2f}")
-    ceiling = min(raw, decode.get(job_decode, raw))
-    print(f"ratio job / slowest stage: {rate / ceiling:8.2f}  (min of raw forward and decode, {job_decode})")
+    rate, torch_rate = args.images / seconds, args.images / torch_seconds
+    print(f"vistag index --engine torch: {torch_rate:8.1f} images/s  ({torch_seconds:.1f} s, whole command)")
+    print(
+        f"vistag index (engine auto) : {rate:8.1f} images/s  ({seconds:.1f} s, whole command, export cached)"
+    )
+    print(f"ratio auto job / raw torch : {rate / raw:8.2f}")
+    print(f"ratio auto job / torch job : {rate / torch_rate:8.2f}")
+    print(f"min cosine auto vs torch   : {agreement:.6f}  (every image's stored vector)")
+    fastest = max([raw, *(f["rate"] for f in others.values())])
+    ceiling = min(fastest, decode.get(job_decode, fastest))
+    print(
+        f"ratio job / slowest stage  : {rate / ceiling:8.2f}  (min of fastest forward and decode, {job_decode})"
+    )
     added = args.images - args.images // 2
     steady = added / (seconds - half_seconds) if seconds > half_seconds else float("inf")
     print(
-        f"steady state (marginal)  : {steady:8.1f} images/s  ((N - N/2) / (t(N) - t(N/2)); "
+        f"steady state (marginal)    : {steady:8.1f} images/s  ((N - N/2) / (t(N) - t(N/2)); "
         f"t(N/2) = {half_seconds:.1f} s: start-up and fixed costs cancel)"
     )
-    print(f"ratio steady / raw       : {steady / raw:8.2f}")
-    print(f"ratio steady / slowest   : {steady / ceiling:8.2f}")
-    print(f"no-change re-run         : {again:8.1f} s ({again / seconds:.2f} of the full run)")
+    print(f"ratio steady / raw torch   : {steady / raw:8.2f}")
+    print(f"ratio steady / slowest     : {steady / ceiling:8.2f}")
+    print(f"no-change re-run           : {again:8.1f} s ({again / seconds:.2f} of the full run)")
 
 
 if __name__ == "__main__":

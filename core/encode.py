@@ -4,7 +4,7 @@ encoder build on these."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,13 +12,22 @@ import numpy as np
 from core.models import LoadedModel
 
 
-def encode_texts(model: LoadedModel, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-    """(len(texts), D) float32 L2-normalised text embeddings, no validation or caching."""
+def encode_texts(
+    model: LoadedModel,
+    texts: Sequence[str],
+    batch_size: int = 256,
+    tower: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
+    """(len(texts), D) float32 L2-normalised text embeddings, no validation or caching. ``tower``
+    (an OpenVINO text tower, see :mod:`core.engines`) runs the model instead of torch."""
     import torch
 
     out = []
     for start in range(0, len(texts), batch_size):
         tokens = model.tokenizer(list(texts[start : start + batch_size])).to(model.device)
+        if tower is not None:
+            out.append(tower(tokens.numpy()))
+            continue
         with torch.inference_mode():
             feats = model.model.encode_text(tokens)
         out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())

@@ -10,11 +10,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from core import engines
 from core.decode import DEFAULT_MAX_PIXELS
 from core.errors import DamagedIndex, EmptyCorpus, IndexNotFound, PipelineError
 from core.faults import crash_point
 from core.models import ModelIdentity, ModelSpec, model_identity, parse_model_spec
-from indexer import build, check, faiss_gpu, versions
+from indexer import build, check, faiss_gpu, vectors, versions
 from indexer.catalog import Catalog
 from indexer.choice import choose_index
 from indexer.home import Home
@@ -53,6 +54,7 @@ class IndexConfig:
     refresh_metadata: bool = False  # read unchanged images again for what the catalog keeps of them
     progress: bool = False
     beam_args: tuple[str, ...] = field(default_factory=tuple)
+    engine: str | None = None  # auto, torch or openvino; None: $VISTAG_ENGINE, else auto
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ def run_index(
 ) -> IndexResult:
     """Run one index job in ``home`` under the writer lock; ``then`` (the catalog, the result) runs
     under the same lock afterwards (tagging the new images), and its result is returned."""
+    engine, device = engines.check(config.engine, config.device)  # an engine that cannot run: no home made
+    config = replace(config, engine=engine, device=device)
     home.ensure()
     with WriterLock(home.lock_path):
         catalog = Catalog(home.db_url)
@@ -180,7 +184,7 @@ def _execute(
     if plan.work:
         folder = home.shard_dir(identity.key, run_id, config.shards_root)
         catalog.update_run_params(run_id, {"shards": folder})
-        _embed(catalog, config, identity, model_id, plan.work, folder)
+        _embed(home, catalog, config, identity, model_id, plan.work, folder)
         embedded, reused, failed = apply_shards(home, catalog, folder, model_id, run_id, plan.work)
     if plan.missing:
         catalog.add_failures([{"uri": u, "stage": "list", "reason": r} for u, r in plan.missing], run_id)
@@ -202,6 +206,7 @@ def _execute(
 
 
 def _embed(
+    home: Home,
     catalog: Catalog,
     config: IndexConfig,
     identity: ModelIdentity,
@@ -221,6 +226,8 @@ def _embed(
         shard_size=config.shard_size,
         max_pixels=config.max_pixels,
         device=config.device,
+        engine=config.engine or "auto",
+        engine_cache=str(engines.cache_root(home.root)),
         chunk_size=config.chunk_size,
         decode_processes=config.decode_processes,
         known_hashes_file=str(known_file),
@@ -297,6 +304,7 @@ def _maybe_rebuild(
         locations=locations,
         catalog_id=catalog.catalog_id(),
         hits=catalog.hit_rows(),
+        engines=vectors.engines_of(home, locations),
     )
     catalog.add_index_version(
         model_id, home.relative(version.path), choice.factory, int(index.ntotal), run_id

@@ -6,6 +6,7 @@ candidates.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -141,3 +142,18 @@ def stored_vectors(home: Home, catalog: Catalog, identity: ModelIdentity, ids: S
     found, xb = gather_vectors(home, locations, identity.embed_dim)
     position = {int(i): p for p, i in enumerate(found.tolist())}
     return xb[[position[int(i)] for i in ids]]
+
+
+def engines_of(home: Home, locations: Sequence[tuple[int, str, str, int]]) -> list[dict[str, Any]]:
+    """What embedded the vectors at ``locations``: one record per engine (see
+    :class:`core.engines.EngineInfo`; shards from before engines were recorded are torch's) with
+    the number of ``vectors`` it embedded, most vectors first."""
+    per_shard: dict[tuple[str, str], int] = defaultdict(int)
+    for _, shard_dir, shard, _row in locations:
+        per_shard[(shard_dir, shard)] += 1
+    counts: dict[str, int] = defaultdict(int)
+    for (shard_dir, shard), count in per_shard.items():
+        engine = shards.read_manifest(home.absolute(shard_dir), shard).get("engine") or {"engine": "torch"}
+        counts[json.dumps(engine, sort_keys=True)] += count
+    records = [json.loads(key) | {"vectors": n} for key, n in counts.items()]
+    return sorted(records, key=lambda r: (-r["vectors"], r["engine"]))

@@ -178,6 +178,7 @@ def write_version(
     locations: Sequence[tuple[int, str, str, int]] | None = None,
     catalog_id: str = "",
     hits: Iterable[HitRow] | None = None,
+    engines: Sequence[dict[str, Any]] = (),
 ) -> IndexVersion:
     """Write ``index`` as the next version folder of ``identity``'s model (not yet published).
 
@@ -224,6 +225,7 @@ def write_version(
         "search": search or {},
         "storage": "ondisk" if lists is not None else "memory",
         "catalog_id": catalog_id,
+        "engines": list(engines),
     }
     if lists is not None:
         manifest["ivfdata"] = ONDISK_FILE

@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from core import engines
 from core.encode import forward
 from core.errors import ModelMismatch
 from core.models import LoadedModel, ModelIdentity, load_model, pick_device
@@ -43,12 +46,16 @@ _LOCK_TYPE = type(_GPU_LOCKS_GUARD)
 
 
 class Replicas:
-    """One model copy per device, each used by one thread at a time where it is a GPU."""
+    """One model copy per device, each used by one thread at a time where it is a GPU; on a CPU,
+    the model's validated OpenVINO image ``tower`` when the run's engine chose one."""
 
-    def __init__(self, models: Sequence[LoadedModel]):
+    def __init__(self, models: Sequence[LoadedModel], tower: Any | None = None):
         if not models:
             raise ValueError("Replicas needs at least one model")
         self.models = list(models)
+        self.tower = tower
+        info = tower.info if tower is not None else engines.torch_info(self.models[0].device)
+        self.engine = json.dumps(info.to_dict(), sort_keys=True)  # what the shards record
         self._turn = itertools.count()
 
     @property
@@ -80,11 +87,21 @@ def replica_devices(device: str) -> list[str]:
 class OpenClipImageHandler(ModelHandler[np.ndarray, PredictionResult, Replicas]):
     """Embeds chunks of pixels (N, 3, H, W) uint8 into (N, D) float32 rows with an OpenCLIP image tower."""
 
-    def __init__(self, identity: ModelIdentity, *, batch_size: int | None = None, device: str | None = None):
+    def __init__(
+        self,
+        identity: ModelIdentity,
+        *,
+        batch_size: int | None = None,
+        device: str | None = None,
+        engine: str = "torch",
+        engine_cache: str | None = None,
+    ):
         super().__init__()
         self._identity = identity
         self._batch_size = batch_size
         self._device = device
+        self._engine = engine
+        self._engine_cache = engine_cache
         self._normalize: Callable[[Any], Any] | None = None
 
     def load_model(self) -> Replicas:
@@ -98,7 +115,8 @@ class OpenClipImageHandler(ModelHandler[np.ndarray, PredictionResult, Replicas])
                     f"expected {identity.key}: the model files changed during the run"
                 )
             models.append(loaded)
-        return Replicas(models)
+        root = Path(self._engine_cache) if self._engine_cache else None
+        return Replicas(models, engines.tower(models[0], "image", self._engine, root))
 
     def devices(self) -> list[str]:
         """The devices this worker process loads a model copy on (see :func:`replica_devices`)."""
@@ -114,7 +132,11 @@ class OpenClipImageHandler(ModelHandler[np.ndarray, PredictionResult, Replicas])
         dim = self._identity.embed_dim
         size = self._batch_size or default_batch_size(model.device)
         return [
-            PredictionResult(None, encode_pixels(model.pick(), pixels, self._normalize, size, dim))
+            PredictionResult(
+                None,
+                encode_pixels(model.pick(), pixels, self._normalize, size, dim, model.tower),
+                model.engine,
+            )
             for pixels in batch
         ]
 
@@ -137,12 +159,18 @@ def default_batch_size(device: str) -> int:
 
 
 def encode_pixels(
-    model: LoadedModel, pixels: np.ndarray, normalize: Callable[[Any], Any], batch_size: int, dim: int
+    model: LoadedModel,
+    pixels: np.ndarray,
+    normalize: Callable[[Any], Any],
+    batch_size: int,
+    dim: int,
+    tower: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Embed (N, C, H, W) uint8 ``pixels`` in model batches; returns (N, dim) float32 L2-normalised rows.
 
     ``normalize`` maps a float (B, C, H, W) tensor in [0, 1] to the model's input (the tail of
     the transform, see :func:`pipeline.preprocess.split_transform`); it runs on the model's device.
+    ``tower`` (an OpenVINO image tower, see :mod:`core.engines`) runs the model instead of torch.
     """
     import torch
 
@@ -153,6 +181,8 @@ def encode_pixels(
         torch.from_numpy(np.ascontiguousarray(pixels[start : start + batch_size]))
         for start in range(0, len(pixels), max(1, batch_size))
     ]
+    if tower is not None:
+        return np.concatenate([tower(normalize(x.float().div_(255)).numpy()) for x in batches])
     if model.half:  # page-locked uint8 (4x smaller than float), pinned before taking the GPU
         batches = [x.pin_memory() for x in batches]
     with _device_lock(model):  # queue the copies and forwards; others decode meanwhile

@@ -107,6 +107,8 @@ class PipelineConfig:
     reshuffle: bool = False
     timeout_s: float | None = None
     decode_processes: int | None = None  # None: one per CPU core when the in-process runner feeds a GPU
+    engine: str = "torch"  # what runs the image tower: auto, torch or openvino (see core.engines)
+    engine_cache: str | None = None  # where OpenVINO exports are kept (None: never export)
 
     @property
     def files_per_chunk(self) -> int:
@@ -137,7 +139,11 @@ def build(
     """Add the job's transforms to ``p``; returns the chunk plan. ``handler`` replaces the OpenCLIP one."""
     chunks = chunks or chunking(config)
     handler = handler or OpenClipImageHandler(
-        config.identity, batch_size=config.batch_size, device=config.device
+        config.identity,
+        batch_size=config.batch_size,
+        device=config.device,
+        engine=config.engine,
+        engine_cache=config.engine_cache,
     )
     read = ReadDecodeFn(
         config.worklist,

@@ -6,7 +6,8 @@ A shard named ``NAME`` in a shard folder is four files:
 - ``NAME.parquet``: one row per image: uri, sha256, size, mtime, width, height, row, where ``row``
   indexes ``NAME.npy`` or is -1 when the content was already embedded (same sha256 and model);
 - ``NAME.failures.parquet``: uri, stage, reason for inputs that failed;
-- ``NAME.json``: the manifest (format version, model identity, counts, and ``files``: the
+- ``NAME.json``: the manifest (format version, model identity, ``engine``: what embedded the rows
+  and its minimum cosine to torch fp32, see :mod:`core.engines`; counts, and ``files``: the
   SHA-256 and size of each file above), written **last**.
 
 Every file is written under a temporary name and renamed, and a shard exists only once its
@@ -249,8 +250,10 @@ def write_shard(
     failures: Sequence[dict[str, str]],
     model: dict[str, Any],
     name: str | None = None,
+    engine: dict[str, Any] | None = None,
 ) -> str:
-    """Write one shard into ``folder`` and return its name. ``embeddings`` is (E, D) float32."""
+    """Write one shard into ``folder`` and return its name. ``embeddings`` is (E, D) float32;
+    ``engine`` (an :class:`core.engines.EngineInfo` as a dict) is what embedded them."""
     from apache_beam.io.filesystems import FileSystems
 
     name = name or f"shard-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:12]}"
@@ -270,6 +273,7 @@ def write_shard(
         "format_version": FORMAT_VERSION,
         "name": name,
         "model": model,
+        "engine": engine,
         "images": len(meta),
         "embedded": int(embeddings.shape[0]),
         "failures": len(failures),

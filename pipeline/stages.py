@@ -7,6 +7,7 @@ shard) out. Bad inputs are data: they travel in the chunk's ``failures`` and lan
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -126,7 +127,10 @@ class WriteShardFn(beam.DoFn):
         if xb.shape[0] != embedded:
             raise ValueError(f"chunk {meta.index}: {xb.shape[0]} embeddings for {embedded} images")
         name = shard_name(self._tag, meta.index)
-        shards.write_shard(self._output, meta.rows, xb, meta.failures, self._identity.to_dict(), name=name)
+        engine = json.loads(result.model_id) if result.model_id else None  # see pipeline.handler.Replicas
+        shards.write_shard(
+            self._output, meta.rows, xb, meta.failures, self._identity.to_dict(), name=name, engine=engine
+        )
         crash_point("shard-written")
         self._images.inc(len(meta.rows) + len(meta.failures))
         self._shards.inc()

@@ -1,17 +1,21 @@
-"""Export tags and metadata for every image, as JSON or CSV (tags as a JSON list in one column)."""
+"""Export tags and metadata for every image, as JSON or CSV (tags as a JSON list in one column),
+or the stored embeddings as a NumPy ``.npz`` archive."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-from typing import Any
+from typing import Any, BinaryIO
+
+import numpy as np
 
 from core.errors import InputError
 from indexer.catalog import Catalog
 
 COLUMNS = ("id", "uri", "status", "sha256", "size", "mtime", "width", "height", "tags")
-FORMATS = ("json", "csv")
+FORMATS = ("json", "csv", "npz")
+TEXT_FORMATS = ("json", "csv")
 
 
 def export_rows(catalog: Catalog, tag_run: int | None = None) -> list[dict[str, Any]]:
@@ -34,10 +38,24 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(rows, indent=1)
     if fmt != "csv":
-        raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise InputError(f"unknown text export format {fmt!r}; choose one of {', '.join(TEXT_FORMATS)}")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow(row | {"tags": json.dumps(row["tags"])})
     return buf.getvalue()
+
+
+def write_npz(
+    target: BinaryIO, ids: np.ndarray, uris: list[str], xb: np.ndarray, model: dict[str, Any]
+) -> None:
+    """An ``.npz`` of ``ids`` (N,) int64, ``uris`` (N,) str, ``vectors`` (N, D) float32 (the
+    stored L2-normalised embeddings, row i of image ids[i]) and ``model`` (its identity as JSON)."""
+    np.savez(
+        target,
+        ids=np.asarray(ids, np.int64),
+        uris=np.asarray(uris, dtype=str),
+        vectors=np.asarray(xb, np.float32),
+        model=np.asarray(json.dumps(model, sort_keys=True)),
+    )

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from core import uris
+from core import engines, uris
 from core.errors import CatalogMismatch, InputError, ModelMismatch, NotFound
 from core.models import LoadedModel, load_model
 from indexer import check, vectors, versions
@@ -70,10 +70,12 @@ class Searcher:
         mmap: bool | None = None,
         *,
         remember_texts: bool = True,
+        engine: str | None = None,
     ):
         self.home = home
         self.catalog = catalog
         self.device = device
+        self.engine = engine  # for text: auto, torch or openvino (see core.engines)
         self.mmap = mmap
         self.remember_texts = remember_texts
         self._lock = threading.Lock()
@@ -129,11 +131,22 @@ class Searcher:
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), D) float32 query embeddings: from the caches when they hold them (no model
         is loaded then), else encoded by the version's model."""
-        identity = self.version().identity
-        encoder = TextEncoder(
-            self.model, catalog=self.catalog, identity=identity, remember=self.remember_texts, memo=self._memo
+        return self.text_encoder(remember=self.remember_texts, memo=self._memo).encode(list(texts))
+
+    def text_encoder(
+        self, catalog: Catalog | None = None, *, remember: bool = True, memo: TextMemo | None = None
+    ) -> TextEncoder:
+        """A text encoder of the version's model (loaded only when no cache holds a text), with
+        this searcher's engine; embeddings cached in ``catalog`` (default: the searcher's)."""
+        return TextEncoder(
+            self.model,
+            catalog=catalog or self.catalog,
+            identity=self.version().identity,
+            remember=remember,
+            memo=memo,
+            engine=self.engine,
+            engine_cache=engines.cache_root(self.home.root),
         )
-        return encoder.encode(list(texts))
 
     def search_vectors(self, xq: np.ndarray, k: int, where: ImageFilter | None = None) -> list[list[Hit]]:
         """Top-k hits for each row of ``xq`` (Q, D) float32, among the images that pass ``where``,

@@ -38,7 +38,6 @@ from query.scoring import (
     zero_shot_scores,
 )
 from query.search import Searcher
-from query.text import TextEncoder
 
 FULL_ROWS_MAX = (
     100_000_000  # tag rows a run stores without --store-top unless --store-all (about 15 min on SQLite)
@@ -57,7 +56,7 @@ def corpus_matrix(
 
 def encode_text(catalog: Catalog, searcher: Searcher, config: TagConfig) -> TextSet:
     """Label and negative-prompt embeddings for ``config`` with the published index's model."""
-    encoder = TextEncoder(searcher.model(), catalog=catalog)
+    encoder = searcher.text_encoder(catalog)
     negatives, owners = encoder.encode_negatives(config.labels)
     return encoder.encode_labels(config.labels, config.templates), negatives, owners
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core import engines
 from core.encode import encode_texts
 from core.errors import InputError
 from core.models import LoadedModel, ModelIdentity
@@ -52,8 +54,11 @@ class TextEncoder:
         identity: ModelIdentity | None = None,
         remember: bool = True,
         memo: TextMemo | None = None,
+        engine: str | None = None,
+        engine_cache: Path | None = None,
     ):
         self._model = model
+        self.engine, self.engine_cache = engines.requested(engine), engine_cache
         self.identity = identity if identity is not None else getattr(model, "identity", None)
         if self.identity is None:
             raise ValueError("a model loader needs the identity of the model it loads")
@@ -88,7 +93,10 @@ class TextEncoder:
         return np.stack([found[x] for x in texts]).astype(np.float32, copy=False)
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        return encode_texts(self.model, list(texts), self.batch_size)
+        tower = None
+        if self.engine == "openvino" or (self.engine == "auto" and len(texts) >= engines.AUTO_TEXT_MIN):
+            tower = engines.tower(self.model, "text", self.engine, self.engine_cache)
+        return encode_texts(self.model, list(texts), self.batch_size, tower)
 
     def encode_labels(
         self, labels: Sequence[Label | str], templates: Sequence[str] = DEFAULT_TEMPLATES

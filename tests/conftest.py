@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,11 @@ from devkit import postgres
 from vistag.synth import Corpus, make_tiny_model, write_corpus
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # default tests never touch the network
+# The default engine (auto: OpenVINO on this CPU when installed) runs everywhere; its exports are
+# shared by every home of the session, so each test model is exported once.
+_ENGINE_CACHE = tempfile.mkdtemp(prefix="vistag-engines-")
+os.environ.setdefault("VISTAG_ENGINE_CACHE", _ENGINE_CACHE)
+atexit.register(shutil.rmtree, _ENGINE_CACHE, True)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from vistag.cli import COMMANDS, build_parser
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 #: Options every command takes (``--json``: every command that prints results), documented once in
 #: the introduction of "## Commands".
-COMMON = ("--home", "--db", "--device", "-v", "--verbose", "--json")
+COMMON = ("--home", "--db", "--device", "--engine", "-v", "--verbose", "--json")
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:

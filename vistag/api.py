@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from core.errors import CatalogError, DamagedState, IndexNotFound, NotFound
 from indexer import check as integrity
@@ -39,10 +40,16 @@ class Archive:
         device: str | None = None,
         *,
         change_db: bool = False,
+        engine: str | None = None,
     ):
         """``db``: the catalog's database URL (default: ``$VISTAG_DB``, else the one the home remembers,
         else ``HOME/catalog.db``); another than the home's is an :class:`InputError` unless
-        ``change_db`` (then the next :meth:`index` moves the home to it)."""
+        ``change_db`` (then the next :meth:`index` moves the home to it). ``engine``: what runs the
+        model on a CPU, ``auto``, ``torch`` or ``openvino`` (default ``$VISTAG_ENGINE``, else
+        ``auto``; see :mod:`core.engines`)."""
+        from core.engines import requested
+
+        self.engine = requested(engine)
         self.home = Home.resolve(home, db, change_db=change_db)
         self.device = device
         self._catalog: Catalog | None = None
@@ -72,7 +79,7 @@ class Archive:
         """The searcher (it raises :class:`CatalogMismatch` when the catalog is not the published
         index's)."""
         if self._searcher is None:
-            self._searcher = Searcher(self.home, self.catalog, self.device)
+            self._searcher = Searcher(self.home, self.catalog, self.device, engine=self.engine)
         return self._searcher
 
     def close(self) -> None:
@@ -96,12 +103,13 @@ class Archive:
         from query.inductive import tag_new_images
 
         options.setdefault("device", self.device)
+        options.setdefault("engine", self.engine)
         config = IndexConfig(inputs=tuple(str(p) for p in paths), **options)
 
         def tag_new(catalog: Catalog, result: IndexResult) -> IndexResult:  # under the run's writer lock
             if result.run_id is None or not (result.embedded or result.reused):
                 return result
-            searcher = Searcher(self.home, catalog, self.device)
+            searcher = Searcher(self.home, catalog, self.device, engine=self.engine)
             touched = catalog.images_touched(result.run_id)
             return replace(result, tag_runs=tuple(tag_new_images(self.home, catalog, searcher, touched)))
 
@@ -260,6 +268,30 @@ class Archive:
         from query.export import render
 
         return render(self.export_rows(), fmt)
+
+    def export_vectors(self, target: str | os.PathLike[str] | BinaryIO) -> int:
+        """Write the published index's images as an ``.npz`` (``ids``, ``uris``, ``vectors``: the
+        stored embeddings, ``model``: its identity as JSON) to a file name or a binary file; a file
+        name is written whole or not at all. Returns the number of images."""
+        from query.export import write_npz
+        from query.tagging import corpus_matrix
+
+        version = self.searcher.version()
+        ids, xb = corpus_matrix(self.home, self.catalog, version)
+        uris = {row[0]: row[1] for row in self.catalog.hit_rows()}
+        arrays = (ids, [uris[int(i)] for i in ids], xb, version.identity.to_dict())
+        if hasattr(target, "write"):
+            write_npz(target, *arrays)
+            return len(ids)
+        path = Path(target)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with tmp.open("wb") as fh:
+                write_npz(fh, *arrays)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return len(ids)
 
     def export_rows(self) -> list[dict[str, Any]]:
         """One dict per image that is not deleted: metadata and the latest tag run's tags."""

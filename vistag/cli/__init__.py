@@ -29,10 +29,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("distributed").setLevel(logging.ERROR)  # Dask logs INFO on its own
+        logging.getLogger("core.engines").setLevel(logging.WARNING)  # an engine that fell back to torch
     from vistag.api import Archive
 
     try:
-        with Archive(args.home, args.db, args.device, change_db=getattr(args, "change_db", False)) as archive:
+        with Archive(
+            args.home, args.db, args.device, change_db=getattr(args, "change_db", False), engine=args.engine
+        ) as archive:
             return HANDLERS[args.command](archive, args, extra)
     except VistagError as err:
         return fail(str(err), err.exit_code)

@@ -196,6 +196,14 @@ def cmd_untag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
 
 
 def cmd_export(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
+    if args.format == "npz":
+        binary = getattr(sys.stdout, "buffer", None)
+        if not args.output and (binary is None or sys.stdout.isatty()):
+            raise InputError("npz is a binary format: pass -o FILE (or redirect standard output)")
+        count = archive.export_vectors(args.output or binary)
+        if args.output:
+            print(f"wrote {count} vectors to {printable(args.output)}", file=sys.stderr)
+        return 0
     text = archive.export(args.format)
     if args.output:
         write_atomic(args.output, text)

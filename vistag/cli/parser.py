@@ -37,6 +37,11 @@ def common_options(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
     p.add_argument("--home", help="home directory of the archive (default: $VISTAG_HOME or ~/.vistag)")
     p.add_argument("--db", metavar="URL", help="SQLAlchemy database URL (default: SQLite file in the home)")
     p.add_argument("--device", help="torch device: cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument(
+        "--engine",
+        help="what runs the model on a CPU: auto (OpenVINO when installed), torch or openvino "
+        "(default: $VISTAG_ENGINE, else auto)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     if json_flag:
         p.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -253,10 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="tags and metadata of every image",
-        description="Export every image with its metadata and the tags of the latest tag run.",
+        help="tags and metadata of every image, or its stored vectors",
+        description="Export every image with its metadata and the tags of the latest tag run "
+        "(json, csv), or the published index's images with their stored embeddings (npz: arrays "
+        "ids, uris, vectors and model).",
     )
-    p.add_argument("--format", choices=("json", "csv"), default="json", help="output format (default json)")
+    p.add_argument(
+        "--format", choices=("json", "csv", "npz"), default="json", help="output format (default json)"
+    )
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
     common_options(p, json_flag=False)
 

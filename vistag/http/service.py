@@ -49,7 +49,9 @@ class Service:
         self.config = config
         self.catalog: Catalog = archive.catalog
         # its own searcher: new queries' embeddings are kept in memory, never written to the catalog
-        self.searcher = Searcher(archive.home, archive.catalog, archive.device, remember_texts=False)
+        self.searcher = Searcher(
+            archive.home, archive.catalog, archive.device, remember_texts=False, engine=archive.engine
+        )
         self.thumbnails = ThumbnailCache(archive.home.root / "thumbnails", config.render_timeout_s)
         self.metrics = Metrics()
         self.review = DuplicateReview(archive.home, archive.catalog, self.searcher)
