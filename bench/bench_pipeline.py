@@ -155,7 +155,8 @@ def engine_forward(model_spec: str, pretrained: str, n: int, batch_size: int, ca
 def pipeline_run(folder: Path, home: Path, args: argparse.Namespace, engine: str | None = None) -> float:
     """Seconds of the whole ``vistag index`` command (a fresh Python process, imports included)."""
     command = [sys.executable, "-m", "vistag.cli", "index", str(folder), "--home", str(home)]
-    command += ["--model", args.model, "--pretrained", args.pretrained, "--device", args.device]
+    command += ["--model", args.model, "--device", args.device]
+    command += ["--pretrained", args.pretrained] if args.pretrained else []
     command += ["--batch-size", str(args.batch_size)] if args.batch_size else []
     command += ["--engine", engine] if engine else []
     start = time.perf_counter()
@@ -197,7 +198,29 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["VISTAG_ENGINE_CACHE"] = str(Path(tmp) / "engines")  # shared by every run below
+        if args.pretrained == "random":  # one set of random weights for every run (a fresh draw each load)
+            args.model, args.pretrained = fixed_random(args.model, Path(tmp) / "model"), None
         measure(args, Path(tmp))
+
+
+def fixed_random(name: str, folder: Path) -> str:
+    """A ``local-dir:`` copy of OpenCLIP model ``name`` with random weights drawn once (seeded)."""
+    import json
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(name, pretrained=None)
+    folder.mkdir(parents=True)
+    save_file(model.state_dict(), str(folder / "open_clip_model.safetensors"))
+    config = {
+        "model_cfg": open_clip.get_model_config(name),
+        "preprocess_cfg": open_clip.get_model_preprocess_cfg(model),
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    return f"local-dir:{folder}"
 
 
 def measure(args: argparse.Namespace, tmp: Path) -> None:

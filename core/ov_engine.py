@@ -1,7 +1,8 @@
 """OpenCLIP towers exported to OpenVINO IR and run by OpenVINO's CPU plugin.
 
-A tower is traced once per model identity, OpenVINO version and tower (``image`` or ``text``)
-into ``ROOT/openvino-VERSION/KEY/TOWER/model.xml`` (+ ``.bin``, fp32 weights), written in a
+A tower is traced once per model identity, weights, OpenVINO version and tower (``image`` or
+``text``) into ``ROOT/openvino-VERSION/KEY-WEIGHTS/TOWER/model.xml`` (+ ``.bin``, fp32 weights;
+WEIGHTS is :func:`weights_digest`: ``random`` weights differ at every load), written in a
 temporary folder and renamed into place, so concurrent workers never read a half export and
 the first one to finish wins. Running it compiles the IR for the CPU with bf16 inference where
 the CPU has it (avx512_bf16 or AMX), else fp32. Callers validate the result against torch
@@ -10,6 +11,7 @@ the CPU has it (avx512_bf16 or AMX), else fp32. Callers validate the result agai
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -50,13 +52,27 @@ def cpu_precision() -> str:
     return "bf16" if "BF16" in caps else "f32"
 
 
-def export_path(root: Path, key: str, tower: str) -> Path:
-    return Path(root) / f"openvino-{version()}" / key / tower / "model.xml"
+def weights_digest(model: Any) -> str:
+    """A short hash of ``model``'s weights: every tensor's name, shape and first and last 4 KiB
+    (a few milliseconds for ViT-B-32, and no two trained or random weights share it)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        raw = tensor.detach().cpu().contiguous().view(-1).view(torch.uint8)
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(raw[:4096].numpy().tobytes() + raw[-4096:].numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def export_path(root: Path, loaded: LoadedModel, tower: str) -> Path:
+    folder = f"{loaded.identity.key}-{weights_digest(loaded.model)}"
+    return Path(root) / f"openvino-{version()}" / folder / tower / "model.xml"
 
 
 def export(loaded: LoadedModel, tower: str, root: Path) -> Path:
     """The IR of ``loaded``'s ``tower`` under ``root``: reused when present, else traced now."""
-    target = export_path(root, loaded.identity.key, tower)
+    target = export_path(root, loaded, tower)
     if target.is_file() and target.with_suffix(".bin").is_file():
         return target
     import torch

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from core import engines, ov_engine
 from core.models import load_model, parse_model_spec
@@ -217,3 +218,23 @@ def test_export_npz_holds_every_indexed_image_with_its_stored_vector(cli, images
     again = np.load(io.BytesIO(piped.stdout))
     assert all(np.array_equal(again[k], data[k]) for k in ("ids", "uris", "vectors", "model"))
     assert cli("export", "--home", home, "--format", "npz").code == 2  # not to a text stream
+
+
+def test_an_export_of_other_weights_is_never_used(tmp_path, fresh_towers, monkeypatch):
+    """Random weights share a model identity but not their values: the export's folder names the
+    weights, and a cached export that does not match the loaded model is made again, not used."""
+    from vistag.synth import make_tiny_model
+
+    first = load_model(parse_model_spec(f"local-dir:{make_tiny_model(tmp_path / 'a', seed=1)}"), "cpu")
+    second = load_model(parse_model_spec(f"local-dir:{make_tiny_model(tmp_path / 'b', seed=2)}"), "cpu")
+    assert ov_engine.weights_digest(first.model) != ov_engine.weights_digest(second.model)
+    assert engines.tower(first, "image", "auto", fresh_towers) is not None
+    stale = ov_engine.export_path(fresh_towers, first, "image")
+    monkeypatch.setattr(ov_engine, "export_path", lambda root, loaded, which: stale)  # as if they collided
+    tower = engines.tower(second, "image", "auto", fresh_towers)
+    assert tower is not None and tower.info.min_cosine >= engines.MIN_COSINE
+    x = engines.probe_images(second).numpy()
+    with torch.inference_mode():
+        want = second.model.encode_image(torch.from_numpy(x)).numpy()
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    assert np.min(np.sum(tower(x) * want, axis=1)) >= engines.MIN_COSINE
