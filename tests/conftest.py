@@ -118,3 +118,17 @@ def cluster() -> object:
 
     with local_cluster(workers=2) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def family_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> Path:
+    """A home of 5 pictures, 2 of them with every variant (an identical copy, re-encodes, a crop...);
+    shared: tests copy it before changing anything."""
+    from vistag import Archive
+    from vistag.synth.families import make_families
+
+    root = tmp_path_factory.mktemp("families")
+    list(make_families(root / "photos", distinct=5, families=2))
+    with Archive(root / "home") as archive:
+        archive.index([root / "photos"], model=tiny_model, batch_size=8)
+    return root / "home"

@@ -1,6 +1,6 @@
 """Helpers several test modules share: a real ``vistag serve`` process on loopback, started on a
 copy of a home, waited for on /healthz with a bounded timeout, and always stopped; a catalog
-left at an older schema revision."""
+left at an older schema revision; an app on uvicorn in a thread; the shape of an error reply."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import pytest
 from devkit.http import Reply, free_port, http_request
 
 START_TIMEOUT_S = 120  # imports torch, FAISS and the model on 2 shared cores
+TOKEN = "test-write-token-0123456789"  # a write token for test servers
 
 
 @dataclass
@@ -121,3 +123,35 @@ def catalog_at_revision(path: Path, revision: str, rows: Iterator[str] | list[st
             conn.execute(sa.text(statement))
     engine.dispose()
     return url
+
+
+def assert_error(reply: Reply, *statuses: int) -> str:
+    assert reply.status in statuses, (reply.status, reply.body[:300])
+    assert reply.headers["content-type"].startswith("application/json")
+    body = reply.json()
+    assert isinstance(body, dict) and set(body) == {"error"} and body["error"]
+    return body["error"]
+
+
+@contextlib.contextmanager
+def thread_server(app: object) -> Iterator[int]:
+    """``app`` on uvicorn (the settings ``vistag serve`` uses) in a thread of this process, on a free
+    loopback port; yields the port."""
+    import uvicorn
+
+    from vistag.http.server import listen, uvicorn_config
+
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn_config(app))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started, "in-process server did not start"
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import copy_home, running_server
-from tests.test_service import TOKEN
+from tests.helpers import TOKEN, copy_home, running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -113,19 +112,6 @@ def test_search_details_more_like_this_and_upload(indexed_home, tmp_path, browse
 
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe  # no failed loads, no CSP violations, no script errors
-
-
-@pytest.fixture(scope="module")
-def family_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> Path:
-    """A home of 5 pictures, 2 of them with every variant (an identical copy, re-encodes, a crop...)."""
-    from vistag import Archive
-    from vistag.synth.families import make_families
-
-    root = tmp_path_factory.mktemp("families")
-    list(make_families(root / "photos", distinct=5, families=2))
-    with Archive(root / "home") as archive:
-        archive.index([root / "photos"], model=tiny_model, batch_size=8)
-    return root / "home"
 
 
 def _groups(driver: object) -> list:

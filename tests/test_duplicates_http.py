@@ -15,22 +15,9 @@ from typing import Any
 import pytest
 
 from devkit.http import Reply, http_request
-from tests.test_service import TOKEN, assert_error, thread_server
+from tests.helpers import TOKEN, assert_error, thread_server
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def family_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> Path:
-    """A home of 5 pictures, 2 of them with every variant (a copy, re-encodes, a crop...)."""
-    from vistag import Archive
-    from vistag.synth.families import make_families
-
-    root = tmp_path_factory.mktemp("families")
-    list(make_families(root / "photos", distinct=5, families=2))
-    with Archive(root / "home") as archive:
-        archive.index([root / "photos"], model=tiny_model, batch_size=8)
-    return root / "home"
 
 
 @pytest.fixture

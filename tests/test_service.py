@@ -25,10 +25,9 @@ from urllib.parse import quote
 import pytest
 
 from devkit.http import REQUEST_TIMEOUT_S, Reply, http_request
-from tests.helpers import Server, copy_home, running_server, stop
+from tests.helpers import TOKEN, Server, assert_error, copy_home, running_server, stop, thread_server
 from vistag.synth.hostile import png_bomb
 
-TOKEN = "test-write-token-0123456789"
 MAX_UPLOAD = 20 * 1024 * 1024
 
 
@@ -62,14 +61,6 @@ def noise_jpeg(width: int = 256, height: int = 192) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "JPEG", quality=90)
     return buf.getvalue()
-
-
-def assert_error(reply: Reply, *statuses: int) -> str:
-    assert reply.status in statuses, (reply.status, reply.body[:300])
-    assert reply.headers["content-type"].startswith("application/json")
-    body = reply.json()
-    assert isinstance(body, dict) and set(body) == {"error"} and body["error"]
-    return body["error"]
 
 
 # -- tests ------------------------------------------------------------------------------------------
@@ -341,30 +332,6 @@ def test_new_index_version_is_served_without_restart(indexed_home, tiny_model, t
         code = stop(server)
     log = server.log.read_text()
     assert code == 0 and "Traceback" not in log and "server stopped" in log, log[-2000:]
-
-
-@contextlib.contextmanager
-def thread_server(app: object) -> Iterator[int]:
-    """``app`` on uvicorn (the settings ``vistag serve`` uses) in a thread of this process, on a free
-    loopback port; yields the port."""
-    import uvicorn
-
-    from vistag.http.server import listen, uvicorn_config
-
-    sock = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn_config(app))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started, "in-process server did not start"
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
 
 
 def test_in_process_app_on_a_home_without_index(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,6 @@ from core.errors import (
     VistagError,
 )
 from query.search import MAX_K
-
-log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 ENV_WRITE_TOKEN = "VISTAG_WRITE_TOKEN"

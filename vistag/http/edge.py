@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 
 from starlette.exceptions import HTTPException
@@ -15,8 +14,6 @@ from core.errors import (
 )
 from vistag.http.config import MULTIPART_OVERHEAD, PayloadTooLarge, error_response, http_status
 from vistag.http.service import Service
-
-log = logging.getLogger(__name__)
 
 # -- HTTP edge: host check, body caps, security headers, request metrics --------------------------
 SECURITY_HEADERS = [

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -13,8 +11,6 @@ from prometheus_client import (
 )
 
 from vistag.http.config import HTTP_METHODS
-
-log = logging.getLogger(__name__)
 
 # -- metrics --------------------------------------------------------------------------------------
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

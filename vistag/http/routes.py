@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -39,8 +38,6 @@ from vistag.http.schemas import (
     VectorIn,
 )
 from vistag.http.service import Service
-
-log = logging.getLogger(__name__)
 
 
 async def read_upload(request: Request, limit: int) -> bytes:

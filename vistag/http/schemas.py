@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,8 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from vistag.http.config import HIT_TAGS, MAX_ID
 
 GROUP_ID = r"^(exact|near|similar)-[0-9a-f]{10}$"
-
-log = logging.getLogger(__name__)
 
 
 # -- the app --------------------------------------------------------------------------------------

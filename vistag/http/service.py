@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import logging
 import math
 import threading
 import time
@@ -37,8 +36,6 @@ from vistag.http.config import (
 from vistag.http.duplicates import DuplicateReview
 from vistag.http.metrics import Metrics
 from vistag.http.thumbnails import ThumbnailCache, thumbnail_url
-
-log = logging.getLogger(__name__)
 
 
 class Service:
