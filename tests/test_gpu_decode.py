@@ -335,7 +335,7 @@ def test_nvjpeg_pixels_and_embeddings_agree_with_the_cpu_path(mixed, tiny_model,
         got, failed = BatchDecoder(identity, "cuda").decode(items)
         assert not failed and got.device.type == "cuda"
         diff = np.abs(got.cpu().numpy().astype(int) - want).mean(axis=(1, 2, 3))
-        assert diff.mean() < (0.5 if n == 0 else 2.5), diff.round(2)
+        assert diff.mean() < (1.5 if n == 0 else 3.0), diff.round(2)  # nvJPEG: its own IDCT and upsampling
     normalize = split_transform(model.identity).normalize
     xb = encode_pixels(model, got.cpu(), normalize, 16, model.identity.embed_dim)
     ref = encode_pixels(model, want, normalize, 16, model.identity.embed_dim)
