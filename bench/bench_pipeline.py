@@ -88,10 +88,17 @@ def raw_forward(model_spec: str, pretrained: str, n: int, batch_size: int, devic
 
 
 def decode_rate(
-    folder: Path, work: Path, model_spec: str, pretrained: str, threads: int, processes: int = 0
+    folder: Path,
+    work: Path,
+    model_spec: str,
+    pretrained: str,
+    threads: int,
+    processes: int = 0,
+    defer_jpeg: bool = False,
 ) -> float:
     """Images/s of the pipeline's read + hash + decode + preprocess stage: ``threads`` worker
-    threads, each decoding itself or (``processes`` > 0) through one shared decode pool."""
+    threads, each decoding itself or (``processes`` > 0) through one shared decode pool; with
+    ``defer_jpeg``, JPEGs left for the GPU (see :mod:`pipeline.gpu_decode`)."""
     from core.models import load_model, parse_model_spec
     from pipeline.inputs import expand_inputs
     from pipeline.stages import ReadDecodeFn
@@ -103,7 +110,7 @@ def decode_rate(
     chunks = cut_chunks(worklist, DEFAULT_CHUNK_SIZE).chunks
     fns = []
     for _ in range(threads):
-        fn = ReadDecodeFn(worklist, identity, decode_processes=processes)
+        fn = ReadDecodeFn(worklist, identity, decode_processes=processes, defer_jpeg=defer_jpeg)
         fn.setup()
         fns.append(fn)
     if processes:  # start the pool's processes before the clock

@@ -82,6 +82,7 @@ class DecodedImage:
     height: int
     format: str
     taken: float | None = None  # EXIF DateTimeOriginal, seconds since the epoch (see :func:`date_taken`)
+    orientation: int = 1  # the EXIF orientation (1..8) applied to ``image``
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int = 0) -> DecodedImage:
@@ -102,7 +103,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_siz
         width, height = img.size
         fmt = img.format or "unknown"
         taken = date_taken(img)
-        if _orientation(img) in _SWAPPING_ORIENTATIONS:
+        orientation = _orientation(img)
+        if orientation in _SWAPPING_ORIENTATIONS:
             width, height = height, width
         if draft_size and fmt == "JPEG" and img.mode in ("RGB", "L", "CMYK", "YCbCr"):
             img.draft(img.mode, (draft_size, draft_size))
@@ -113,7 +115,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_siz
         except Exception as err:
             raise DecodeError(f"truncated or corrupt image data ({type(err).__name__}: {err})") from err
     img = shrink(img, draft_size)  # drops the full-size image before the RGB copy
-    return DecodedImage(crop_aspect(to_rgb(img), MAX_ASPECT), width, height, fmt, taken)
+    return DecodedImage(crop_aspect(to_rgb(img), MAX_ASPECT), width, height, fmt, taken, orientation)
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -153,32 +155,68 @@ def decoded_bytes_per_pixel(img: Image.Image) -> int:
     return max(stored, math.ceil(total / 8))
 
 
-def _check_jpeg(data: bytes) -> None:
-    """Raise :class:`DecodeError` when the first image of a JPEG has too many scans or segments.
+@dataclass
+class JpegHeader:
+    """What the frame header and APP14 segment of a JPEG's first image say: the SOF ``marker``
+    (0xC0 baseline ... 0xCF), sample ``bits``, component ``ids`` and ``sampling`` (h, v) factors,
+    ``height`` and ``width`` as coded, and the Adobe colour ``transform`` (None without APP14)."""
+
+    marker: int = 0
+    bits: int = 0
+    height: int = 0
+    width: int = 0
+    ids: tuple[int, ...] = ()
+    sampling: tuple[tuple[int, int], ...] = ()
+    transform: int | None = None
+
+
+def jpeg_header(data: bytes) -> JpegHeader:
+    """The header of a JPEG's first image, after the same scan and segment checks as decoding
+    (:class:`DecodeError` when they refuse it); ``marker`` 0 when no frame header was found."""
+    return _check_jpeg(data)
+
+
+def _check_jpeg(data: bytes) -> JpegHeader:
+    """Raise :class:`DecodeError` when the first image of a JPEG has too many scans or segments;
+    else return its header (see :class:`JpegHeader`).
 
     Walks the marker segments as libjpeg does: lengths skip segments, and scan data is skipped to
     the next marker (0xFF in scan data is always followed by 0x00 or a restart marker). Stops at
     the first EOI: an MPO's further frames are never decoded.
     """
-    pos, scans, segments, pixels = 2, 0, 0, 0
+    pos, scans, segments, header = 2, 0, 0, JpegHeader()
     while (found := _JPEG_MARKER.search(data, pos)) is not None:
         marker, pos = data[found.start() + 1], found.end()
         if marker == 0xD9:
-            return
+            return header
         if marker == 0x01 or pos + 2 > len(data):  # TEM: no length
             continue
         if marker == 0xDA:
             scans += 1
+            pixels = header.height * header.width
             if scans > (limit := _jpeg_scan_limit(pixels)):
                 raise DecodeError(f"too many JPEG scans: over {limit} for {pixels} pixels (normal: about 10)")
         else:
             segments += 1
             if segments > MAX_JPEG_SEGMENTS:
                 raise DecodeError(f"too many JPEG marker segments: over {MAX_JPEG_SEGMENTS}")
-            if marker in _JPEG_SOF and not pixels and pos + 7 <= len(data):
-                height, width = struct.unpack_from(">HH", data, pos + 3)
-                pixels = height * width
+            _note_segment(header, marker, data, pos)
         pos += max(int.from_bytes(data[pos : pos + 2], "big"), 2)
+    return header
+
+
+def _note_segment(header: JpegHeader, marker: int, data: bytes, pos: int) -> None:
+    """Record the first frame header (SOF) and an Adobe APP14 segment starting at ``pos`` (its length)."""
+    if marker in _JPEG_SOF and not header.height * header.width and pos + 7 <= len(data):
+        header.marker, header.bits = marker, data[pos + 2]
+        header.height, header.width = struct.unpack_from(">HH", data, pos + 3)
+        count = data[pos + 7] if pos + 8 <= len(data) else 0
+        parts = data[pos + 8 : pos + 8 + 3 * count]
+        if count and len(parts) == 3 * count:
+            header.ids = tuple(parts[0::3])
+            header.sampling = tuple((b >> 4, b & 15) for b in parts[1::3])
+    elif marker == 0xEE and data[pos + 2 : pos + 7] == b"Adobe" and pos + 14 <= len(data):
+        header.transform = data[pos + 13]
 
 
 def _jpeg_scan_limit(pixels: int) -> int:

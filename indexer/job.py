@@ -14,7 +14,7 @@ from core import engines
 from core.decode import DEFAULT_MAX_PIXELS
 from core.errors import DamagedIndex, EmptyCorpus, IndexNotFound, PipelineError
 from core.faults import crash_point
-from core.models import ModelIdentity, ModelSpec, model_identity, parse_model_spec
+from core.models import ModelIdentity, ModelSpec, model_identity, parse_model_spec, pick_device
 from indexer import build, check, faiss_gpu, vectors, versions
 from indexer.catalog import Catalog
 from indexer.choice import choose_index
@@ -26,7 +26,14 @@ from indexer.reindex import ReindexPlan, plan_reindex
 from pipeline import shards
 from pipeline.entries import known_lines
 from pipeline.inputs import FileEntry, expand_inputs
-from pipeline.job import DEFAULT_CHUNK_SIZE, KNOWN_HASHES_FILE, PipelineConfig, run_config, write_worklist
+from pipeline.job import (
+    DEFAULT_CHUNK_SIZE,
+    KNOWN_HASHES_FILE,
+    PipelineConfig,
+    check_gpu_decode,
+    run_config,
+    write_worklist,
+)
 from pipeline.runners import check_beam_args
 
 log = logging.getLogger(__name__)
@@ -55,6 +62,9 @@ class IndexConfig:
     progress: bool = False
     beam_args: tuple[str, ...] = field(default_factory=tuple)
     engine: str | None = None  # auto, torch or openvino; None: $VISTAG_ENGINE, else auto
+    gpu_decode: bool | None = (
+        None  # JPEGs decoded on the CUDA GPU; None: when the in-process runner feeds one
+    )
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,8 @@ def run_index(
     under the same lock afterwards (tagging the new images), and its result is returned."""
     engine, device = engines.check(config.engine, config.device)  # an engine that cannot run: no home made
     config = replace(config, engine=engine, device=device)
+    if config.gpu_decode:  # refused before any work, like the engine
+        check_gpu_decode(True, pick_device(device))
     home.ensure()
     with WriterLock(home.lock_path):
         catalog = Catalog(home.db_url)
@@ -230,6 +242,7 @@ def _embed(
         engine_cache=str(engines.cache_root(home.root)),
         chunk_size=config.chunk_size,
         decode_processes=config.decode_processes,
+        gpu_decode=config.gpu_decode,
         known_hashes_file=str(known_file),
         progress=config.progress,
         beam_args=config.beam_args,

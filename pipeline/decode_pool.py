@@ -36,7 +36,7 @@ import numpy as np
 
 from pipeline import decode_procs
 from pipeline.decode_procs import Dispatcher, ProcessLost, Task, TimedOut, Unserved, decode_into
-from pipeline.entries import EntryDecoder, ImageKey, Outcome, decode_entries
+from pipeline.entries import EntryDecoder, Outcome, Pixels, decode_entries, number, with_encoded
 from pipeline.inputs import FileEntry
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class DecodePool:
         self._dispatcher = Dispatcher(decoder, processes, lambda message: self._warn_once("start", message))
         _opened(self)
 
-    def decode(self, entries: Sequence[FileEntry], local: EntryDecoder) -> tuple[list[Outcome], np.ndarray]:
+    def decode(self, entries: Sequence[FileEntry], local: EntryDecoder) -> tuple[list[Outcome], Pixels]:
         """Like :func:`pipeline.entries.decode_entries`, with the work spread over the pool."""
         if not entries:
             return [], np.zeros((0, *local.shape), np.uint8)
@@ -80,15 +80,16 @@ class DecodePool:
                 self._submit(buffer, first, entries[first : first + TASK_SIZE], len(entries))
                 for first in range(0, len(entries), TASK_SIZE)
             ]
-            outcomes = [o for task in tasks for o in self._collect(task, buffer, local, len(entries))]
+            outcomes, slots, encoded = number(
+                [o for task in tasks for o in self._collect(task, buffer, local, len(entries))]
+            )
             pixels = np.ndarray((len(entries), *shape), np.uint8, buffer=buffer.buf)
-            slots = [o[1] for o in outcomes if isinstance(o, tuple)]
             batch = pixels[slots].copy() if slots else np.zeros((0, *shape), np.uint8)
             del pixels
         finally:
             buffer.close()
             buffer.unlink()
-        return _numbered(outcomes), batch
+        return outcomes, with_encoded(batch, encoded)
 
     def _submit(
         self, buffer: shared_memory.SharedMemory, first: int, part: Sequence[FileEntry], count: int
@@ -159,21 +160,6 @@ class DecodePool:
         self._dispatcher.close()
 
 
-def _numbered(outcomes: list[Any]) -> list[Outcome]:
-    """Per-entry task outcomes -> :func:`decode_entries`' outcomes (rows numbered in order)."""
-    result: list[Outcome] = []
-    row = 0
-    for outcome in outcomes:
-        if isinstance(outcome, ImageKey):
-            result.append((outcome, -1))
-        elif isinstance(outcome, tuple):
-            result.append((outcome[0], row))
-            row += 1
-        else:
-            result.append(outcome)
-    return result
-
-
 def _opened(pool: DecodePool) -> None:
     with _OPEN_LOCK:
         if not _OPEN:
@@ -201,7 +187,13 @@ def shm_free() -> int:
 
 
 def _key(decoder: EntryDecoder, processes: int) -> tuple[Any, ...]:
-    return (decoder.identity.key, decoder.known_hashes_file, decoder.max_pixels, processes)
+    return (
+        decoder.identity.key,
+        decoder.known_hashes_file,
+        decoder.max_pixels,
+        decoder.defer_jpeg,
+        processes,
+    )
 
 
 def acquire_pool(decoder: EntryDecoder, processes: int) -> DecodePool:

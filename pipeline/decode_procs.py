@@ -76,15 +76,15 @@ def decode_into(
     decoder: EntryDecoder, pixels: np.ndarray, first: int, entries: Sequence[FileEntry]
 ) -> list[Any]:
     """Decode ``entries`` with ``decoder`` into ``pixels[first:]``; per entry a failure row, a key
-    (already embedded) or (key, slot)."""
+    (already embedded), (key, slot) or (key, Encoded) (left for the GPU, see pipeline.gpu_decode)."""
     out: list[Any] = []
     for slot, entry in enumerate(entries, start=first):
         outcome = decoder.one(entry)
-        if isinstance(outcome, tuple):
+        if isinstance(outcome, tuple) and isinstance(outcome[1], np.ndarray):
             key, arr = outcome
             pixels[slot] = arr
             out.append((key, slot))
-        else:
+        else:  # a failure row, a key, or a key and its Encoded bytes
             out.append(outcome)
     return out
 

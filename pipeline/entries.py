@@ -2,7 +2,8 @@
 thread and in a decode process (see :mod:`pipeline.decode_pool`).
 
 An entry becomes a failure row (uri, stage, reason), the :class:`ImageKey` of content already
-embedded with the run's model (its SHA-256 is known), or a key and its (3, H, W) uint8 pixels.
+embedded with the run's model (its SHA-256 is known), or a key and its (3, H, W) uint8 pixels (or,
+when the run decodes JPEGs on its GPU, a key and the :class:`~pipeline.gpu_decode.Encoded` bytes).
 A decoded image's key also carries what the catalog keeps of it: its size, perceptual hash and
 date taken; content already embedded but not yet described that way is decoded for them only.
 """
@@ -20,6 +21,7 @@ from core import uris
 from core.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image, max_file_bytes
 from core.hashes import perceptual_hash
 from core.models import ModelIdentity
+from pipeline.gpu_decode import PHASH_DRAFT, Encoded, Pending, nvjpeg_candidate
 from pipeline.inputs import FileEntry
 from pipeline.preprocess import SplitTransform, split_transform, to_pixels
 
@@ -95,10 +97,12 @@ class EntryDecoder:
         identity: ModelIdentity,
         known_hashes_file: str | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        defer_jpeg: bool = False,
     ):
         self.identity = identity
         self.known_hashes_file = known_hashes_file
         self.max_pixels = max_pixels
+        self.defer_jpeg = defer_jpeg  # JPEGs nvJPEG decodes are left encoded (see pipeline.gpu_decode)
 
     def setup(self, known: frozenset[str] | None = None) -> EntryDecoder:
         self._split: SplitTransform = split_transform(self.identity)
@@ -110,24 +114,19 @@ class EntryDecoder:
     def shape(self) -> tuple[int, int, int]:
         return self._split.shape
 
-    def one(self, entry: FileEntry) -> dict[str, str] | ImageKey | tuple[ImageKey, np.ndarray]:
-        """A failure row, a key of already-embedded content, or a key and its (3, H, W) pixels."""
-        limit = max_file_bytes(self.max_pixels)
-        if entry.size > limit:
-            return failure(
-                entry.uri,
-                "read",
-                f"file of {entry.size} bytes is larger than the {limit} bytes read for an image",
-            )
-        try:
-            data = uris.read_bytes(entry.uri, max_bytes=limit)
-        except Exception as err:  # any filesystem's error: vanished, permission, I/O, not a regular file
-            return failure(entry.uri, "read", _reason(err))
+    def one(self, entry: FileEntry) -> dict[str, str] | ImageKey | tuple[ImageKey, np.ndarray | Encoded]:
+        """A failure row, a key of already-embedded content, or a key and its (3, H, W) pixels (or its
+        :class:`Encoded` bytes when ``defer_jpeg`` and nvJPEG decodes it)."""
+        data = self._read(entry)
+        if isinstance(data, dict):
+            return data
         sha = hashlib.sha256(data).hexdigest()
         if sha in self._known and sha not in self._known.undescribed:
             return ImageKey(entry.uri, sha, len(data), entry.mtime, 0, 0)
-        try:
-            decoded = decode_image(data, max_pixels=self.max_pixels, draft_size=self._draft)
+        defer = self.defer_jpeg and sha not in self._known and nvjpeg_candidate(data)
+        try:  # a deferred JPEG: decoded here at a small scale only, for its hash and size
+            draft = min(self._draft, PHASH_DRAFT) if defer else self._draft
+            decoded = decode_image(data, max_pixels=self.max_pixels, draft_size=draft)
             key = ImageKey(
                 entry.uri,
                 sha,
@@ -144,6 +143,8 @@ class EntryDecoder:
             return failure(entry.uri, "preprocess", _reason(err))
         if sha in self._known:  # embedded already: described now, not embedded again
             return key
+        if defer:
+            return key, Encoded(data, decoded.orientation, decoded.width * decoded.height)
         try:
             arr = to_pixels(self._split.to_image(decoded.image))
             if arr.shape != self._split.shape:
@@ -152,24 +153,71 @@ class EntryDecoder:
             return failure(entry.uri, "preprocess", _reason(err))
         return key, arr
 
+    def _read(self, entry: FileEntry) -> bytes | dict[str, str]:
+        """The entry's bytes, or a ``read`` failure row."""
+        limit = max_file_bytes(self.max_pixels)
+        if entry.size > limit:
+            return failure(
+                entry.uri,
+                "read",
+                f"file of {entry.size} bytes is larger than the {limit} bytes read for an image",
+            )
+        try:
+            return uris.read_bytes(entry.uri, max_bytes=limit)
+        except Exception as err:  # any filesystem's error: vanished, permission, I/O, not a regular file
+            return failure(entry.uri, "read", _reason(err))
+
 
 Outcome = dict[str, str] | tuple[ImageKey, int]
+Pixels = np.ndarray | Pending  # a chunk's (E, 3, H, W) uint8 pixels, or those with JPEGs still encoded
 
 
-def decode_entries(entries: Sequence[FileEntry], decoder: EntryDecoder) -> tuple[list[Outcome], np.ndarray]:
+def number(outcomes: Sequence[Any]) -> tuple[list[Outcome], list[int], list[tuple[int, Encoded]]]:
+    """Per-entry outcomes (failure row, key, (key, slot of decoded pixels) or (key, Encoded)) ->
+    outcomes with rows numbered in entry order (-1 for a key alone), the slots of the decoded rows
+    in order, and the (row, Encoded) of the others."""
+    numbered: list[Outcome] = []
+    slots: list[int] = []
+    encoded: list[tuple[int, Encoded]] = []
+    for outcome in outcomes:
+        if isinstance(outcome, ImageKey):
+            numbered.append((outcome, -1))
+        elif isinstance(outcome, tuple):
+            key, where = outcome
+            row = len(slots) + len(encoded)
+            numbered.append((key, row))
+            if isinstance(where, Encoded):
+                encoded.append((row, where))
+            else:
+                slots.append(where)
+        else:
+            numbered.append(outcome)
+    return numbered, slots, encoded
+
+
+def with_encoded(pixels: np.ndarray, encoded: Sequence[tuple[int, Encoded]]) -> Pixels:
+    """``pixels`` alone, or as :class:`Pending` with the ``encoded`` rows."""
+    return Pending(pixels, tuple(encoded)) if encoded else pixels
+
+
+def decode_entries(entries: Sequence[FileEntry], decoder: EntryDecoder) -> tuple[list[Outcome], Pixels]:
     """Decode ``entries`` in this thread: per entry a failure row or (key, row in pixels; -1 when
-    already embedded), and the (E, 3, H, W) uint8 pixels of the decoded ones."""
-    outcomes: list[Outcome] = []
+    already embedded), and the (E, 3, H, W) uint8 pixels of the decoded ones (:class:`Pending`
+    when some are left encoded)."""
+    raw: list[Any] = []
     pixels: list[np.ndarray] = []
     for entry in entries:
         outcome = decoder.one(entry)
-        if isinstance(outcome, dict):
-            outcomes.append(outcome)
-        elif isinstance(outcome, ImageKey):
-            outcomes.append((outcome, -1))
+        if isinstance(outcome, tuple) and isinstance(outcome[1], np.ndarray):
+            raw.append((outcome[0], len(pixels)))
+            pixels.append(outcome[1])
         else:
-            key, arr = outcome
-            outcomes.append((key, len(pixels)))
-            pixels.append(arr)
+            raw.append(outcome)
+    outcomes, _, encoded = number(raw)
     batch = np.stack(pixels) if pixels else np.zeros((0, *decoder.shape), np.uint8)
-    return outcomes, batch
+    return outcomes, with_encoded(batch, encoded)
+
+
+def pixel_rows(pixels: Pixels) -> int:
+    """Rows of a chunk's pixels, encoded ones included."""
+    return pixels.rows if isinstance(pixels, Pending) else len(pixels)

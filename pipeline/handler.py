@@ -25,6 +25,7 @@ import itertools
 import json
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,11 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from core import engines
+from core.decode import DEFAULT_MAX_PIXELS
 from core.encode import forward
 from core.errors import ModelMismatch
 from core.models import LoadedModel, ModelIdentity, load_model, pick_device
+from pipeline.gpu_decode import BatchDecoder, Pending
 
 CPU_BATCH_SIZE = 32
 GPU_BATCH_SIZE = 256
@@ -43,6 +46,15 @@ GPU_BATCH_SIZE = 256
 _GPU_LOCKS: dict[int, threading.Lock] = {}
 _GPU_LOCKS_GUARD = threading.Lock()
 _LOCK_TYPE = type(_GPU_LOCKS_GUARD)
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A chunk's (E, D) float32 embeddings ``xb`` and the (row, reason) of the rows that neither the
+    device nor the CPU could decode at inference (left out of ``xb``; see :mod:`pipeline.gpu_decode`)."""
+
+    xb: np.ndarray
+    failed: tuple[tuple[int, str], ...]
 
 
 class Replicas:
@@ -95,6 +107,7 @@ class OpenClipImageHandler(ModelHandler[np.ndarray, PredictionResult, Replicas])
         device: str | None = None,
         engine: str = "torch",
         engine_cache: str | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         super().__init__()
         self._identity = identity
@@ -102,7 +115,9 @@ class OpenClipImageHandler(ModelHandler[np.ndarray, PredictionResult, Replicas])
         self._device = device
         self._engine = engine
         self._engine_cache = engine_cache
+        self._max_pixels = max_pixels
         self._normalize: Callable[[Any], Any] | None = None
+        self._decoders: dict[str, BatchDecoder] = {}  # per device, made on the first Pending chunk
 
     def load_model(self) -> Replicas:
         identity = self._identity
@@ -123,22 +138,33 @@ class OpenClipImageHandler(ModelHandler[np.ndarray, PredictionResult, Replicas])
         return replica_devices(pick_device(self._device))
 
     def run_inference(
-        self, batch: Sequence[np.ndarray], model: Replicas, inference_args: dict[str, Any] | None = None
+        self,
+        batch: Sequence[np.ndarray | Pending],
+        model: Replicas,
+        inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
+        """One result per chunk: its (E, D) float32 embeddings, or :class:`Embedded` when rows left
+        encoded (:class:`~pipeline.gpu_decode.Pending`) could not be decoded."""
         if self._normalize is None:
             from pipeline.preprocess import split_transform
 
             self._normalize = split_transform(self._identity).normalize
         dim = self._identity.embed_dim
         size = self._batch_size or default_batch_size(model.device)
-        return [
-            PredictionResult(
-                None,
-                encode_pixels(model.pick(), pixels, self._normalize, size, dim, model.tower),
-                model.engine,
-            )
-            for pixels in batch
-        ]
+        results = []
+        for pixels in batch:
+            replica = model.pick()
+            late: list[tuple[int, str]] = []
+            if isinstance(pixels, Pending):  # JPEGs decoded where the model is, merged in row order
+                pixels, late = self._decoder(replica.device).merge(pixels)
+            xb = encode_pixels(replica, pixels, self._normalize, size, dim, model.tower)
+            results.append(PredictionResult(None, Embedded(xb, tuple(late)) if late else xb, model.engine))
+        return results
+
+    def _decoder(self, device: str) -> BatchDecoder:
+        if device not in self._decoders:
+            self._decoders[device] = BatchDecoder(self._identity, device, self._max_pixels)
+        return self._decoders[device]
 
     def batch_elements_kwargs(self) -> dict[str, int]:
         # Each example is a chunk already; were this handler ever batched, each batch holds one
@@ -148,8 +174,8 @@ class OpenClipImageHandler(ModelHandler[np.ndarray, PredictionResult, Replicas])
     def get_metrics_namespace(self) -> str:
         return "vistag"
 
-    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
-        return sum(int(np.asarray(pixels).nbytes) for pixels in batch)
+    def get_num_bytes(self, batch: Sequence[np.ndarray | Pending]) -> int:
+        return sum(p.nbytes if isinstance(p, Pending) else int(np.asarray(p).nbytes) for p in batch)
 
 
 def default_batch_size(device: str) -> int:
@@ -160,13 +186,14 @@ def default_batch_size(device: str) -> int:
 
 def encode_pixels(
     model: LoadedModel,
-    pixels: np.ndarray,
+    pixels: Any,
     normalize: Callable[[Any], Any],
     batch_size: int,
     dim: int,
     tower: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Embed (N, C, H, W) uint8 ``pixels`` in model batches; returns (N, dim) float32 L2-normalised rows.
+    """Embed (N, C, H, W) uint8 ``pixels`` (an array, or a tensor on any device) in model batches;
+    returns (N, dim) float32 L2-normalised rows.
 
     ``normalize`` maps a float (B, C, H, W) tensor in [0, 1] to the model's input (the tail of
     the transform, see :func:`pipeline.preprocess.split_transform`); it runs on the model's device.
@@ -174,17 +201,15 @@ def encode_pixels(
     """
     import torch
 
-    pixels = np.asarray(pixels)
+    if not isinstance(pixels, torch.Tensor):
+        pixels = torch.from_numpy(np.ascontiguousarray(np.asarray(pixels)))
     if not len(pixels):
         return np.zeros((0, dim), np.float32)
-    batches = [
-        torch.from_numpy(np.ascontiguousarray(pixels[start : start + batch_size]))
-        for start in range(0, len(pixels), max(1, batch_size))
-    ]
+    batches = [pixels[start : start + batch_size] for start in range(0, len(pixels), max(1, batch_size))]
     if tower is not None:
-        return np.concatenate([tower(normalize(x.float().div_(255)).numpy()) for x in batches])
+        return np.concatenate([tower(normalize(x.cpu().float().div_(255)).numpy()) for x in batches])
     if model.half:  # page-locked uint8 (4x smaller than float), pinned before taking the GPU
-        batches = [x.pin_memory() for x in batches]
+        batches = [x.pin_memory() if x.device.type == "cpu" else x for x in batches]
     with _device_lock(model):  # queue the copies and forwards; others decode meanwhile
         out = [
             forward(model, _half(model, normalize(x.to(model.device, non_blocking=True).float().div_(255))))

@@ -27,9 +27,11 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
 from core.decode import DEFAULT_MAX_PIXELS
+from core.errors import InputError
 from core.models import ModelIdentity, pick_device
 from pipeline import shards
 from pipeline.entries import EntryDecoder, ImageKey
+from pipeline.gpu_decode import geometry
 from pipeline.handler import OpenClipImageHandler, replica_devices
 from pipeline.inputs import expand_inputs
 from pipeline.progress import shard_progress
@@ -78,6 +80,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 KNOWN_HASHES_FILE = "known-sha256.txt"
 POOL_THREADS = 4  # chunks in flight when a decode pool feeds a GPU: one embedding, the rest decoding
+GPU_DECODE_DEVICES = ("cuda",)  # devices whose handler decodes JPEGs (tests add "cpu" to run the path)
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,8 @@ class PipelineConfig:
     puts a ``beam.Reshuffle`` between decoding and inference, so a runner that honours it
     (Dataflow, Flink) scales CPU decoding apart from (GPU) inference. ``timeout_s`` bounds the
     wait for a runner that runs apart from this process (Dask): the job is cancelled after it.
+    ``gpu_decode``: JPEGs decoded by nvJPEG on the model's GPU (see :mod:`pipeline.gpu_decode`);
+    None: when the in-process runner feeds a local CUDA GPU; True off CUDA: :class:`InputError`.
     """
 
     worklist: str
@@ -109,6 +114,7 @@ class PipelineConfig:
     decode_processes: int | None = None  # None: one per CPU core when the in-process runner feeds a GPU
     engine: str = "torch"  # what runs the image tower: auto, torch or openvino (see core.engines)
     engine_cache: str | None = None  # where OpenVINO exports are kept (None: never export)
+    gpu_decode: bool | None = None
 
     @property
     def files_per_chunk(self) -> int:
@@ -144,6 +150,7 @@ def build(
         device=config.device,
         engine=config.engine,
         engine_cache=config.engine_cache,
+        max_pixels=config.max_pixels,
     )
     read = ReadDecodeFn(
         config.worklist,
@@ -151,6 +158,7 @@ def build(
         config.known_hashes_file,
         config.max_pixels,
         config.decode_processes or 0,
+        bool(config.gpu_decode),
     )
     decoded = p | "Chunks" >> beam.Create(chunks.chunks) | "ReadDecode" >> beam.ParDo(read)
     if config.reshuffle:
@@ -181,6 +189,25 @@ def local_gpu_config(config: PipelineConfig, device: str, chunks: int) -> tuple[
     )
 
 
+def check_gpu_decode(gpu_decode: bool | None, device: str) -> None:
+    """Raise :class:`InputError` when GPU decoding is asked for on a device that cannot do it."""
+    if gpu_decode and not str(device).startswith(GPU_DECODE_DEVICES):
+        raise InputError(f"--gpu-decode needs a CUDA device; this run's device is {device}")
+
+
+def settle_gpu_decode(config: PipelineConfig, device: str) -> PipelineConfig:
+    """``config`` with ``gpu_decode`` decided for ``device`` (see :class:`PipelineConfig`); off for a
+    model whose resize the device cannot reproduce (see :func:`pipeline.gpu_decode.geometry`)."""
+    check_gpu_decode(config.gpu_decode, device)
+    wanted = config.gpu_decode
+    if wanted is None:
+        wanted = feeds_local_gpu(config.beam_args, device)
+    if wanted and geometry(config.identity) is None:
+        log.warning("decoding on the CPU: the GPU cannot reproduce %s's resize", config.identity.model)
+        wanted = False
+    return replace(config, gpu_decode=wanted)
+
+
 def _finish(result: Any, timeout_s: float | None) -> None:
     """Wait for the run (at most ``timeout_s``), cancel it if the wait fails, close its client."""
     try:
@@ -201,6 +228,8 @@ def run_config(
     On Beam's Dask runner without ``--dask_client_address``, a local Dask cluster is started
     for the run (see :func:`pipeline.runners.dask_cluster`).
     """
+    device = pick_device(config.device)
+    config = settle_gpu_decode(config, device)
     chunks = chunking(config)
     if not chunks.chunks:
         return shards.list_shards(config.output)
@@ -209,7 +238,7 @@ def run_config(
             build(test_pipeline, config, chunks=chunks, handler=handler)
             _finish(test_pipeline.run(), config.timeout_s)
         else:
-            config, beam_args = local_gpu_config(config, pick_device(config.device), len(chunks.chunks))
+            config, beam_args = local_gpu_config(config, device, len(chunks.chunks))
             with dask_cluster(beam_args) as args, _prewarmed_pool(config, args):
                 p = beam.Pipeline(options=pipeline_options(args))
                 build(p, config, chunks=chunks, handler=handler)
@@ -226,7 +255,9 @@ def _prewarmed_pool(config: PipelineConfig, beam_args: Sequence[str]) -> Iterato
         return
     from pipeline.decode_pool import prewarmed
 
-    decoder = EntryDecoder(config.identity, config.known_hashes_file, config.max_pixels)
+    decoder = EntryDecoder(
+        config.identity, config.known_hashes_file, config.max_pixels, bool(config.gpu_decode)
+    )
     with prewarmed(decoder, config.decode_processes):
         yield
 
@@ -252,6 +283,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--reshuffle", action="store_true", help="reshuffle between decoding and inference")
     ap.add_argument("--device", default=None)
+    ap.add_argument(
+        "--gpu-decode",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode JPEGs on the model's CUDA GPU (default: when the in-process runner feeds one)",
+    )
     return ap
 
 
@@ -273,6 +310,7 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
         reshuffle=args.reshuffle,
         decode_processes=args.decode_processes,
         device=args.device,
+        gpu_decode=args.gpu_decode,
         beam_args=tuple(beam_args),
     )
     return run_config(config, test_pipeline)

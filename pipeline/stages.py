@@ -22,7 +22,8 @@ from core.decode import DEFAULT_MAX_PIXELS
 from core.faults import crash_point
 from core.models import ModelIdentity
 from pipeline import shards
-from pipeline.entries import EntryDecoder, decode_entries, load_known
+from pipeline.entries import EntryDecoder, Pixels, decode_entries, failure, load_known, pixel_rows
+from pipeline.handler import Embedded
 from pipeline.worklist import Chunk, read_chunk, shard_name
 
 NAMESPACE = "vistag"
@@ -41,7 +42,8 @@ class ChunkMeta:
 class ReadDecodeFn(beam.DoFn):
     """Chunk -> ``[(ChunkMeta, pixels)]``: read, hash, decode and preprocess every entry.
 
-    ``pixels`` is (E, 3, H, W) uint8, one image per row of ``meta.rows`` with ``row >= 0``. The
+    ``pixels`` is (E, 3, H, W) uint8, one image per row of ``meta.rows`` with ``row >= 0``; with
+    ``defer_jpeg``, a :class:`~pipeline.gpu_decode.Pending` whose JPEGs the handler decodes. The
     output is a one-record batch of keyed examples, as RunInference expects when its handler
     skips batching. With ``decode_processes`` > 0 the entries are decoded by a pool of that many
     processes shared by the worker's threads (see :mod:`pipeline.decode_pool`), else in the
@@ -55,9 +57,10 @@ class ReadDecodeFn(beam.DoFn):
         known_hashes_file: str | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         decode_processes: int = 0,
+        defer_jpeg: bool = False,
     ):
         self._worklist = worklist
-        self._decoder = EntryDecoder(identity, known_hashes_file, max_pixels)
+        self._decoder = EntryDecoder(identity, known_hashes_file, max_pixels, defer_jpeg)
         self._processes = decode_processes
         self._shared_known = shared.Shared()  # loaded once per worker process, not per bundle
         self._decoded = beam.metrics.Metrics.counter(NAMESPACE, "images_decoded")
@@ -68,7 +71,10 @@ class ReadDecodeFn(beam.DoFn):
     def setup(self) -> None:
         known_file = self._decoder.known_hashes_file
         known = self._shared_known.acquire(lambda: load_known(known_file), tag=known_file)
-        self._local = EntryDecoder(self._decoder.identity, known_file, self._decoder.max_pixels).setup(known)
+        decoder = self._decoder
+        self._local = EntryDecoder(
+            decoder.identity, known_file, decoder.max_pixels, decoder.defer_jpeg
+        ).setup(known)
         self._pool = None
         if self._processes > 0:
             from pipeline.decode_pool import acquire_pool
@@ -82,7 +88,7 @@ class ReadDecodeFn(beam.DoFn):
             release_pool(self._pool)
             self._pool = None
 
-    def process(self, chunk: Chunk) -> Iterable[list[tuple[ChunkMeta, np.ndarray]]]:
+    def process(self, chunk: Chunk) -> Iterable[list[tuple[ChunkMeta, Pixels]]]:
         start = time.perf_counter()
         entries = read_chunk(self._worklist, chunk)
         if self._pool is not None:
@@ -97,7 +103,7 @@ class ReadDecodeFn(beam.DoFn):
             else:
                 key, row = outcome
                 rows.append(key.row(row))
-        decoded = int(len(batch))
+        decoded = pixel_rows(batch)
         self._decoded.inc(decoded)
         self._failed.inc(len(failures))
         self._reused.inc(len(rows) - decoded)
@@ -121,8 +127,11 @@ class WriteShardFn(beam.DoFn):
 
     def process(self, element: tuple[ChunkMeta, PredictionResult]) -> Iterable[None]:
         meta, result = element
+        inference = result.inference
+        if isinstance(inference, Embedded):  # rows the handler could not decode become failures
+            meta, inference = late_failures(meta, inference.failed), inference.xb
         dim = self._identity.embed_dim
-        xb = np.asarray(result.inference, dtype=np.float32).reshape(-1, dim)
+        xb = np.asarray(inference, dtype=np.float32).reshape(-1, dim)
         embedded = sum(1 for r in meta.rows if r["row"] >= 0)
         if xb.shape[0] != embedded:
             raise ValueError(f"chunk {meta.index}: {xb.shape[0]} embeddings for {embedded} images")
@@ -135,3 +144,20 @@ class WriteShardFn(beam.DoFn):
         self._images.inc(len(meta.rows) + len(meta.failures))
         self._shards.inc()
         return ()
+
+
+def late_failures(meta: ChunkMeta, failed: Iterable[tuple[int, str]]) -> ChunkMeta:
+    """``meta`` with the rows ``failed`` (row, reason) at inference moved to its failures as ``decode``
+    failures, and the rows after them renumbered to index the embeddings that remain."""
+    reasons = dict(failed)
+    if not reasons:
+        return meta
+    rows: list[dict[str, Any]] = []
+    failures = list(meta.failures)
+    for row in meta.rows:
+        n = row["row"]
+        if n in reasons:
+            failures.append(failure(row["uri"], "decode", reasons[n]))
+        else:
+            rows.append(row | {"row": n - sum(1 for r in reasons if r < n)} if n >= 0 else row)
+    return ChunkMeta(meta.index, tuple(rows), tuple(failures))

@@ -34,6 +34,7 @@ def cmd_index(archive: Any, args: argparse.Namespace, extra: list[str]) -> int:
         "shard_size": args.shard_size,
         "chunk_size": args.chunk_size,
         "decode_processes": args.decode_processes,
+        "gpu_decode": args.gpu_decode,
         "index_type": args.index_type,
         "shards_root": args.shards,
         "memory_budget": args.memory_budget,

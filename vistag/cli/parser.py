@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         "CPU core when it feeds a GPU, else 0: decode in the worker thread)",
     )
     p.add_argument(
+        "--gpu-decode",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode JPEGs in batches on the CUDA GPU that runs the model, other images on the CPU "
+        "(default: on when the in-process runner feeds a local CUDA GPU)",
+    )
+    p.add_argument(
         "--index-type",
         help="FAISS index_factory string overriding the automatic choice (e.g. Flat, HNSW32,Flat)",
     )
