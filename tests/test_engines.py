@@ -79,6 +79,10 @@ def test_auto_embeds_with_openvino_on_a_cpu_matching_torch_and_says_so(
     assert ref_shards[0]["engine"]["engine"] == "torch" and ref_shards[0]["engine"]["min_cosine"] == 1.0
     assert ref_version["engines"][0]["engine"] == "torch"
     assert (fresh_towers / f"openvino-{ov_engine.version()}").is_dir()
+    status = cli("status", "--home", tmp_path / "auto", "--json").json()
+    assert status["index"]["engines"] == auto_version["engines"]
+    text = cli("status", "--home", tmp_path / "auto").out
+    assert f"engine:   openvino {engine['precision']}: 24 vectors, min cosine to torch fp32" in text
 
 
 def test_an_export_is_made_once_and_reused(cli, images, tmp_path, tiny_model, fresh_towers, monkeypatch):

@@ -325,6 +325,7 @@ class Archive:
             "type": version.manifest["index_type"],
             "count": version.manifest["count"],
             "created": version.manifest["created"],
+            "engines": version.manifest.get("engines", []),  # what embedded its vectors (core.engines)
         }
         out["problem"] = integrity.catalog_problem(self.home, self.catalog, version)
         return out

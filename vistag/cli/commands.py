@@ -231,6 +231,9 @@ def cmd_status(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
             f"model:    {m['model']} ({m['pretrained'] or 'weights in model folder'}), {m['embed_dim']}-d, key {m['key']}"
         )
         print(f"index:    {i['version']} ({i['type']}, {i['count']} vectors)")
+        for e in i["engines"]:
+            cosine = f", min cosine to torch fp32 {e['min_cosine']}" if e.get("engine") != "torch" else ""
+            print(f"engine:   {e['engine']} {e.get('precision') or ''}: {e['vectors']} vectors{cosine}")
     elif not status.get("problem"):
         print("index:    none published yet (run `vistag index PATH`)")
     return 0
