@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -263,11 +264,33 @@ class Archive:
         templates = named_templates(templates) if isinstance(templates, str) else tuple(templates)
         return TagConfig(tuple(parse_vocabulary(labels)), method, top, min_confidence, templates, **zlap)
 
-    def export(self, fmt: str = "json") -> str:
-        """Tags (of the latest tag run) and metadata for every image, as JSON or CSV text."""
+    def export(
+        self,
+        fmt: str = "json",
+        *,
+        run: int | None = None,
+        min_confidence: float = 0.5,
+        image_url: str = "{uri}",
+    ) -> str:
+        """Tags (of tag run ``run``, default the newest) and metadata for every image, as JSON or CSV
+        text; or ``label-studio``: Label Studio tasks with the run's tags as pre-annotations (those of
+        calibrated confidence at least ``min_confidence``; ``image_url``: the template of each task's
+        image, see :mod:`query.labelstudio`)."""
+        from query import labelstudio
         from query.export import render
 
-        return render(self.export_rows(), fmt)
+        if fmt == "label-studio":
+            tasks, _ = labelstudio.tasks(
+                self.catalog, run, min_confidence, labelstudio.check_image_url(image_url)
+            )
+            return json.dumps(tasks, indent=1, ensure_ascii=False)
+        return render(self.export_rows(run), fmt)
+
+    def label_studio_config(self, run: int | None = None) -> str:
+        """The Label Studio labeling config (XML) that the ``label-studio`` export of ``run`` fits."""
+        from query import labelstudio
+
+        return labelstudio.label_config(list(labelstudio.tag_run(self.catalog, run)["params"]["labels"]))
 
     def export_vectors(self, target: str | os.PathLike[str] | BinaryIO) -> int:
         """Write the published index's images as an ``.npz`` (``ids``, ``uris``, ``vectors``: the
@@ -293,11 +316,12 @@ class Archive:
             tmp.unlink(missing_ok=True)
         return len(ids)
 
-    def export_rows(self) -> list[dict[str, Any]]:
-        """One dict per image that is not deleted: metadata and the latest tag run's tags."""
+    def export_rows(self, run: int | None = None) -> list[dict[str, Any]]:
+        """One dict per image that is not deleted: metadata and the tags of tag run ``run`` (default:
+        the newest)."""
         from query.export import export_rows
 
-        return export_rows(self.catalog)
+        return export_rows(self.catalog, run)
 
     def status(self) -> dict[str, Any]:
         """Counts, model identity, the published index version and type, and ``problem``: why the

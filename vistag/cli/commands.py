@@ -197,6 +197,7 @@ def cmd_untag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
 
 
 def cmd_export(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
+    _check_export_options(args)
     if args.format == "npz":
         binary = getattr(sys.stdout, "buffer", None)
         if not args.output and (binary is None or sys.stdout.isatty()):
@@ -205,12 +206,32 @@ def cmd_export(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
         if args.output:
             print(f"wrote {count} vectors to {printable(args.output)}", file=sys.stderr)
         return 0
-    text = archive.export(args.format)
+    if args.format == "label-studio":
+        confidence = 0.5 if args.min_confidence is None else args.min_confidence
+        url = args.image_url or "{uri}"
+        text = archive.export("label-studio", run=args.run, min_confidence=confidence, image_url=url)
+        if args.label_config:
+            write_atomic(args.label_config, archive.label_studio_config(args.run))
+    else:
+        text = archive.export(args.format, run=args.run)
     if args.output:
         write_atomic(args.output, text)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
+
+
+def _check_export_options(args: argparse.Namespace) -> None:
+    """An option given to a format it does not apply to is an error, not ignored."""
+    only = {
+        "--min-confidence": (args.min_confidence, ("label-studio",)),
+        "--image-url": (args.image_url, ("label-studio",)),
+        "--label-config": (args.label_config, ("label-studio",)),
+        "--run": (args.run, ("json", "csv", "label-studio")),
+    }
+    for name, (value, formats) in only.items():
+        if value is not None and args.format not in formats:
+            raise InputError(f"{name} does not apply to --format {args.format} (only {', '.join(formats)})")
 
 
 def cmd_status(archive: Any, args: argparse.Namespace, _: list[str]) -> int:

@@ -271,7 +271,28 @@ def build_parser() -> argparse.ArgumentParser:
         "ids, uris, vectors and model).",
     )
     p.add_argument(
-        "--format", choices=("json", "csv", "npz"), default="json", help="output format (default json)"
+        "--format",
+        choices=("json", "csv", "npz", "label-studio"),
+        default="json",
+        help="output format (default json)",
+    )
+    p.add_argument(
+        "--run", type=int, metavar="N", help="tag run whose tags are exported (default: the newest)"
+    )
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        metavar="P",
+        help="label-studio: pre-annotate the tags of calibrated confidence at least P (default 0.5)",
+    )
+    p.add_argument(
+        "--image-url",
+        metavar="TEMPLATE",
+        help="label-studio: each task's image, with {id}, {uri} or {path} (default {uri}); e.g. "
+        "'/data/local-files/?d={path}' for Label Studio's local files",
+    )
+    p.add_argument(
+        "--label-config", metavar="FILE", help="label-studio: also write the matching labeling config (XML)"
     )
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
     common_options(p, json_flag=False)
