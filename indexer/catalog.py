@@ -30,7 +30,8 @@ from indexer.database import WRITER_LOCK_KEY, chunks, insert_many, parse_db_url
 @dataclass(frozen=True)
 class ImageFilter:
     """Which indexed images a search may return: a label among an image's ``tag_ranks`` best tags of
-    the latest tag run, a uri prefix, a modification time range (seconds since the epoch)."""
+    the latest tag run, a uri prefix, a range of the date taken (seconds since the epoch; the EXIF
+    date taken, else the file's modification time)."""
 
     tag: str | None = None
     prefix: str | None = None
@@ -286,10 +287,11 @@ class Catalog(TagQueries, DuplicateQueries):
         query = sa.select(i.c.id).where(i.c.status == "indexed")
         if where.prefix is not None:  # substr, not LIKE: exact and case-sensitive on every backend
             query = query.where(sa.func.substr(i.c.uri, 1, len(where.prefix)) == where.prefix)
+        taken = sa.func.coalesce(i.c.taken, i.c.mtime)
         if where.since is not None:
-            query = query.where(i.c.mtime >= where.since)
+            query = query.where(taken >= where.since)
         if where.until is not None:
-            query = query.where(i.c.mtime <= where.until)
+            query = query.where(taken <= where.until)
         if where.tag is not None:
             run_id = self.latest_tag_run()
             if run_id is None:

@@ -171,7 +171,25 @@ class Searcher:
             D, I = vectors.rerank_search(index, xq, k, version.rerank, fetch, params)
         else:
             D, I = index.search(xq, k, params=params)
+        if ids is not None:
+            D, I = self._complete(xq, k, ids, D, I)
         return [self._join(d, i) for d, i in zip(D, I, strict=True)]
+
+    def _complete(
+        self, xq: np.ndarray, k: int, ids: np.ndarray, D: np.ndarray, I: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A filtered search returns ``k`` hits whenever ``k`` images pass the filter: the queries an
+        approximate index left short (an HNSW walk or the probed IVF lists meet too few of ``ids``)
+        are searched again exactly among ``ids``' stored vectors."""
+        short = (I >= 0).sum(axis=1) < min(k, len(ids))
+        if not short.any():
+            return D, I
+        identity = self.version().identity
+        locations = self.catalog.vector_locations(self.catalog.model_id(identity), ids=[int(i) for i in ids])
+        exact_d, exact_i = vectors.exact_search(self.home, locations, identity.embed_dim, xq[short], k)
+        D, I = D.copy(), I.copy()
+        D[short], I[short] = exact_d, exact_i
+        return D, I
 
     def _join(self, D: np.ndarray, I: np.ndarray) -> list[Hit]:
         """Hits of one query's (k,) scores and ids: from the version's hit table, or (versions

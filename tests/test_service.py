@@ -370,8 +370,8 @@ def test_in_process_app_on_a_home_without_index(tmp_path):
 
 def test_config_and_listen_errors():
     from core.errors import InputError
+    from query.filters import parse_filter, parse_time
     from vistag.http import ServiceConfig, listen
-    from vistag.http.filters import parse_filter, parse_time
 
     with pytest.raises(InputError, match="at least 16"):
         ServiceConfig(write_token="short")

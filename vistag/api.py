@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from core.errors import CatalogError, DamagedState, IndexNotFound, NotFound
 from indexer import check as integrity
 from indexer import versions
-from indexer.catalog import Catalog
+from indexer.catalog import Catalog, ImageFilter
 from indexer.home import Home
 from query.search import Hit, Searcher
 from query.vocab import SHORT_TEMPLATES, Label
@@ -120,13 +120,17 @@ class Archive:
         """What :meth:`index` would do, without doing it."""
         return self.index(paths, dry_run=True, **options)
 
-    def search(self, text: str, k: int = 10) -> list[Hit]:
-        """Text-to-image search: the ``k`` best images, best first."""
-        return self.searcher.search(text, k)
+    def search(self, text: str, k: int = 10, where: ImageFilter | None = None) -> list[Hit]:
+        """Text-to-image search: the ``k`` best images, best first, among those that pass ``where``
+        (``k`` of them whenever ``k`` pass; build it with :func:`query.filters.parse_filter`)."""
+        return self.searcher.search(text, k, where)
 
-    def similar(self, image: int | str | os.PathLike[str], k: int = 10) -> list[Hit]:
-        """Image-to-image search from an indexed image id or uri, or any image file."""
-        return self.searcher.similar(image, k)
+    def similar(
+        self, image: int | str | os.PathLike[str], k: int = 10, where: ImageFilter | None = None
+    ) -> list[Hit]:
+        """Image-to-image search from an indexed image id or uri, or any image file, among the images
+        that pass ``where``."""
+        return self.searcher.similar(image, k, where)
 
     def tag(
         self,

@@ -86,16 +86,27 @@ def _print_hits(hits: list[Any], as_json: bool) -> None:
         return
     for hit in hits:
         print(f"{hit.score:8.4f}  {hit.id:>8}  {printable(hit.uri)}")
+    if not hits:
+        print("no indexed image matches", file=sys.stderr)
 
 
 def cmd_search(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
-    _print_hits(archive.search(args.text, args.k), args.json)
+    _print_hits(archive.search(args.text, args.k, _where(args)), args.json)
     return 0
 
 
 def cmd_similar(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
-    _print_hits(archive.similar(args.image, args.k), args.json)
+    _print_hits(archive.similar(args.image, args.k, _where(args)), args.json)
     return 0
+
+
+def _where(args: argparse.Namespace) -> Any:
+    """The search filter of ``--since``, ``--until``, ``--path`` and ``--tag`` (None without any)."""
+    from query.filters import parse_filter, path_prefix
+
+    prefix = path_prefix(args.path) if args.path else None
+    where = parse_filter(args.tag, prefix, args.since, args.until)
+    return where or None
 
 
 def cmd_tag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:

@@ -47,6 +47,17 @@ def common_options(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
         p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
+def filter_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--since",
+        metavar="DATE",
+        help="taken on or after DATE (ISO 8601 date or time; EXIF date, else mtime)",
+    )
+    p.add_argument("--until", metavar="DATE", help="taken on or before DATE (a date alone: to its end)")
+    p.add_argument("--path", metavar="PREFIX", help="under this folder or path prefix")
+    p.add_argument("--tag", metavar="LABEL", help="LABEL among the image's 3 best tags of the latest tag run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(
         prog="vistag",
@@ -156,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("text", metavar="TEXT")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    filter_options(p)
     common_options(p)
 
     p = sub.add_parser(
@@ -165,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("image", metavar="PATH_OR_ID")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    filter_options(p)
     common_options(p)
 
     p = sub.add_parser(

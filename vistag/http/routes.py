@@ -21,8 +21,8 @@ from core.errors import (
     InputError,
 )
 from indexer.catalog import ImageFilter
-from vistag.http.config import MAX_ID, MULTIPART_OVERHEAD, STATIC, PayloadTooLarge, UnsupportedMedia
-from vistag.http.filters import parse_filter
+from query.filters import parse_filter
+from vistag.http.config import HIT_TAGS, MAX_ID, MULTIPART_OVERHEAD, STATIC, PayloadTooLarge, UnsupportedMedia
 from vistag.http.schemas import (
     ERRORS,
     UPLOAD_BODY,
@@ -67,10 +67,10 @@ async def read_upload(request: Request, limit: int) -> bytes:
 async def _filters(  # async: pure parsing, no hop to the thread pool
     tag: Annotated[str | None, Query(max_length=200, description="label among the image's top tags")] = None,
     prefix: Annotated[str | None, Query(max_length=4096, description="uri prefix")] = None,
-    since: Annotated[str | None, Query(max_length=40, description="mtime >= (ISO date or epoch s)")] = None,
-    until: Annotated[str | None, Query(max_length=40, description="mtime <= (ISO date or epoch s)")] = None,
+    since: Annotated[str | None, Query(max_length=40, description="taken >= (ISO date or epoch s)")] = None,
+    until: Annotated[str | None, Query(max_length=40, description="taken <= (ISO date or epoch s)")] = None,
 ) -> ImageFilter:
-    return parse_filter(tag, prefix, since, until)
+    return parse_filter(tag, prefix, since, until, HIT_TAGS)
 
 
 FilterDep = Annotated[ImageFilter, Depends(_filters)]
