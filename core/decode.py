@@ -1,7 +1,8 @@
 """Decode image bytes into an RGB Pillow image, with explicit rules for every awkward input.
 
-Rules: content decides the format (extensions may lie); the first frame of animations; EXIF
-orientation applied; every mode converted to RGB (alpha composited on white, 16-bit and float
+Rules: content decides the format (extensions may lie; RAW files, many of them TIFFs, are also
+told by extension: see :mod:`core.formats`); the first frame of animations and multi-page files;
+EXIF orientation applied; every mode converted to RGB (alpha composited on white, 16-bit and float
 scaled, CMYK and palette converted); a pixel limit decided here, not by Pillow's global warning;
 extreme aspect ratios centre-cropped to at most ``MAX_ASPECT`` (the model centre-crops a square
 anyway, and this bounds the memory of the resize).
@@ -40,6 +41,9 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 from PIL import Image, ImageOps
 
+from core import formats
+from core.errors import DecodeError
+
 DEFAULT_MAX_PIXELS = 128_000_000
 MIN_FILE_BYTES_LIMIT = 256 * 2**20  # files up to this size are read whatever the pixel limit
 
@@ -60,17 +64,18 @@ MAX_GIF_COMMENT_BLOCKS = 1024  # comment sub-blocks before the first frame: 256 
 MAX_GIF_BLOCKS = 65536  # extension sub-blocks before the first frame
 STRIP_PIXELS = 1 << 20  # pixels converted at a time: 8 MB of float64
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+_TRANSPOSE = {  # an EXIF orientation's undoing, as ImageOps.exif_transpose does it
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _REDUCIBLE = {"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "I", "F"}
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # not byte stuffing, a restart or fill
 _JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-class DecodeError(Exception):
-    """The bytes are not a usable image; ``reason`` is a short human-readable cause."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -85,14 +90,21 @@ class DecodedImage:
     orientation: int = 1  # the EXIF orientation (1..8) applied to ``image``
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int = 0) -> DecodedImage:
+def decode_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int = 0, name: str = ""
+) -> DecodedImage:
     """Decode ``data``; raise :class:`DecodeError` when it is empty, corrupt, too large or no image.
 
     ``draft_size`` > 0 lets decoding scale down while keeping both sides >= draft_size: JPEG
-    decodes at a reduced scale, and any image is then reduced by an integer factor.
+    decodes at a reduced scale, and any image is then reduced by an integer factor. ``name`` (a
+    path or URI) is only used to tell RAW files (see :func:`core.formats.is_raw`).
     """
     if not data:
         raise DecodeError("empty file")
+    if formats.is_raw(data, name):
+        raw = formats.read_raw(data, max_pixels=max_pixels, needed=draft_size, preview_size=_jpeg_size)
+        if raw is not None:
+            return _from_raw(raw, max_pixels, draft_size)
     if data[:3] == b"\xff\xd8\xff":
         _check_jpeg(data)
     elif data[:6] in (b"GIF87a", b"GIF89a"):
@@ -118,8 +130,30 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_siz
     return DecodedImage(crop_aspect(to_rgb(img), MAX_ASPECT), width, height, fmt, taken, orientation)
 
 
+def _from_raw(raw: formats.RawImage, max_pixels: int, draft_size: int) -> DecodedImage:
+    """The decoded image of a RAW file: its preview decoded as any JPEG, turned upright by the
+    RAW's orientation unless the preview's own EXIF did it, or its half-size pixels reduced."""
+    if raw.preview is not None:
+        shown = decode_image(raw.preview, max_pixels=max_pixels, draft_size=draft_size)
+        image = shown.image
+        if shown.orientation == 1 and raw.orientation in _TRANSPOSE:
+            image = image.transpose(_TRANSPOSE[raw.orientation])
+    else:
+        image = crop_aspect(shrink(Image.fromarray(raw.pixels), draft_size), MAX_ASPECT)
+    return DecodedImage(image, raw.width, raw.height, "RAW", raw.taken, raw.orientation)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of a JPEG as coded, after the scan and segment checks of decoding."""
+    if data[:3] != b"\xff\xd8\xff":
+        raise DecodeError("not a JPEG")
+    header = _check_jpeg(data)
+    return header.width, header.height
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     """The opened (header-only) image, refused when its pixels or decoded bytes exceed the limits."""
+    formats.register_openers()
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as err:

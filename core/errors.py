@@ -18,6 +18,7 @@ __all__ = [
     "IndexFormatError",
     "NotFound",
     "PipelineError",
+    "DecodeError",
 ]
 
 
@@ -106,3 +107,12 @@ class PipelineError(VistagError):
     """The embedding pipeline failed as a whole (not one bad file: those are recorded failures)."""
 
     exit_code = 6
+
+
+class DecodeError(Exception):
+    """The bytes are not a usable image; ``reason`` is a short human-readable cause (recorded as a
+    failure row, not a user error: no exit code)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason

@@ -126,7 +126,7 @@ class EntryDecoder:
         defer = self.defer_jpeg and sha not in self._known and nvjpeg_candidate(data)
         try:  # a deferred JPEG: decoded here at a small scale only, for its hash and size
             draft = min(self._draft, PHASH_DRAFT) if defer else self._draft
-            decoded = decode_image(data, max_pixels=self.max_pixels, draft_size=draft)
+            decoded = decode_image(data, max_pixels=self.max_pixels, draft_size=draft, name=entry.uri)
             key = ImageKey(
                 entry.uri,
                 sha,

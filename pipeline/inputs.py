@@ -17,10 +17,13 @@ from pathlib import Path
 
 from core import uris
 from core.errors import InputError
+from core.formats import HEIF_EXTENSIONS, RAW_EXTENSIONS
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".jfif", ".ppm", ".pgm"}
-)
+IMAGE_EXTENSIONS = (
+    frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".jfif", ".ppm", ".pgm"})
+    | HEIF_EXTENSIONS
+    | RAW_EXTENSIONS
+)  # sidecars (.xmp) are none of these: never listed, never failures
 MANIFEST_EXTENSIONS = frozenset({".txt", ".lst", ".list", ".manifest"})
 GLOB_CHARS = frozenset("*?[")
 

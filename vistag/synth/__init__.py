@@ -8,6 +8,7 @@ model in ``tests/fixtures/shapes-clip``. Everything is deterministic for a given
 - :mod:`vistag.synth.archives`: ``write_corpus`` (shapes, textures and bad files) and ``Corpus``.
 - :mod:`vistag.synth.hostile`: ``make_hostile`` and the generators of decoding bombs.
 - :mod:`vistag.synth.tiny_model`: ``make_tiny_model`` (needs torch and open_clip when called).
+- :mod:`vistag.synth.raw`: ``dng`` and ``with_preview``, camera RAW files (need pidng when called).
 """
 
 from __future__ import annotations
