@@ -262,12 +262,13 @@ class Searcher:
         from core.decode import DecodeError
 
         try:
-            return self.embed_bytes(uris.read_local(path))[0]
+            return self.embed_bytes(uris.read_local(path), name=path)[0]
         except DecodeError as err:
             raise InputError(f"{path}: {err.reason}") from err
 
-    def embed_bytes(self, data: bytes, max_pixels: int | None = None) -> np.ndarray:
-        """(1, D) float32 embedding of the image in ``data`` with the index's model;
+    def embed_bytes(self, data: bytes, max_pixels: int | None = None, name: str = "") -> np.ndarray:
+        """(1, D) float32 embedding of the image in ``data`` (file name ``name``, if any: it tells
+        camera RAW files whose content is a plain TIFF) with the index's model;
         :class:`core.decode.DecodeError` when it is no usable image (within ``max_pixels``)."""
         from core.decode import DEFAULT_MAX_PIXELS, decode_image
         from core.encode import encode_images
@@ -275,7 +276,7 @@ class Searcher:
         model = self.model()
         size = model.identity.preprocess.get("size", 224)
         draft = int(size if isinstance(size, int) else max(size))
-        decoded = decode_image(data, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, draft_size=draft)
+        decoded = decode_image(data, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, draft_size=draft, name=name)
         return encode_images(model, [model.transform(decoded.image)])
 
 

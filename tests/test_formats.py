@@ -194,3 +194,35 @@ def test_index_run_decodes_every_format_and_records_corrupt_files(cli, tiny_mode
     with Archive(home) as archive:
         sizes = {Path(r["uri"]).name: f"{r['width']}x{r['height']}" for r in archive.catalog.images()}
     assert sizes == expected
+
+
+def test_thumbnails_and_image_queries_pass_the_file_name_that_tells_a_raw(monkeypatch, tmp_path):
+    """NEF, ARW and PEF files are plain TIFFs inside: only their name says RAW, so every decode of a
+    file (thumbnails and image queries too, not only indexing) passes it."""
+    import query.search
+    import vistag.http.thumbnails as thumbnails
+
+    seen: list[str] = []
+    real = decode_image
+
+    def spy(data: bytes, **kwargs: object) -> object:
+        seen.append(str(kwargs.get("name", "")))
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(thumbnails, "decode_image", spy)
+    thumbnails.render_thumbnail(jpeg(Image.new("RGB", (64, 48), RED)), 32, name="/photos/a.nef")
+    monkeypatch.setattr("core.decode.decode_image", spy)
+
+    class Model:
+        identity = type("I", (), {"preprocess": {"size": 32}})()
+
+        @staticmethod
+        def transform(image: Image.Image) -> object:
+            return np.asarray(image)
+
+    searcher = query.search.Searcher.__new__(query.search.Searcher)
+    monkeypatch.setattr(searcher, "model", lambda: Model(), raising=False)
+    monkeypatch.setattr("core.encode.encode_images", lambda model, batch: np.zeros((1, 4), np.float32))
+    (tmp_path / "b.arw").write_bytes(jpeg(Image.new("RGB", (64, 48), BLUE)))
+    searcher.embed_file(str(tmp_path / "b.arw"))
+    assert seen == ["/photos/a.nef", str(tmp_path / "b.arw")]

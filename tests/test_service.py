@@ -477,9 +477,9 @@ def test_slow_renders_and_busy_render_slots_answer_503(home_copy, monkeypatch):
 
     gate, real_render = threading.Event(), service_module.render_thumbnail
 
-    def held_render(data: bytes, size: int) -> bytes:
+    def held_render(data: bytes, size: int, **kwargs: str) -> bytes:
         gate.wait(REQUEST_TIMEOUT_S * 2)
-        return real_render(data, size)
+        return real_render(data, size, **kwargs)
 
     monkeypatch.setattr(service_module, "render_thumbnail", held_render)
     home, corpus = home_copy

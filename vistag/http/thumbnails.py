@@ -39,12 +39,13 @@ def read_catalog_file(uri: str, max_bytes: int = MAX_SOURCE_BYTES) -> bytes:
         raise NotFound(f"the image file can no longer be read ({type(err).__name__})") from err
 
 
-def render_thumbnail(data: bytes, size: int) -> bytes:
-    """JPEG bytes of the image in ``data`` scaled to fit a ``size`` x ``size`` box."""
+def render_thumbnail(data: bytes, size: int, name: str = "") -> bytes:
+    """JPEG bytes of the image in ``data`` scaled to fit a ``size`` x ``size`` box (``name``: its file
+    name, which tells camera RAW files whose content is a plain TIFF, see :mod:`core.formats`)."""
     from PIL import Image
 
     try:
-        image = decode_image(data, max_pixels=DEFAULT_MAX_PIXELS, draft_size=size).image
+        image = decode_image(data, max_pixels=DEFAULT_MAX_PIXELS, draft_size=size, name=name).image
     except DecodeError as err:
         raise NotFound(f"the image file can no longer be decoded: {err.reason}") from err
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
@@ -105,7 +106,7 @@ class ThumbnailCache:
         path = self.path(row["sha256"], size)
         if path is None or hashlib.sha256(data).hexdigest() != row["sha256"]:
             raise FileChanged("the file changed since it was indexed; re-run `vistag index` to show it")
-        jpeg = render_thumbnail(data, size)
+        jpeg = render_thumbnail(data, size, name=row["uri"])
         self._write(path, jpeg)
         return jpeg
 
