@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 SHAPES_MODEL = "local-dir:" + str(Path(__file__).resolve().parent / "fixtures" / "shapes-clip")
-FOLDERS = ("plain", "lightroom", "retag", "damaged", "readonly", "stem")
+FOLDERS = ("plain", "lightroom", "retag", "declined", "damaged", "readonly", "stem")
 VOCABULARY = {
     "labels": [
         {"name": "red circle", "parent": "circle"},
@@ -64,6 +64,10 @@ def tagged(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("xmp")
     for i, folder in enumerate(FOLDERS):
         synth.make_corpus(root / "images" / folder, 6, seed=40 + i, image_sizes=(48, 64))
+    latin = root / "images" / "latin"
+    latin.mkdir()
+    source = next((root / "images" / "plain").glob("*.jpg"))
+    shutil.copyfile(source, os.fsdecode(os.fsencode(latin) + b"/caf\xe9.jpg"))  # a name that is not UTF-8
     (root / "vocab.yaml").write_text(yaml.safe_dump(VOCABULARY))
     with Archive(root / "home") as archive:
         archive.index([root / "images"], model=SHAPES_MODEL, batch_size=8)
@@ -196,7 +200,7 @@ def test_a_label_tagged_no_more_leaves_the_sidecars_but_a_persons_keyword_stays(
 
 @needs_exiftool
 def test_a_keyword_a_person_removed_is_not_written_again(cli, tagged):
-    folder = tagged["images"] / "stem"
+    folder = tagged["images"] / "declined"
     expected = _expected(cli, tagged, tagged["run"])
     image = next(p for p in _images(folder) if expected[str(p)])
     sidecar = Path(str(image) + ".xmp")
@@ -208,6 +212,17 @@ def test_a_keyword_a_person_removed_is_not_written_again(cli, tagged):
     assert result["images"][0]["status"] == "unchanged"
     assert label not in _exiftool(sidecar)["Subject"]
     sidecar.unlink()  # a sidecar deleted whole is written afresh
+
+
+@needs_exiftool
+def test_an_image_whose_name_is_not_utf8_gets_its_sidecar(cli, tagged):
+    folder = tagged["images"] / "latin"
+    result = _write(cli, tagged, folder, "--min-confidence", 0, "--run", tagged["run"])
+    (entry,) = result["images"]
+    assert entry["uri"].startswith("file://") and entry["uri"].endswith("/caf%E9.jpg")
+    assert entry["status"] == "created" and entry["sidecar"] == entry["uri"] + ".xmp"
+    sidecar = os.fsdecode(os.fsencode(folder) + b"/caf\xe9.jpg.xmp")
+    assert _exiftool(Path(sidecar))["Subject"] == entry["added"]["dc:subject"] != []
 
 
 @contextlib.contextmanager
@@ -242,6 +257,13 @@ def test_a_read_only_folder_and_a_damaged_sidecar_fail_alone_with_reasons(cli, t
     with read_only(locked):
         result = _write(cli, tagged, damaged, locked, "--min-confidence", 0, "--run", tagged["run"])
         assert not [p for p in locked.iterdir() if p.suffix == ".xmp" or p.name.startswith(".")]
+        text = cli(
+            "write-xmp", "--home", tagged["home"], locked, "--min-confidence", 0, "--run", tagged["run"]
+        )
+    assert text.code == 0  # failures are listed, not an error (see the README)
+    assert (
+        text.err.count("failed   ") == len(_images(locked)) and f"{len(_images(locked))} failed" in text.err
+    )
     by_uri = {e["uri"]: e for e in result["images"]}
 
     assert by_uri[str(broken)]["status"] == "failed" and "XMP" in by_uri[str(broken)]["reason"]
@@ -254,8 +276,6 @@ def test_a_read_only_folder_and_a_damaged_sidecar_fail_alone_with_reasons(cli, t
     assert all(Path(str(p) + ".xmp").exists() for p in others)
     assert _hashes(damaged)[broken.name + ".xmp"] == before[broken.name + ".xmp"]
     assert result["totals"]["failed"] == len(_images(locked)) + 1
-    out = cli("write-xmp", "--home", tagged["home"], locked, "--run", tagged["run"], "--dry-run")
-    assert out.code == 0  # failures are listed, not an error (a plain run: see the README)
 
 
 def test_dry_run_writes_nothing_and_stem_names_new_sidecars(cli, tagged):
@@ -263,6 +283,19 @@ def test_dry_run_writes_nothing_and_stem_names_new_sidecars(cli, tagged):
     before = _hashes(folder)
     dry = _write(cli, tagged, folder, "--dry-run", "--sidecar-name", "stem", "--run", tagged["run"])
     assert dry["dry_run"] and dry["totals"]["created"] > 0
+    text = cli(
+        "write-xmp",
+        "--home",
+        tagged["home"],
+        folder,
+        "--sidecar-name",
+        "stem",
+        "--dry-run",
+        "--run",
+        tagged["run"],
+    )
+    created = [e for e in dry["images"] if e["status"] == "created"]
+    assert text.code == 0 and text.out.count("created ") == len(created) and "nothing written" in text.err
     assert _hashes(folder) == before
     real = _write(cli, tagged, folder, "--sidecar-name", "stem", "--run", tagged["run"])
     assert [(e["uri"], e["status"], e["added"]) for e in real["images"]] == [
