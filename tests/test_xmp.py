@@ -363,3 +363,14 @@ def test_a_catalog_of_revision_0005_is_upgraded_with_the_xmp_record_table(tmp_pa
         assert catalog.xmp_records(["/a.jpg.xmp"]) == {}
     finally:
         catalog.close()
+
+
+@needs_exiftool
+def test_many_and_odd_keywords_are_written_in_order(tmp_path):
+    from core import sidecars
+
+    keywords = [f"k{i}" for i in range(1, 13)] + ["type=Bag x", 'a "quoted" <odd> & one', "naïve café"]
+    path = tmp_path / "photo.jpg.xmp"
+    sidecars.replace_file(str(path), sidecars.with_keywords(sidecars.EMPTY_PACKET, {"dc:subject": keywords}))
+    assert _exiftool(path)["Subject"] == keywords
+    assert [p.name for p in tmp_path.iterdir()] == ["photo.jpg.xmp"]  # no temporary file left
