@@ -19,6 +19,7 @@ __all__ = [
     "NotFound",
     "PipelineError",
     "DecodeError",
+    "SidecarError",
 ]
 
 
@@ -112,6 +113,15 @@ class PipelineError(VistagError):
 class DecodeError(Exception):
     """The bytes are not a usable image; ``reason`` is a short human-readable cause (recorded as a
     failure row, not a user error: no exit code)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SidecarError(Exception):
+    """An XMP sidecar cannot be read or updated (damaged, not XMP); ``reason`` is a short cause. A
+    per-file failure of ``write-xmp``, reported with the others, not a user error: no exit code."""
 
     def __init__(self, reason: str):
         super().__init__(reason)

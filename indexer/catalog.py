@@ -24,6 +24,7 @@ from indexer import database
 from indexer import schema as t
 from indexer.catalog_duplicates import DuplicateQueries
 from indexer.catalog_tags import TagQueries
+from indexer.catalog_xmp import XmpQueries
 from indexer.database import WRITER_LOCK_KEY, chunks, insert_many, parse_db_url
 
 
@@ -43,7 +44,7 @@ class ImageFilter:
         return any(v is not None for v in (self.tag, self.prefix, self.since, self.until))
 
 
-class Catalog(TagQueries, DuplicateQueries):
+class Catalog(TagQueries, DuplicateQueries, XmpQueries):
     """Typed operations on the catalog database."""
 
     def __init__(self, url: str):

@@ -26,7 +26,7 @@ from sqlalchemy import (
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
-HEAD_REVISION = "0005"  # the newest migration in migrations/versions (a test checks it is Alembic's head)
+HEAD_REVISION = "0006"  # the newest migration in migrations/versions (a test checks it is Alembic's head)
 
 models = Table(
     "models",
@@ -176,4 +176,19 @@ duplicate_members = Table(
     Column("role", String(8), nullable=False),
     PrimaryKeyConstraint("decision_id", "sha256"),
     Index("ix_duplicate_members_sha256", "sha256"),
+)
+
+# the keywords vistag wrote into XMP sidecars (``write-xmp``), per sidecar (its path as an image URI)
+# and field: "written" (vistag's; removed when vistag no longer gives it) or "declined" (vistag wrote
+# it and a person removed it: not written again)
+xmp_keywords = Table(
+    "xmp_keywords",
+    metadata,
+    Column("sidecar", Text, nullable=False),
+    Column("field", String(32), nullable=False),
+    Column("keyword", Text, nullable=False),
+    Column("state", String(8), nullable=False),
+    Column("run_id", Id, ForeignKey("runs.id")),
+    Column("updated", Float, nullable=False),
+    PrimaryKeyConstraint("sidecar", "field", "keyword", name="pk_xmp_keywords"),
 )

@@ -26,6 +26,7 @@ from query.vocab import SHORT_TEMPLATES, Label
 if TYPE_CHECKING:
     from indexer.job import IndexResult
     from query.scoring import TagConfig, TagResult
+    from query.xmp import XmpResult
 
 # Heavy modules (Beam, scipy, torch) are imported by the methods that need them: a search, a status
 # or a server never imports the indexing pipeline.
@@ -295,6 +296,32 @@ class Archive:
         from query import labelstudio
 
         return labelstudio.label_config(list(labelstudio.tag_run(self.catalog, run)["params"]["labels"]))
+
+    def write_xmp(
+        self,
+        paths: Sequence[str | os.PathLike[str]] = (),
+        run: int | None = None,
+        top: int = 5,
+        min_confidence: float = 0.5,
+        sidecar_name: str = "full",
+        dry_run: bool = False,
+    ) -> XmpResult:
+        """Write the tags of tag run ``run`` (default: the newest) into the XMP sidecars of the indexed
+        images under ``paths`` (default: all): per image its ``top`` best tags of calibrated
+        confidence at least ``min_confidence``; new sidecars named ``full`` (``photo.jpg.xmp``) or
+        ``stem`` (``photo.xmp``). ``dry_run``: write nothing, report what would change. Returns a
+        :class:`query.xmp.XmpResult` (``.images``: uri, sidecar, status, added, removed, reason;
+        ``.totals()``; ``.to_dict()``); a file that cannot be read or written is a failed entry."""
+        from indexer import recovery
+        from query.xmp import XmpConfig, write_xmp
+
+        config = XmpConfig(
+            tuple(os.fspath(p) for p in paths), run, top, min_confidence, sidecar_name, dry_run
+        )
+        if dry_run:
+            return write_xmp(self.catalog, config)
+        with recovery.writer(self.home, self.catalog):
+            return write_xmp(self.catalog, config)
 
     def export_vectors(self, target: str | os.PathLike[str] | BinaryIO) -> int:
         """Write the published index's images as an ``.npz`` (``ids``, ``uris``, ``vectors``: the

@@ -245,6 +245,31 @@ def _check_export_options(args: argparse.Namespace) -> None:
             raise InputError(f"{name} does not apply to --format {args.format} (only {', '.join(formats)})")
 
 
+def cmd_write_xmp(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
+    result = archive.write_xmp(
+        args.paths,
+        run=args.run,
+        top=args.top,
+        min_confidence=args.min_confidence,
+        sidecar_name=args.sidecar_name,
+        dry_run=args.dry_run,
+    )
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    for entry in result.images:
+        if entry["status"] in ("created", "updated"):
+            changes = [f"+{k}" for k in entry["added"].get("dc:subject", [])]
+            changes += [f"-{k}" for k in entry["removed"].get("dc:subject", [])]
+            print(printable(f"{entry['status']:<8} {entry['sidecar']}  {' '.join(changes)}"))
+        elif entry["status"] in ("failed", "skipped"):
+            print(printable(f"{entry['status']:<8} {entry['uri']}: {entry['reason']}"), file=sys.stderr)
+    totals = ", ".join(f"{n} {s}" for s, n in result.totals().items() if s != "images")
+    would = " (dry run: nothing written)" if args.dry_run else ""
+    print(f"tag run {result.run_id}: {result.totals()['images']} images: {totals}{would}", file=sys.stderr)
+    return 0
+
+
 def cmd_status(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
     status = archive.status()
     if args.json:
@@ -370,6 +395,7 @@ HANDLERS = {
     "eval": cmd_eval,
     "explain": cmd_explain,
     "export": cmd_export,
+    "write-xmp": cmd_write_xmp,
     "status": cmd_status,
     "runs": cmd_runs,
     "failures": cmd_failures,

@@ -16,6 +16,7 @@ COMMANDS = (
     "eval",
     "explain",
     "export",
+    "write-xmp",
     "status",
     "runs",
     "failures",
@@ -309,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
     common_options(p, json_flag=False)
+    add_write_xmp_parser(sub)
 
     p = sub.add_parser(
         "status",
@@ -339,6 +341,37 @@ def build_parser() -> argparse.ArgumentParser:
     add_duplicates_parser(sub)
     add_serve_parser(sub)
     return ap
+
+
+def add_write_xmp_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "write-xmp",
+        help="write a tag run's tags into the images' XMP sidecars",
+        description="Write each indexed image's confident tags of a tag run into its XMP sidecar "
+        "(dc:subject, lr:hierarchicalSubject, digiKam:TagsList), keeping everything else in it; "
+        "originals are never modified.",
+    )
+    p.add_argument("paths", nargs="*", metavar="PATH", help="only images under these paths (default: all)")
+    p.add_argument(
+        "--run", type=int, metavar="N", help="tag run whose tags are written (default: the newest)"
+    )
+    p.add_argument("--top", type=int, default=5, help="at most N tags per image, best first (default 5)")
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.5,
+        metavar="P",
+        help="tags of calibrated confidence at least P (default 0.5)",
+    )
+    p.add_argument(
+        "--sidecar-name",
+        choices=("full", "stem"),
+        default="full",
+        help="name of new sidecars: full (photo.jpg.xmp, default) or stem (photo.xmp)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="write nothing; report what would change")
+    common_options(p)
+    return p
 
 
 def add_duplicates_parser(subparsers: Any) -> argparse.ArgumentParser:
