@@ -25,37 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import decode_rate, raw_forward, stored  # noqa: E402
+from bench_pipeline import decode_rate, make_images, raw_forward, stored  # noqa: E402
 
 CHUNK = 256
-
-
-def _write(args: tuple[str, int, int, int, int]) -> None:
-    from PIL import Image
-
-    folder, start, stop, width, height = args
-    yy, xx = np.mgrid[0:height, 0:width] / max(width, height)
-    for i in range(start, stop):
-        rng = np.random.default_rng(i)
-        base = np.stack(
-            [np.sin(xx * rng.uniform(1, 9) + yy * rng.uniform(0, 5) + c) for c in rng.uniform(0, 6, 3)], -1
-        )
-        arr = ((base * 0.5 + 0.5) * 200 + rng.normal(0, 20, (height, width, 3))).clip(0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(Path(folder) / f"img-{i:06d}.jpg", quality=90)
-
-
-def make_images(folder: Path, n: int, width: int, height: int) -> None:
-    """Write ``n`` photo-like JPEGs of ``width`` x ``height`` on every core."""
-    folder.mkdir(parents=True, exist_ok=True)
-    step = max(1, n // (4 * (os.cpu_count() or 1)))
-    with ProcessPoolExecutor() as pool:
-        list(pool.map(_write, [(str(folder), s, min(n, s + step), width, height) for s in range(0, n, step)]))
 
 
 def gpu_decode_rate(folder: Path, model: str, pretrained: str, device: str) -> float:

@@ -36,25 +36,26 @@ import numpy as np
 from core.models import ModelIdentity
 
 
-def _write_images(args: tuple[str, int, int, int]) -> None:
+def _write_images(args: tuple[str, int, int, int, int]) -> None:
     from PIL import Image
 
-    folder, start, stop, size = args
-    yy, xx = np.mgrid[0:size, 0:size] / size
+    folder, start, stop, width, height = args
+    yy, xx = np.mgrid[0:height, 0:width] / max(width, height)
     for i in range(start, stop):
         rng = np.random.default_rng(i)
         base = np.stack(
             [np.sin(xx * rng.uniform(1, 9) + yy * rng.uniform(0, 5) + c) for c in rng.uniform(0, 6, 3)], -1
         )
-        arr = ((base * 0.5 + 0.5) * 200 + rng.normal(0, 20, (size, size, 3))).clip(0, 255).astype(np.uint8)
+        arr = ((base * 0.5 + 0.5) * 200 + rng.normal(0, 20, (height, width, 3))).clip(0, 255).astype(np.uint8)
         Image.fromarray(arr).save(Path(folder) / f"img-{i:06d}.jpg", quality=90)
 
 
-def make_images(folder: Path, n: int, size: int) -> None:
-    """Write ``n`` photo-like JPEGs (smooth gradients plus noise) of size x size, on every core."""
+def make_images(folder: Path, n: int, size: int, height: int | None = None) -> None:
+    """Write ``n`` photo-like JPEGs (smooth gradients plus noise) of size x size, or size x
+    ``height``, on every core."""
     folder.mkdir(parents=True, exist_ok=True)
     step = max(1, n // (4 * (os.cpu_count() or 1)))
-    jobs = [(str(folder), s, min(n, s + step), size) for s in range(0, n, step)]
+    jobs = [(str(folder), s, min(n, s + step), size, height or size) for s in range(0, n, step)]
     with ProcessPoolExecutor() as pool:
         list(pool.map(_write_images, jobs))
 
