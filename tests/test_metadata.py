@@ -245,3 +245,37 @@ def test_damaged_or_odd_metadata_leaves_fields_empty_and_keywords_are_bounded():
     assert read_metadata(corrupt_exif(jpeg(1)), "gs://bucket/x.jpg").camera is None
     words = clean_keywords([" A  b ", "a B", "", "x" * 300, *(f"k{i}" for i in range(1000))])
     assert words[0] == "a b" and words[1] == "x" * 200 and len(words) == MAX_KEYWORDS
+
+
+def test_metadata_filters_in_sql_on_every_backend_and_across_the_antimeridian(db_url):
+    from indexer.catalog import ImageFilter
+
+    catalog = Catalog(db_url)
+    try:
+        run_id = catalog.start_run("index", None)
+        rows = [  # uri, camera, lat, lon
+            ("/p/fiji.jpg", "Canon EOS R5", -17.7, 179.9),
+            ("/p/samoa.jpg", "Sony ILCE-7M3 100%", -17.7, -179.9),
+            ("/p/paris.jpg", None, *PARIS),
+            ("/p/none.jpg", "Canon PowerShot", None, None),
+        ]
+        catalog.upsert_images(
+            [{"uri": u, "status": "indexed", "camera": c, "lat": la, "lon": lo} for u, c, la, lo in rows],
+            run_id,
+        )
+        catalog.replace_keywords({"/p/fiji.jpg": ["beach", "island"], "/p/paris.jpg": ["city"]})
+        ids = {r["uri"]: r["id"] for r in catalog.images()}
+
+        def found(**kw: object) -> set[str]:
+            hits = set(catalog.matching_ids(ImageFilter(**kw)).tolist())
+            return {u for u, i in ids.items() if i in hits}
+
+        assert found(camera="canon") == {"/p/fiji.jpg", "/p/none.jpg"}
+        assert found(camera="100%") == {"/p/samoa.jpg"} and found(camera="_") == set()
+        assert found(keyword="Beach") == {"/p/fiji.jpg"} and found(keyword="beac") == set()
+        assert found(near=(-17.7, 179.95, 30.0)) == {"/p/fiji.jpg", "/p/samoa.jpg"}  # 16 km across 180°
+        assert found(near=(-17.7, 179.95, 8.0)) == {"/p/fiji.jpg"}
+        assert found(near=(*PARIS, 1.0), keyword="city") == {"/p/paris.jpg"}
+        assert found(near=(90.0, 0.0, 20_000.0)) == {"/p/fiji.jpg", "/p/samoa.jpg", "/p/paris.jpg"}
+    finally:
+        catalog.close()
