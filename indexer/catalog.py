@@ -23,6 +23,7 @@ from core.models import ModelIdentity
 from indexer import database
 from indexer import schema as t
 from indexer.catalog_duplicates import DuplicateQueries
+from indexer.catalog_meta import MetaQueries, bounding_box, within
 from indexer.catalog_tags import TagQueries
 from indexer.catalog_xmp import XmpQueries
 from indexer.database import WRITER_LOCK_KEY, chunks, insert_many, parse_db_url
@@ -32,19 +33,25 @@ from indexer.database import WRITER_LOCK_KEY, chunks, insert_many, parse_db_url
 class ImageFilter:
     """Which indexed images a search may return: a label among an image's ``tag_ranks`` best tags of
     the latest tag run, a uri prefix, a range of the date taken (seconds since the epoch; the EXIF
-    date taken, else the file's modification time)."""
+    date taken, else the file's modification time), a ``camera`` (case-insensitive substring of
+    "Make Model"), a ``near`` circle (lat, lon in decimal degrees, radius in km) and a ``keyword``
+    (one an image was given, case-insensitive)."""
 
     tag: str | None = None
     prefix: str | None = None
     since: float | None = None
     until: float | None = None
     tag_ranks: int = 3
+    camera: str | None = None
+    near: tuple[float, float, float] | None = None
+    keyword: str | None = None
 
     def __bool__(self) -> bool:
-        return any(v is not None for v in (self.tag, self.prefix, self.since, self.until))
+        values = (self.tag, self.prefix, self.since, self.until, self.camera, self.near, self.keyword)
+        return any(v is not None for v in values)
 
 
-class Catalog(TagQueries, DuplicateQueries, XmpQueries):
+class Catalog(TagQueries, DuplicateQueries, XmpQueries, MetaQueries):
     """Typed operations on the catalog database."""
 
     def __init__(self, url: str):
@@ -177,7 +184,7 @@ class Catalog(TagQueries, DuplicateQueries, XmpQueries):
 
     # images ---------------------------------------------------------------------------------
     def image_states(self) -> dict[str, dict[str, Any]]:
-        """uri -> {id, sha256, size, mtime, status, phash} for every image row (for planning)."""
+        """uri -> {id, sha256, size, mtime, status, phash, sidecars} for every image row (for planning)."""
         cols = [
             t.images.c.uri,
             t.images.c.id,
@@ -186,6 +193,7 @@ class Catalog(TagQueries, DuplicateQueries, XmpQueries):
             t.images.c.mtime,
             t.images.c.status,
             t.images.c.phash,
+            t.images.c.sidecars,
         ]
         with self.engine.connect() as conn:
             return {r["uri"]: dict(r) for r in conn.execute(sa.select(*cols)).mappings()}
@@ -298,6 +306,11 @@ class Catalog(TagQueries, DuplicateQueries, XmpQueries):
             if run_id is None:
                 return np.empty(0, dtype=np.int64)
             query = query.where(i.c.id.in_(self.tagged_with(run_id, where.tag, where.tag_ranks)))
+        query = query.where(*self.metadata_conditions(where.camera, where.keyword))
+        if where.near is not None:  # a box in SQL, the exact distance here
+            query = query.add_columns(i.c.lat, i.c.lon).where(*bounding_box(*where.near))
+            with self.engine.connect() as conn:
+                return within([tuple(r) for r in conn.execute(query)], where.near)
         with self.engine.connect() as conn:
             return np.fromiter(conn.execute(query).scalars(), dtype=np.int64)
 

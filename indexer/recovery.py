@@ -23,6 +23,7 @@ from pipeline import shards
 from pipeline.inputs import FileEntry
 
 DESCRIBED = ("uri", "sha256", "size", "mtime", "width", "height", "phash", "taken")
+METADATA = ("camera", "lens", "lat", "lon", "sidecars")  # kept where the shard row read them
 
 
 # dead runs --------------------------------------------------------------------------------------
@@ -107,8 +108,10 @@ def apply_shards(
                 for m in fresh
             ]
         )
-        rows = [{k: m.get(k) for k in DESCRIBED} | {"status": "indexed"} for m in shard.meta]
-        catalog.upsert_images(rows, run_id)
+        catalog.upsert_images([_image_row(m) for m in shard.meta], run_id)
+        catalog.replace_keywords(
+            {m["uri"]: json.loads(m["keywords"]) for m in shard.meta if m.get("keywords") is not None}
+        )
         catalog.add_failures(shard.failures, run_id)
         catalog.upsert_images([_failed_row(f["uri"], by_uri) for f in shard.failures], run_id)
         crash_point("shard-applied")
@@ -126,6 +129,15 @@ def _describe_known(home: Home, catalog: Catalog, model_id: int, known: list[dic
     found |= check.shard_descriptions(home, catalog, model_id, unsized)
     for m in missing:
         m.update(found.get(m["sha256"], {"width": 0, "height": 0}))
+
+
+def _image_row(m: dict[str, Any]) -> dict[str, Any]:
+    """The catalog row of a shard meta row; its photo metadata only where it was read (older
+    shards, and rows of content not read again, leave the catalog's as they are)."""
+    row = {k: m.get(k) for k in DESCRIBED} | {"status": "indexed"}
+    if m.get("keywords") is not None:
+        row |= {k: m.get(k) for k in METADATA}
+    return row
 
 
 def _failed_row(uri: str, by_uri: dict[str, FileEntry]) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Files whose size and mtime match the catalog are unchanged; others are new or changed and go to
 the pipeline, which hashes them (content already embedded for this model is reused, not
 embedded again). Catalog images below a listed folder that are no longer there are deleted.
-Unchanged images without an embedding for the run's model (a model switch) are work too.
+Unchanged images without an embedding for the run's model (a model switch) are work too, and so
+are those whose XMP sidecar changed since their metadata was read (read again, not re-embedded).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core import uris
+from core.photometa import sidecar_state
 from pipeline.inputs import FileEntry, Listing
 
 LIVE = ("indexed", "failed")
@@ -74,11 +76,13 @@ class ReindexPlan:
 def plan_reindex(
     listing: Listing, states: Mapping[str, Mapping[str, Any]], known: Collection[str], refresh: bool = False
 ) -> ReindexPlan:
-    """Compare ``listing`` with catalog ``states`` (uri -> id, sha256, size, mtime, status, phash).
+    """Compare ``listing`` with catalog ``states`` (uri -> id, sha256, size, mtime, status, phash,
+    sidecars).
 
     ``known`` holds the sha256 of content already embedded with the run's model. ``refresh``:
-    unchanged indexed images the catalog does not describe yet (no perceptual hash: indexed by an
-    older vistag) are read again for it, without being embedded again.
+    unchanged indexed images the catalog does not describe yet (no perceptual hash or photo
+    metadata: indexed by an older vistag) are read again for it, without being embedded again.
+    Unchanged images whose sidecars changed since their metadata was read are read again too.
     """
     new, changed, reembed, unchanged, again = [], [], [], [], []
     for entry in listing.entries:
@@ -89,7 +93,7 @@ def plan_reindex(
             changed.append(entry)
         elif state["status"] == "indexed" and state["sha256"] not in known:
             reembed.append(entry)
-        elif refresh and state["status"] == "indexed" and not state.get("phash"):
+        elif state["status"] == "indexed" and _undescribed(entry.uri, state, refresh):
             again.append(entry)
         else:
             unchanged.append(entry.uri)
@@ -107,3 +111,12 @@ def plan_reindex(
         listing.missing,
         tuple(again),
     )
+
+
+def _undescribed(uri: str, state: Mapping[str, Any], refresh: bool) -> bool:
+    """Whether an unchanged indexed image must be read again for its description: never described
+    (with ``refresh``), or its sidecars changed since its metadata was read."""
+    read = state.get("sidecars")
+    if read is None:
+        return refresh
+    return (refresh and not state.get("phash")) or sidecar_state(uri) != read

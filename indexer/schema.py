@@ -26,7 +26,7 @@ from sqlalchemy import (
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
-HEAD_REVISION = "0006"  # the newest migration in migrations/versions (a test checks it is Alembic's head)
+HEAD_REVISION = "0007"  # the newest migration in migrations/versions (a test checks it is Alembic's head)
 
 models = Table(
     "models",
@@ -75,6 +75,11 @@ images = Table(
     Column("status", String(16), nullable=False),
     Column("phash", String(16)),  # perceptual hash, 16 hex digits (core.hashes)
     Column("taken", Float),  # EXIF date taken, seconds since the epoch
+    Column("camera", Text),  # EXIF make and model, "Make Model" (core.photometa)
+    Column("lens", Text),
+    Column("lat", Float),  # GPS position, decimal degrees (south and west negative)
+    Column("lon", Float),
+    Column("sidecars", Text),  # its XMP sidecars' state when its metadata was read; NULL: never read
     Column("first_run", Id, ForeignKey("runs.id")),
     Column("last_run", Id, ForeignKey("runs.id")),
     Column("updated", Float, nullable=False),
@@ -176,6 +181,17 @@ duplicate_members = Table(
     Column("role", String(8), nullable=False),
     PrimaryKeyConstraint("decision_id", "sha256"),
     Index("ix_duplicate_members_sha256", "sha256"),
+)
+
+# the keywords people gave an image (embedded IPTC and XMP, its sidecars), lower case; replaced
+# whenever its metadata is read
+image_keywords = Table(
+    "image_keywords",
+    metadata,
+    Column("image_id", Id, ForeignKey("images.id"), nullable=False),
+    Column("keyword", Text, nullable=False),
+    PrimaryKeyConstraint("image_id", "keyword", name="pk_image_keywords"),
+    Index("ix_image_keywords_keyword", "keyword"),
 )
 
 # the keywords vistag wrote into XMP sidecars (``write-xmp``), per sidecar (its path as an image URI)

@@ -6,11 +6,14 @@ embedded with the run's model (its SHA-256 is known), or a key and its (3, H, W)
 when the run decodes JPEGs on its GPU, a key and the :class:`~pipeline.gpu_decode.Encoded` bytes).
 A decoded image's key also carries what the catalog keeps of it: its size, perceptual hash and
 date taken; content already embedded but not yet described that way is decoded for them only.
+Every image read also has its photo metadata read from the same bytes (and its sidecars), see
+:mod:`core.photometa`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +24,7 @@ from core import uris
 from core.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image, max_file_bytes
 from core.hashes import perceptual_hash
 from core.models import ModelIdentity
+from core.photometa import PhotoMeta, read_metadata
 from pipeline.gpu_decode import PHASH_DRAFT, Encoded, Pending, nvjpeg_candidate
 from pipeline.inputs import FileEntry
 from pipeline.preprocess import SplitTransform, split_transform, to_pixels
@@ -38,9 +42,12 @@ class ImageKey:
     height: int
     phash: str | None = None  # perceptual hash (core.hashes); None when not decoded here
     taken: float | None = None  # EXIF date taken, seconds since the epoch
+    meta: PhotoMeta | None = None  # None when the metadata was not read
 
     def row(self, row: int) -> dict[str, Any]:
-        return {
+        """The key as a shard meta row (see :data:`pipeline.shards.META_COLUMNS`), ``row`` its
+        embedding's row (-1: none in this shard)."""
+        return self._described() | {
             "uri": self.uri,
             "sha256": self.sha256,
             "size": self.size,
@@ -51,6 +58,13 @@ class ImageKey:
             "phash": self.phash,
             "taken": self.taken,
         }
+
+    def _described(self) -> dict[str, Any]:
+        m = self.meta
+        if m is None:
+            return {}
+        fields = {"camera": m.camera, "lens": m.lens, "lat": m.lat, "lon": m.lon, "sidecars": m.sidecars}
+        return fields | {"keywords": json.dumps(list(m.keywords), ensure_ascii=False)}
 
 
 class KnownHashes(frozenset):
@@ -121,8 +135,9 @@ class EntryDecoder:
         if isinstance(data, dict):
             return data
         sha = hashlib.sha256(data).hexdigest()
+        meta = _metadata(data, entry.uri)
         if sha in self._known and sha not in self._known.undescribed:
-            return ImageKey(entry.uri, sha, len(data), entry.mtime, 0, 0)
+            return ImageKey(entry.uri, sha, len(data), entry.mtime, 0, 0, meta=meta)
         defer = self.defer_jpeg and sha not in self._known and nvjpeg_candidate(data)
         try:  # a deferred JPEG: decoded here at a small scale only, for its hash and size
             draft = min(self._draft, PHASH_DRAFT) if defer else self._draft
@@ -136,6 +151,7 @@ class EntryDecoder:
                 decoded.height,
                 perceptual_hash(decoded.image),
                 decoded.taken,
+                meta,
             )
         except DecodeError as err:
             return failure(entry.uri, "decode", err.reason)
@@ -166,6 +182,14 @@ class EntryDecoder:
             return uris.read_bytes(entry.uri, max_bytes=limit)
         except Exception as err:  # any filesystem's error: vanished, permission, I/O, not a regular file
             return failure(entry.uri, "read", _reason(err))
+
+
+def _metadata(data: bytes, uri: str) -> PhotoMeta:
+    """The photo metadata of ``data``; empty when reading it fails (it never fails the image)."""
+    try:
+        return read_metadata(data, uri)
+    except Exception:
+        return PhotoMeta()
 
 
 Outcome = dict[str, str] | tuple[ImageKey, int]

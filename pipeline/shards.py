@@ -4,7 +4,8 @@ A shard named ``NAME`` in a shard folder is four files:
 
 - ``NAME.npy``: float32 array of shape (E, D), L2-normalised embeddings, one row per embedded image;
 - ``NAME.parquet``: one row per image: uri, sha256, size, mtime, width, height, row, where ``row``
-  indexes ``NAME.npy`` or is -1 when the content was already embedded (same sha256 and model);
+  indexes ``NAME.npy`` or is -1 when the content was already embedded (same sha256 and model),
+  then what the catalog keeps of it (:data:`META_COLUMNS`: perceptual hash, date, photo metadata);
 - ``NAME.failures.parquet``: uri, stage, reason for inputs that failed;
 - ``NAME.json``: the manifest (format version, model identity, ``engine``: what embedded the rows
   and its minimum cosine to torch fp32, see :mod:`core.engines`; counts, and ``files``: the
@@ -59,6 +60,13 @@ META_COLUMNS = (
     ("row", "int32"),
     ("phash", "string"),  # since shard format 1 files of 2026-11; older shards lack it (read as None)
     ("taken", "float64"),
+    # photo metadata (core.photometa), since 2026-11; None where it was not read (and in older shards)
+    ("camera", "string"),
+    ("lens", "string"),
+    ("lat", "float64"),
+    ("lon", "float64"),
+    ("keywords", "string"),  # a JSON array of lower-case keywords
+    ("sidecars", "string"),  # the state of the image's sidecars when read (core.photometa.sidecar_state)
 )
 FAILURE_COLUMNS = (("uri", "string"), ("stage", "string"), ("reason", "string"))
 

@@ -201,6 +201,15 @@ def test_filters_by_prefix_and_time(server, indexed_home):
     assert server.search("q=cat&k=4&since=" + str(time.time() + 86400))["hits"] == []
 
 
+def test_metadata_filters_are_query_parameters(server):
+    """camera, near and keyword reach the catalog (the synthetic corpus has no photo metadata)."""
+    assert len(server.search("q=cat&k=4&near=0,0,20000")["hits"]) == 0
+    assert server.search("q=cat&k=4&camera=canon")["hits"] == []
+    assert server.search("q=cat&k=4&keyword=beach")["hits"] == []
+    assert "latitude" in assert_error(server.get("/api/search?q=cat&near=91,0,5"), 400, 422)
+    assert "LAT,LON,KM" in assert_error(server.get("/api/search?q=cat&near=abc"), 400, 422)
+
+
 def test_search_by_uploaded_image(server, indexed_home):
     target = next(p for p in indexed_home[1].good if p.suffix == ".jpg")
     before = sorted(p for p in server.home.rglob("*") if "thumbnails" not in p.parts)

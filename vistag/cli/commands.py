@@ -101,11 +101,14 @@ def cmd_similar(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _where(args: argparse.Namespace) -> Any:
-    """The search filter of ``--since``, ``--until``, ``--path`` and ``--tag`` (None without any)."""
+    """The search filter of ``--since``, ``--until``, ``--path``, ``--tag``, ``--camera``, ``--near``
+    and ``--keyword`` (None without any)."""
     from query.filters import parse_filter, path_prefix
 
     prefix = path_prefix(args.path) if args.path else None
-    where = parse_filter(args.tag, prefix, args.since, args.until)
+    where = parse_filter(
+        args.tag, prefix, args.since, args.until, camera=args.camera, near=args.near, keyword=args.keyword
+    )
     return where or None
 
 

@@ -57,6 +57,9 @@ def filter_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--until", metavar="DATE", help="taken on or before DATE (a date alone: to its end)")
     p.add_argument("--path", metavar="PREFIX", help="under this folder or path prefix")
     p.add_argument("--tag", metavar="LABEL", help="LABEL among the image's 3 best tags of the latest tag run")
+    p.add_argument("--camera", metavar="TEXT", help="camera make and model contain TEXT (any case)")
+    p.add_argument("--near", metavar="LAT,LON,KM", help="GPS position within KM km of LAT,LON (degrees)")
+    p.add_argument("--keyword", metavar="WORD", help="WORD among the keywords in the file or its XMP sidecar")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,8 +69,11 @@ async def _filters(  # async: pure parsing, no hop to the thread pool
     prefix: Annotated[str | None, Query(max_length=4096, description="uri prefix")] = None,
     since: Annotated[str | None, Query(max_length=40, description="taken >= (ISO date or epoch s)")] = None,
     until: Annotated[str | None, Query(max_length=40, description="taken <= (ISO date or epoch s)")] = None,
+    camera: Annotated[str | None, Query(max_length=200, description="camera make and model contain")] = None,
+    near: Annotated[str | None, Query(max_length=80, description="LAT,LON,KM: within KM km")] = None,
+    keyword: Annotated[str | None, Query(max_length=200, description="a keyword the image was given")] = None,
 ) -> ImageFilter:
-    return parse_filter(tag, prefix, since, until, HIT_TAGS)
+    return parse_filter(tag, prefix, since, until, HIT_TAGS, camera=camera, near=near, keyword=keyword)
 
 
 FilterDep = Annotated[ImageFilter, Depends(_filters)]

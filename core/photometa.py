@@ -1,0 +1,176 @@
+"""Photo metadata the catalog keeps, read through pyexiv2 (Exiv2) from an image's bytes and from its
+XMP sidecars: camera (make and model), lens, GPS position, and the keywords people gave it.
+
+Keywords come from embedded XMP ``dc:subject`` and ``lr:hierarchicalSubject`` (each path and its
+leaf), IPTC ``Keywords``, and the sidecars of a local file in both conventions (``photo.jpg.xmp``,
+``photo.xmp``; see :mod:`core.sidecars`). They are kept in lower case (filters match them
+case-insensitively), at most :data:`MAX_KEYWORDS` of :data:`MAX_KEYWORD_CHARS` characters each.
+
+Metadata never fails an image: a block Exiv2 cannot parse, a garbled value or an unreadable
+sidecar only leaves its fields empty.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from core import sidecars, uris
+
+MAX_KEYWORDS = 500
+MAX_KEYWORD_CHARS = 200
+MAX_TEXT_CHARS = 200  # camera and lens
+MAX_SIDECAR_BYTES = 16 * 2**20
+_HIERARCHIES = {"Xmp.lr.hierarchicalSubject": "|", "Xmp.digiKam.TagsList": "/"}
+
+
+@dataclass(frozen=True)
+class PhotoMeta:
+    """What the catalog keeps of a photo's metadata: ``camera`` ("Make Model"), ``lens``, ``lat``
+    and ``lon`` (decimal degrees, south and west negative), ``keywords`` (lower case, file order,
+    no repeats) and ``sidecars`` (the state of its sidecars when read, see :func:`sidecar_state`)."""
+
+    camera: str | None = None
+    lens: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    keywords: tuple[str, ...] = ()
+    sidecars: str = ""
+
+
+def read_metadata(data: bytes, uri: str) -> PhotoMeta:
+    """The :class:`PhotoMeta` of image bytes ``data`` found at ``uri`` (its sidecars are read when
+    ``uri`` is local); empty fields where nothing usable was found."""
+    exif, iptc, xmp = _embedded(data)
+    camera = _join(_text(exif.get("Exif.Image.Make")), _text(exif.get("Exif.Image.Model")))
+    lens = _text(exif.get("Exif.Photo.LensModel")) or _text(exif.get("Exif.Canon.LensModel"))
+    lat = _degrees(exif.get("Exif.GPSInfo.GPSLatitude"), exif.get("Exif.GPSInfo.GPSLatitudeRef"), 90)
+    lon = _degrees(exif.get("Exif.GPSInfo.GPSLongitude"), exif.get("Exif.GPSInfo.GPSLongitudeRef"), 180)
+    found = list(_xmp_keywords(xmp)) + _values(iptc.get("Iptc.Application2.Keywords"))
+    state = ""
+    if not uris.is_remote(uri):
+        state = sidecar_state(uri)
+        found += _sidecar_keywords(uri)
+    if lat is None or lon is None:
+        lat = lon = None
+    return PhotoMeta(camera, lens, lat, lon, clean_keywords(found), state)
+
+
+def _embedded(data: bytes) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(EXIF, IPTC, XMP) of ``data`` as pyexiv2 reads them (key -> text or list); a block that
+    cannot be read is empty."""
+    import pyexiv2
+
+    pyexiv2.set_log_level(4)  # mute: a damaged block is no error here
+    blocks: list[dict[str, Any]] = [{}, {}, {}]
+    try:
+        image = pyexiv2.ImageData(data)
+    except Exception:
+        return blocks[0], blocks[1], blocks[2]
+    try:
+        for i, read in enumerate((image.read_exif, image.read_iptc, image.read_xmp)):
+            try:
+                blocks[i] = read(encoding="utf-8") or {}
+            except Exception:  # undecodable text, a damaged block
+                blocks[i] = {}
+    finally:
+        image.close()
+    return blocks[0], blocks[1], blocks[2]
+
+
+def _text(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    text = " ".join(value.replace("\x00", " ").split())
+    return text[:MAX_TEXT_CHARS] or None
+
+
+def _join(make: str | None, model: str | None) -> str | None:
+    """ "Make Model", without the make twice when the model repeats it (``Canon`` ``Canon EOS R5``)."""
+    if make and model and model.lower().startswith(make.lower()):
+        return model
+    return " ".join(p for p in (make, model) if p) or None
+
+
+def _degrees(value: Any, ref: Any, limit: float) -> float | None:
+    """Decimal degrees of an EXIF rational triple ``"d/1 m/1 s/100"`` signed by ``ref`` (S, W
+    negative); None when malformed or beyond ``limit``."""
+    try:
+        parts = [Fraction(p) for p in str(value).split()]
+        if len(parts) != 3 or any(p < 0 for p in parts):
+            return None
+        degrees = float(parts[0] + parts[1] / 60 + parts[2] / 3600)
+    except (ValueError, ZeroDivisionError, TypeError):
+        return None
+    if degrees > limit:
+        return None
+    return -degrees if str(ref).strip().upper()[:1] in ("S", "W") else degrees
+
+
+def _values(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _xmp_keywords(fields: dict[str, Any]) -> Iterable[str]:
+    """Flat keywords, then each hierarchical path's leaf and the path itself."""
+    yield from _values(fields.get("Xmp.dc.subject"))
+    for key, separator in _HIERARCHIES.items():
+        for path in _values(fields.get(key)):
+            yield path.rsplit(separator, 1)[-1]
+            yield path
+
+
+def _sidecar_keywords(uri: str) -> list[str]:
+    """Keywords of the local image's sidecars (both conventions); unreadable ones give none."""
+    found: list[str] = []
+    for path in _sidecar_paths(uri):
+        try:
+            if os.path.getsize(path) > MAX_SIDECAR_BYTES:
+                continue
+            with open(path, "rb") as fh:
+                fields = sidecars.read_keywords(fh.read())
+        except Exception:  # vanished, unreadable, not XMP
+            continue
+        found += list(_xmp_keywords({sidecars.FIELDS[f][0]: v for f, v in fields.items()}))
+    return found
+
+
+def _sidecar_paths(uri: str) -> list[str]:
+    try:
+        names = sidecars.sidecar_names(uris.to_path(uri))
+    except Exception:
+        return []
+    return list(dict.fromkeys(names[kind] for kind in sidecars.SIDECAR_NAMES))
+
+
+def sidecar_state(uri: str) -> str:
+    """The state of a local image's sidecars, to tell when one changes: ``kind:size:mtime_ns`` of
+    each present, ``;``-joined ("" without any, and for remote images)."""
+    if uris.is_remote(uri):
+        return ""
+    parts = []
+    for kind, path in zip(sidecars.SIDECAR_NAMES, _sidecar_paths(uri), strict=False):
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            continue
+        parts.append(f"{kind}:{st.st_size}:{st.st_mtime_ns}")
+    return ";".join(parts)
+
+
+def clean_keywords(words: Iterable[str]) -> tuple[str, ...]:
+    """``words`` stripped, lower-cased, cut to :data:`MAX_KEYWORD_CHARS`, without empties and
+    repeats, at most :data:`MAX_KEYWORDS` of them, in order."""
+    out: dict[str, None] = {}
+    for word in words:
+        text = " ".join(str(word).replace("\x00", " ").split()).lower()[:MAX_KEYWORD_CHARS]
+        if text and text not in out:
+            out[text] = None
+            if len(out) >= MAX_KEYWORDS:
+                break
+    return tuple(out)

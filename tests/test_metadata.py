@@ -1,0 +1,281 @@
+"""Photo metadata in the catalog: camera, lens, GPS and keywords (embedded EXIF, IPTC, XMP, and XMP
+sidecars of both conventions) read while indexing, the --camera, --near and --keyword filters, the
+refresh of images indexed before, and the catalog upgrade."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+from core.photometa import MAX_KEYWORDS, clean_keywords, read_metadata
+from indexer.catalog import Catalog
+
+EXIFTOOL = shutil.which("exiftool")
+needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool is not installed")
+PARIS, LONDON = (48.8566, 2.3522), (51.5074, -0.1278)  # 344 km apart
+TAGS = {  # file under photos/ -> exiftool assignments written into it
+    "trip/a.jpg": [
+        "-Make=Canon",
+        "-Model=Canon EOS R5",
+        "-LensModel=RF24-70mm F2.8 L IS USM",
+        f"-GPSLatitude={PARIS[0]}",
+        "-GPSLatitudeRef=N",
+        f"-GPSLongitude={PARIS[1]}",
+        "-GPSLongitudeRef=E",
+        "-Keywords=Alpha",
+        "-Keywords=Shared Word",
+        "-DateTimeOriginal=2019:05:01 10:00:00",
+    ],
+    "trip/b.jpg": [
+        "-Make=NIKON CORPORATION",
+        "-Model=NIKON Z 6",
+        f"-GPSLatitude={LONDON[0]}",
+        "-GPSLatitudeRef=N",
+        f"-GPSLongitude={-LONDON[1]}",
+        "-GPSLongitudeRef=W",
+        "-XMP-dc:Subject=Beach",
+        "-XMP-lr:HierarchicalSubject=Places|France|Lyon",
+        "-DateTimeOriginal=2021:05:01 10:00:00",
+    ],
+    "side/c.jpg": [],
+    "side/d.jpg": [],
+    "side/e.jpg": [],
+}
+SIDECARS = {  # sidecar under photos/ -> (field, keyword)
+    "side/c.jpg.xmp": ("dc:subject", "SideFull"),
+    "side/d.xmp": ("lr:hierarchicalSubject", "People|Ann"),
+}
+
+
+def xmp_packet(field: str, keyword: str) -> bytes:
+    """A sidecar holding one keyword in ``field`` (dc:subject or lr:hierarchicalSubject)."""
+    ns = {"dc": "http://purl.org/dc/elements/1.1/", "lr": "http://ns.adobe.com/lightroom/1.0/"}
+    prefix = field.split(":")[0]
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        f'<rdf:Description rdf:about="" xmlns:{prefix}="{ns[prefix]}">'
+        f"<{field}><rdf:Bag><rdf:li>{keyword}</rdf:li></rdf:Bag></{field}>"
+        '</rdf:Description></rdf:RDF></x:xmpmeta>\n<?xpacket end="w"?>'
+    ).encode()
+
+
+def jpeg(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def corrupt_exif(data: bytes) -> bytes:
+    """``data`` (a JPEG) with an APP1 Exif segment of garbage and an APP1 XMP one that is no XML."""
+    exif = b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\xff\xff" + b"\x01" * 40
+    xmp = b"http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta <<< not xml"
+    segments = b"".join(b"\xff\xe1" + (len(p) + 2).to_bytes(2, "big") + p for p in (exif, xmp))
+    return data[:2] + segments + data[2:]
+
+
+def write_photos(photos: Path) -> None:
+    for seed, (name, assignments) in enumerate(TAGS.items()):
+        path = photos / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(corrupt_exif(jpeg(seed)) if name == "side/e.jpg" else jpeg(seed))
+        if assignments:
+            subprocess.run([EXIFTOOL, "-q", "-overwrite_original", *assignments, str(path)], check=True)
+    for name, (field, keyword) in SIDECARS.items():
+        (photos / name).write_bytes(xmp_packet(field, keyword))
+
+
+@pytest.fixture(scope="module")
+def meta_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> tuple[Path, Path]:
+    from vistag import Archive
+
+    root = tmp_path_factory.mktemp("meta")
+    photos = root / "photos"
+    write_photos(photos)
+    with Archive(root / "home") as archive:
+        archive.index([photos], model=tiny_model, batch_size=8)
+    return root / "home", photos
+
+
+def names(cli, home: Path, photos: Path, *options: object) -> set[str]:
+    out = cli("search", "a photo", "--home", home, "-k", 50, "--json", *options)
+    assert out.code == 0, out.err
+    return {str(Path(h["uri"]).relative_to(photos)) for h in out.json()}
+
+
+def stored(home: Path, uri: Path) -> dict:
+    """The catalog's camera, lens, lat, lon and keywords of one image."""
+    from vistag import Archive
+
+    with Archive(home) as archive:
+        row = archive.catalog.image(str(uri))
+        words = archive.catalog.keywords(row["id"])
+    return {k: row[k] for k in ("camera", "lens", "lat", "lon", "status")} | {"keywords": words}
+
+
+@needs_exiftool
+def test_the_catalog_keeps_camera_lens_position_and_keywords_of_every_source(meta_home):
+    home, photos = meta_home
+    a = stored(home, photos / "trip/a.jpg")
+    assert a["camera"] == "Canon EOS R5" and a["lens"] == "RF24-70mm F2.8 L IS USM"
+    assert a["lat"] == pytest.approx(PARIS[0], abs=1e-6) and a["lon"] == pytest.approx(PARIS[1], abs=1e-6)
+    assert a["keywords"] == ["alpha", "shared word"]
+    b = stored(home, photos / "trip/b.jpg")
+    assert b["camera"] == "NIKON CORPORATION NIKON Z 6" and b["lens"] is None
+    assert b["lon"] == pytest.approx(LONDON[1], abs=1e-6)  # west: negative
+    assert b["keywords"] == ["beach", "lyon", "places|france|lyon"]
+    assert stored(home, photos / "side/c.jpg")["keywords"] == ["sidefull"]
+    assert stored(home, photos / "side/d.jpg")["keywords"] == ["ann", "people|ann"]
+    e = stored(home, photos / "side/e.jpg")  # a damaged EXIF and XMP block: indexed, no metadata
+    assert e == {"camera": None, "lens": None, "lat": None, "lon": None, "status": "indexed", "keywords": []}
+
+
+@needs_exiftool
+def test_camera_near_and_keyword_filters_alone_and_combined(cli, meta_home):
+    home, photos = meta_home
+    paris = f"{PARIS[0]},{PARIS[1]}"
+    for options, want in [
+        (("--keyword", "ALPHA"), {"trip/a.jpg"}),  # IPTC
+        (("--keyword", "shared  word"), {"trip/a.jpg"}),
+        (("--keyword", "Beach"), {"trip/b.jpg"}),  # XMP dc:subject
+        (("--keyword", "lyon"), {"trip/b.jpg"}),  # lr:hierarchicalSubject leaf and path
+        (("--keyword", "Places|France|Lyon"), {"trip/b.jpg"}),
+        (("--keyword", "france"), set()),  # exact, not a part of a path
+        (("--keyword", "sidefull"), {"side/c.jpg"}),  # photo.jpg.xmp
+        (("--keyword", "ann"), {"side/d.jpg"}),  # photo.xmp
+        (("--camera", "canon"), {"trip/a.jpg"}),
+        (("--camera", "nikon z"), {"trip/b.jpg"}),
+        (("--camera", "%"), set()),
+        (("--near", f"{paris},10"), {"trip/a.jpg"}),
+        (("--near", f"{paris},330"), {"trip/a.jpg"}),
+        (("--near", f"{paris},360"), {"trip/a.jpg", "trip/b.jpg"}),
+        (("--near", f"{paris},360", "--since", "2020-01-01"), {"trip/b.jpg"}),
+        (("--near", f"{paris},360", "--camera", "canon"), {"trip/a.jpg"}),
+        (("--keyword", "sidefull", "--path", photos / "side"), {"side/c.jpg"}),
+        (("--keyword", "sidefull", "--path", photos / "trip"), set()),
+    ]:
+        if want:
+            assert names(cli, home, photos, *options) == want, options
+        else:
+            out = cli("search", "a photo", "--home", home, *options)
+            assert out.code == 0 and "no indexed image matches" in out.err, (options, out.err)
+    out = cli("similar", photos / "trip/a.jpg", "--home", home, "--json", "--keyword", "beach")
+    assert out.code == 0 and [Path(h["uri"]).name for h in out.json()] == ["b.jpg"]
+
+
+@needs_exiftool
+def test_bad_near_values_are_one_line_errors(cli, meta_home):
+    home, _ = meta_home
+    for value, message in [
+        ("91,0,5", "latitude must be within"),
+        ("0,181,5", "longitude within ±180"),
+        ("abc", "LAT,LON,KM"),
+        ("1,2", "LAT,LON,KM"),
+        ("1,2,0", "more than 0 km"),
+        ("nan,2,3", "finite"),
+    ]:
+        out = cli("search", "a photo", "--home", home, "--near", value)
+        assert out.code == 2 and message in out.err and len(out.err.strip().splitlines()) == 1, out.err
+
+
+@needs_exiftool
+def test_refresh_metadata_fills_older_images_and_a_changed_sidecar_is_read_again(cli, tmp_path, tiny_model):
+    photos, home = tmp_path / "photos", tmp_path / "home"
+    write_photos(photos)
+    assert cli("index", photos, "--home", home, "--model", tiny_model).code == 0
+    from vistag import Archive
+
+    with Archive(home) as archive, archive.catalog.engine.begin() as conn:  # as vistag before 0007 left it
+        conn.execute(
+            sa.text("UPDATE images SET camera = NULL, lens = NULL, lat = NULL, lon = NULL, sidecars = NULL")
+        )
+        conn.execute(sa.text("DELETE FROM image_keywords"))
+    out = cli("index", photos, "--home", home, "--json")
+    assert out.code == 0 and out.json()["plan"]["refresh"] == 0  # only when asked
+    out = cli("index", photos, "--home", home, "--refresh-metadata", "--json")
+    assert out.code == 0 and out.json()["embedded"] == 0 and out.json()["plan"]["refresh"] == len(TAGS)
+    a = stored(home, photos / "trip/a.jpg")
+    assert a["camera"] == "Canon EOS R5" and a["keywords"] == ["alpha", "shared word"]
+    assert stored(home, photos / "side/d.jpg")["keywords"] == ["ann", "people|ann"]
+
+    sidecar = photos / "side/d.xmp"  # a person retags d in Lightroom
+    sidecar.write_bytes(xmp_packet("dc:subject", "Retagged"))
+    os.utime(sidecar, ns=(sidecar.stat().st_mtime_ns + 10**9,) * 2)
+    out = cli("index", photos, "--home", home, "--json")
+    assert out.code == 0 and out.json()["embedded"] == 0 and out.json()["plan"]["refresh"] == 1
+    assert stored(home, photos / "side/d.jpg")["keywords"] == ["retagged"]
+    assert names(cli, home, photos, "--keyword", "retagged") == {"side/d.jpg"}
+
+
+def test_a_catalog_at_0006_is_upgraded_in_place(tmp_path):
+    from tests.helpers import catalog_at_revision
+
+    url = catalog_at_revision(
+        tmp_path / "old.db",
+        "0006",
+        ["INSERT INTO images (uri, status, updated) VALUES ('/p/a.jpg', 'indexed', 0)"],
+    )
+    catalog = Catalog(url)
+    try:
+        row = catalog.image("/p/a.jpg")
+        assert {k: row[k] for k in ("camera", "lens", "lat", "lon", "sidecars")} == dict.fromkeys(
+            ("camera", "lens", "lat", "lon", "sidecars")
+        )
+        catalog.replace_keywords({"/p/a.jpg": ["x", "y"]})
+        catalog.replace_keywords({"/p/a.jpg": ["z"]})
+        assert catalog.keywords(row["id"]) == ["z"]
+        assert "ix_image_keywords_keyword" in {
+            i["name"] for i in sa.inspect(catalog.engine).get_indexes("image_keywords")
+        }
+    finally:
+        catalog.close()
+
+
+def test_damaged_or_odd_metadata_leaves_fields_empty_and_keywords_are_bounded():
+    assert read_metadata(b"not an image at all", "/nowhere/x.jpg").keywords == ()
+    assert read_metadata(corrupt_exif(jpeg(1)), "gs://bucket/x.jpg").camera is None
+    words = clean_keywords([" A  b ", "a B", "", "x" * 300, *(f"k{i}" for i in range(1000))])
+    assert words[0] == "a b" and words[1] == "x" * 200 and len(words) == MAX_KEYWORDS
+
+
+def test_metadata_filters_in_sql_on_every_backend_and_across_the_antimeridian(db_url):
+    from indexer.catalog import ImageFilter
+
+    catalog = Catalog(db_url)
+    try:
+        run_id = catalog.start_run("index", None)
+        rows = [  # uri, camera, lat, lon
+            ("/p/fiji.jpg", "Canon EOS R5", -17.7, 179.9),
+            ("/p/samoa.jpg", "Sony ILCE-7M3 100%", -17.7, -179.9),
+            ("/p/paris.jpg", None, *PARIS),
+            ("/p/none.jpg", "Canon PowerShot", None, None),
+        ]
+        catalog.upsert_images(
+            [{"uri": u, "status": "indexed", "camera": c, "lat": la, "lon": lo} for u, c, la, lo in rows],
+            run_id,
+        )
+        catalog.replace_keywords({"/p/fiji.jpg": ["beach", "island"], "/p/paris.jpg": ["city"]})
+        ids = {r["uri"]: r["id"] for r in catalog.images()}
+
+        def found(**kw: object) -> set[str]:
+            hits = set(catalog.matching_ids(ImageFilter(**kw)).tolist())
+            return {u for u, i in ids.items() if i in hits}
+
+        assert found(camera="canon") == {"/p/fiji.jpg", "/p/none.jpg"}
+        assert found(camera="100%") == {"/p/samoa.jpg"} and found(camera="_") == set()
+        assert found(keyword="Beach") == {"/p/fiji.jpg"} and found(keyword="beac") == set()
+        assert found(near=(-17.7, 179.95, 30.0)) == {"/p/fiji.jpg", "/p/samoa.jpg"}  # 16 km across 180°
+        assert found(near=(-17.7, 179.95, 8.0)) == {"/p/fiji.jpg"}
+        assert found(near=(*PARIS, 1.0), keyword="city") == {"/p/paris.jpg"}
+        assert found(near=(90.0, 0.0, 20_000.0)) == {"/p/fiji.jpg", "/p/samoa.jpg", "/p/paris.jpg"}
+    finally:
+        catalog.close()
