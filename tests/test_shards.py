@@ -34,7 +34,7 @@ def test_round_trip(tmp_path):
     name = shards.write_shard(str(tmp_path), meta, xb, fails, MODEL)
     assert shards.list_shards(str(tmp_path)) == [name]
     shard = shards.read_shard(str(tmp_path), name)
-    unset = dict.fromkeys(shards.META_COLUMNS)  # columns a row leaves out read back as None
+    unset = dict.fromkeys(name for name, _ in shards.META_COLUMNS)  # a column a row left out: None
     assert shard.meta == [unset | m for m in meta] and shard.failures == fails
     np.testing.assert_array_equal(shard.embeddings, xb)
     assert shard.manifest["model"] == MODEL and shard.manifest["format_version"] == shards.FORMAT_VERSION
