@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from core.errors import CatalogError, DamagedState, IndexNotFound, NotFound
+from core.errors import CatalogError, DamagedState, IndexNotFound, InputError, NotFound
 from indexer import check as integrity
 from indexer import versions
 from indexer.catalog import Catalog, ImageFilter
@@ -238,13 +238,20 @@ class Archive:
         **zlap: Any,
     ) -> dict[str, Any]:
         """Top-1 accuracy, per-label precision/recall and mAP of each method against a
-        ``uri,label`` CSV; labels default to those in the truth file."""
-        from query.evaluate import evaluate, read_truth
+        ``uri,label`` CSV (labels default to those in the truth file), or ``truth="keywords"``: the
+        images' own keywords, for the ``labels`` given (required; see :mod:`query.evaluate`)."""
+        from query.evaluate import KEYWORDS, evaluate, keyword_truth, read_truth
 
-        if labels is None:
-            labels = read_truth(truth, self.catalog).names
-        config = self._tag_config(labels, "zeroshot", 1, min_confidence, templates, zlap)
-        return evaluate(self.home, self.catalog, self.searcher, truth, config, methods, fit_thresholds)
+        if truth == KEYWORDS:
+            if labels is None:
+                raise InputError("--truth keywords needs --labels: the keywords that are labels")
+            config = self._tag_config(labels, "zeroshot", 1, min_confidence, templates, zlap)
+            found = keyword_truth(self.catalog, config.names)
+        else:
+            found = read_truth(truth, self.catalog)
+            labels = found.names if labels is None else labels
+            config = self._tag_config(labels, "zeroshot", 1, min_confidence, templates, zlap)
+        return evaluate(self.home, self.catalog, self.searcher, found, config, methods, fit_thresholds)
 
     def explain(self, image: int | str | os.PathLike[str], top: int = 5) -> list[dict[str, Any]]:
         """An indexed image's best labels in every label set applied: score, confidence, method."""

@@ -162,6 +162,12 @@ def cmd_eval(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
     if args.json:
         print_json(report)
         return 0
+    about = report["truth"]
+    if about["source"] == "keywords":
+        print(
+            f"truth: the keywords of {about['images']} images ({about['left_out']} indexed images "
+            "with none of the labels among their keywords left out)"
+        )
     results = report["methods"]
     print(f"{'':24}" + "".join(f"{m:>22}" for m in methods))
     print(f"{'top-1 accuracy':24}" + "".join(f"{results[m]['top1']:>22.3f}" for m in methods))

@@ -247,12 +247,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval",
         help="evaluate zero-shot and ZLaP tagging against ground truth",
-        description="Compare tagging methods on a CSV of uri,label rows: top-1 accuracy, per-label "
-        "precision and recall at the confidence threshold, and mAP.",
+        description="Compare tagging methods on a CSV of uri,label rows, or on the keywords the images "
+        "carry: top-1 accuracy, per-label precision and recall at the confidence threshold, and mAP.",
     )
-    p.add_argument("--truth", required=True, metavar="CSV", help="ground truth: uri,label rows")
     p.add_argument(
-        "--labels", metavar="FILE_OR_LIST", help="label set (default: the labels in the truth file)"
+        "--truth",
+        required=True,
+        metavar="CSV_OR_KEYWORDS",
+        help="ground truth: a CSV of uri,label rows, or 'keywords': each image's labels are the labels "
+        "among its keywords (images with none are left out)",
+    )
+    p.add_argument(
+        "--labels",
+        metavar="FILE_OR_LIST",
+        help="label set (default: the labels in the truth file; required with --truth keywords)",
     )
     p.add_argument(
         "--methods", default="zeroshot,zlap", help="comma-separated methods (default zeroshot,zlap)"
