@@ -125,6 +125,7 @@ def cmd_tag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
         thresholds=thresholds,
         store_top=args.store_top,
         store_all=args.store_all,
+        where=_where(args),
     )
     if args.json:
         print_json(result.top)
@@ -222,18 +223,20 @@ def cmd_export(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
         binary = getattr(sys.stdout, "buffer", None)
         if not args.output and (binary is None or sys.stdout.isatty()):
             raise InputError("npz is a binary format: pass -o FILE (or redirect standard output)")
-        count = archive.export_vectors(args.output or binary)
+        count = archive.export_vectors(args.output or binary, _where(args))
         if args.output:
             print(f"wrote {count} vectors to {printable(args.output)}", file=sys.stderr)
         return 0
     if args.format == "label-studio":
         confidence = 0.5 if args.min_confidence is None else args.min_confidence
         url = args.image_url or "{uri}"
-        text = archive.export("label-studio", run=args.run, min_confidence=confidence, image_url=url)
+        text = archive.export(
+            "label-studio", run=args.run, min_confidence=confidence, image_url=url, where=_where(args)
+        )
         if args.label_config:
             write_atomic(args.label_config, archive.label_studio_config(args.run))
     else:
-        text = archive.export(args.format, run=args.run)
+        text = archive.export(args.format, run=args.run, where=_where(args))
     if args.output:
         write_atomic(args.output, text)
     else:
