@@ -85,6 +85,23 @@ class MetaQueries:
         with self.engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
+    def images_with_keywords(self, words: Sequence[str]) -> dict[int, set[str]]:
+        """Indexed image id -> which of ``words`` (compared lower-case) are among its keywords, for
+        the images that have at least one of them."""
+        k, i = t.image_keywords, t.images
+        wanted = sorted({w.lower() for w in words})
+        out: dict[int, set[str]] = {}
+        with self.engine.connect() as conn:
+            for chunk in chunks(wanted):
+                query = (
+                    sa.select(k.c.image_id, k.c.keyword)
+                    .join(i, i.c.id == k.c.image_id)
+                    .where(i.c.status == "indexed", k.c.keyword.in_(chunk))
+                )
+                for image_id, word in conn.execute(query):
+                    out.setdefault(int(image_id), set()).add(word)
+        return out
+
     @staticmethod
     def metadata_conditions(camera: str | None, keyword: str | None) -> list[sa.ColumnElement[bool]]:
         """SQL conditions on ``images`` of a camera (case-insensitive substring) and a keyword."""

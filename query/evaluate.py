@@ -1,7 +1,10 @@
 """Evaluation of tagging against ground truth, fitted thresholds, and per-image explanations.
 
 Truth is a CSV of ``uri,label`` rows (a header line ``uri,label`` is optional; an image with
-several labels has several rows; relative paths are taken from the CSV's folder). Metrics,
+several labels has several rows; relative paths are taken from the CSV's folder), or
+``keywords`` (:data:`KEYWORDS`): the keywords the images already carry (read at index time from
+XMP, IPTC and sidecars), each image labelled with every label of the label set among them
+(case-insensitive); indexed images with none of the labels are left out. Metrics,
 computed on the truth images only, with scores from the whole archive (ZLaP uses all of it):
 
 - top-1 accuracy: the image's best label (by raw score) is one of its true labels;
@@ -33,13 +36,18 @@ from query.scoring import Scored, TagConfig
 from query.search import Searcher
 from query.tagging import score_corpus
 
+KEYWORDS = "keywords"  # --truth keywords: the images' own keywords are the truth
+
 
 @dataclass(frozen=True)
 class Truth:
-    """Catalog ids (T,) of the truth images and their label sets."""
+    """Catalog ids (T,) of the truth images and their label sets; ``source``: the CSV's path or
+    ``keywords``; ``left_out``: indexed images a keyword truth left out (none of the labels)."""
 
     ids: np.ndarray
     labels: list[set[str]]
+    source: str = ""
+    left_out: int = 0
 
     @property
     def names(self) -> list[str]:
@@ -73,7 +81,20 @@ def read_truth(path: str | Path, catalog: Catalog) -> Truth:
     if not by_image:
         raise InputError(f"{path}: no indexed images in the truth file")
     ids = sorted(by_image)
-    return Truth(np.asarray(ids, dtype=np.int64), [by_image[i] for i in ids])
+    return Truth(np.asarray(ids, dtype=np.int64), [by_image[i] for i in ids], str(path))
+
+
+def keyword_truth(catalog: Catalog, names: Sequence[str]) -> Truth:
+    """The truth of the images' keywords: every indexed image that has one of ``names`` among its
+    keywords (case-insensitive), labelled with each of them (spelt as in ``names``)."""
+    spelling = {name.lower(): name for name in names}
+    by_image = catalog.images_with_keywords(list(spelling))
+    if not by_image:
+        raise InputError(f"no indexed image has one of the labels among its keywords: {', '.join(names)}")
+    ids = sorted(by_image)
+    labels = [{spelling[w] for w in by_image[i]} for i in ids]
+    left_out = catalog.counts()["indexed"] - len(ids)
+    return Truth(np.asarray(ids, dtype=np.int64), labels, KEYWORDS, left_out)
 
 
 def _average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -137,18 +158,19 @@ def evaluate(
     home: Home,
     catalog: Catalog,
     searcher: Searcher,
-    truth_path: str,
+    truth: Truth,
     config: TagConfig,
     methods: Sequence[str] = ("zeroshot", "zlap"),
     fit: bool = False,
 ) -> dict[str, Any]:
-    """Metrics per method on the truth file; ``fit`` also fits per-label thresholds on it."""
-    truth = read_truth(truth_path, catalog)
+    """Metrics per method on ``truth``; ``fit`` also fits per-label thresholds on it. The report's
+    ``truth``: its ``source``, ``images`` evaluated and ``left_out``."""
     names = list(config.names)
     missing = sorted(set(truth.names) - set(names))
     if missing:
         raise InputError(f"truth labels not in the label set: {', '.join(missing)}")
-    out: dict[str, Any] = {"labels": names, "methods": {}}
+    about = {"source": truth.source, "images": len(truth.ids), "left_out": truth.left_out}
+    out: dict[str, Any] = {"labels": names, "truth": about, "methods": {}}
     for method in methods:
         corpus = score_corpus(home, catalog, searcher, replace(config, method=method))
         position = {int(i): p for p, i in enumerate(corpus.ids.tolist())}

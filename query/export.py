@@ -1,5 +1,5 @@
-"""Export tags and metadata for every image, as JSON or CSV (tags as a JSON list in one column),
-or the stored embeddings as a NumPy ``.npz`` archive."""
+"""Export tags and metadata for every image (or those that pass a filter), as JSON or CSV (tags as
+a JSON list in one column), or the stored embeddings as a NumPy ``.npz`` archive."""
 
 from __future__ import annotations
 
@@ -11,15 +11,19 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from core.errors import InputError
-from indexer.catalog import Catalog
+from indexer.catalog import Catalog, ImageFilter
 
 COLUMNS = ("id", "uri", "status", "sha256", "size", "mtime", "width", "height", "tags")
 FORMATS = ("json", "csv", "npz")
 TEXT_FORMATS = ("json", "csv")
 
 
-def export_rows(catalog: Catalog, tag_run: int | None = None) -> list[dict[str, Any]]:
-    """One dict per non-deleted image, with ``tags``: [{label, score, confidence, rank, method}] best first."""
+def export_rows(
+    catalog: Catalog, tag_run: int | None = None, where: ImageFilter | None = None
+) -> list[dict[str, Any]]:
+    """One dict per non-deleted image (with ``where``: per indexed image that passes it), with
+    ``tags``: [{label, score, confidence, rank, method}] best first."""
+    passing = set(catalog.matching_ids(where).tolist()) if where else None
     by_image: dict[int, list[dict[str, Any]]] = {}
     for tag in catalog.tags(tag_run):
         by_image.setdefault(tag["image_id"], []).append(
@@ -27,7 +31,7 @@ def export_rows(catalog: Catalog, tag_run: int | None = None) -> list[dict[str, 
         )
     rows = []
     for image in catalog.images(status=None):
-        if image["status"] == "deleted":
+        if image["status"] == "deleted" or (passing is not None and image["id"] not in passing):
             continue
         rows.append({c: image[c] for c in COLUMNS if c != "tags"} | {"tags": by_image.get(image["id"], [])})
     return rows

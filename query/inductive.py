@@ -119,12 +119,13 @@ def fit_zlap(
 
 
 def tag_new_images(home: Home, catalog: Catalog, searcher: Searcher, image_ids: Sequence[int]) -> list[int]:
-    """Tag ``image_ids`` (new or changed images) for every label set already applied; returns run ids."""
+    """Tag ``image_ids`` (new or changed images) for every label set already applied by a run
+    without a filter; returns run ids."""
     if not image_ids:
         return []
     version = searcher.version()
     done = []
-    for run in applied_runs(catalog, version.identity.key):
+    for run in applied_runs(catalog, version.identity.key, to_new_images=True):
         folder = run_dir(home, run["id"])
         if not (folder / "text.npz").exists():
             continue

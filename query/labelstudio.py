@@ -17,7 +17,7 @@ from xml.sax.saxutils import quoteattr
 
 from core import uris
 from core.errors import InputError, NotFound
-from indexer.catalog import Catalog
+from indexer.catalog import Catalog, ImageFilter
 from query.export import export_rows
 
 FROM_NAME, TO_NAME = "tags", "image"
@@ -59,18 +59,23 @@ def image_url(template: str, image_id: int, uri: str) -> str:
 
 
 def tasks(
-    catalog: Catalog, run_id: int | None = None, min_confidence: float = 0.5, url: str = DEFAULT_IMAGE_URL
+    catalog: Catalog,
+    run_id: int | None = None,
+    min_confidence: float = 0.5,
+    url: str = DEFAULT_IMAGE_URL,
+    where: ImageFilter | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Label Studio tasks of every indexed image for tag run ``run_id`` (default: the newest), and the
-    run's labels. A prediction holds the tags whose calibrated confidence is at least
-    ``min_confidence`` (a run that stored no confidences: every stored tag), best first."""
+    """Label Studio tasks of every indexed image (that passes ``where``) for tag run ``run_id``
+    (default: the newest), and the run's labels. A prediction holds the tags whose calibrated
+    confidence is at least ``min_confidence`` (a run that stored no confidences: every stored tag),
+    best first."""
     if not 0.0 <= min_confidence <= 1.0:
         raise InputError(f"--min-confidence must be within [0, 1], got {min_confidence}")
     run = tag_run(catalog, run_id)
     params = run.get("params") or {}
     version = f"vistag tag run {run['id']} ({params.get('method', 'zeroshot')})"
     out = []
-    for row in export_rows(catalog, run["id"]):
+    for row in export_rows(catalog, run["id"], where):
         if row["status"] != "indexed":
             continue
         task: dict[str, Any] = {

@@ -1,7 +1,8 @@
 """Tagging the whole corpus: zero-shot (cosine to label prompts) or ZLaP propagation.
 
 A tag run scores every indexed image against its labels and stores the scores (see
-:mod:`query.scoring`). What a later run needs to tag new images without redoing the corpus is
+:mod:`query.scoring`); a filtered run stores them only for the images that pass its filter, and
+is not applied to images indexed later. What a later run needs to tag new images without redoing the corpus is
 kept in ``HOME/tagruns/run-<id>/`` (labels, label embeddings, calibration, and for ZLaP the
 sparse-inductive table), see :mod:`query.inductive`.
 
@@ -15,14 +16,16 @@ rows).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from core.errors import EmptyCorpus, InputError
 from indexer import recovery, vectors, versions
-from indexer.catalog import Catalog
+from indexer.catalog import Catalog, ImageFilter
 from indexer.graph import knn_graph
 from indexer.home import Home
 from query.calibration import fit_calibration, sample_rows
@@ -30,6 +33,7 @@ from query.inductive import fit_zlap
 from query.scoring import (
     CHUNK,
     CorpusScores,
+    Scored,
     TagConfig,
     TagResult,
     TextSet,
@@ -87,24 +91,46 @@ def score_corpus(
     return fit_zlap(knn_graph(version, ids, xb), xb, text, config, folder)
 
 
+def _params(config: TagConfig, version: versions.IndexVersion, where: ImageFilter | None) -> dict[str, Any]:
+    """What the run's row and ``run.json`` record of it."""
+    return asdict(config) | {
+        "labels": list(config.names),
+        "vocabulary": [asdict(x) for x in config.labels],
+        "model_key": version.identity.key,
+        "filter": asdict(where) if where else None,
+    }
+
+
+def _passing(scores: CorpusScores, keep: np.ndarray, chunk: int) -> Iterator[Scored]:
+    """The blocks of ``chunk`` images of ``scores`` whose ids are among ``keep``."""
+    rows = np.flatnonzero(np.isin(scores.ids, keep))
+    for start in range(0, len(rows), chunk):
+        yield scores.rows(rows[start : start + chunk], confidence=False)
+
+
 def tag_corpus(
-    home: Home, catalog: Catalog, searcher: Searcher, config: TagConfig, *, chunk: int = CHUNK
+    home: Home,
+    catalog: Catalog,
+    searcher: Searcher,
+    config: TagConfig,
+    *,
+    chunk: int = CHUNK,
+    where: ImageFilter | None = None,
 ) -> TagResult:
     """Score every indexed image against every label with ``config.method``; store all scores
-    (or each image's ``config.store_top`` best), ``chunk`` images at a time."""
+    (or each image's ``config.store_top`` best), ``chunk`` images at a time. With ``where``, every
+    image is still scored (ZLaP propagates over all of them) but tags are stored and shown only
+    for the indexed images that pass it; such a run is not applied to images indexed later."""
     config.check()
     version = searcher.version()
+    keep = catalog.matching_ids(where) if where else None
     rows = int(version.manifest.get("count", 0)) * len(config.labels)
     if config.store_top is None and not config.store_all and rows > FULL_ROWS_MAX:
         raise InputError(
             f"storing every score would write {rows:,} tag rows ({rows // len(config.labels):,} images x "
             f"{len(config.labels):,} labels): pass --store-top N to keep each image's N best, or --store-all"
         )
-    params = asdict(config) | {
-        "labels": list(config.names),
-        "vocabulary": [asdict(x) for x in config.labels],
-        "model_key": version.identity.key,
-    }
+    params = _params(config, version, where)
     cuts = [max(config.min_confidence, (config.thresholds or {}).get(n, 0.0)) for n in config.names]
     with recovery.writer(home, catalog):  # one writer per home: a run found running under the lock is dead
         run_id = catalog.start_run("tag", catalog.model_id(version.identity), params)
@@ -112,7 +138,7 @@ def tag_corpus(
             folder = run_dir(home, run_id)
             folder.mkdir(parents=True, exist_ok=True)
             scores = score_corpus(home, catalog, searcher, config, folder)
-            blocks = scores.chunks(chunk, confidence=False)
+            blocks = scores.chunks(chunk, confidence=False) if keep is None else _passing(scores, keep, chunk)
             shown = store_tags(
                 catalog,
                 blocks,
@@ -127,5 +153,6 @@ def tag_corpus(
         except BaseException as err:
             catalog.finish_run(run_id, "failed", {}, message=f"{type(err).__name__}: {err}")
             raise
-        catalog.finish_run(run_id, "ok", {"listed": len(scores.ids)})
-    return TagResult(run_id, config.names, config.method, len(scores.ids), shown)
+        images = len(scores.ids) if keep is None else int(np.isin(scores.ids, keep).sum())
+        catalog.finish_run(run_id, "ok", {"listed": images})
+    return TagResult(run_id, config.names, config.method, images, shown)

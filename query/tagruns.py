@@ -12,12 +12,15 @@ from indexer.home import Home
 from query.scoring import run_dir
 
 
-def applied_runs(catalog: Catalog, model_key: str) -> list[dict[str, Any]]:
-    """The newest successful tag run of each distinct (method, labels) made with this model."""
+def applied_runs(catalog: Catalog, model_key: str, *, to_new_images: bool = False) -> list[dict[str, Any]]:
+    """The newest successful tag run of each distinct (method, labels) made with this model;
+    ``to_new_images``: among the runs without a filter only (those new images are tagged for)."""
     seen, out = set(), []
     for run in catalog.runs(limit=500):
         params = json.loads(run["params"] or "{}")
         if run["kind"] != "tag" or run["status"] != "ok" or params.get("model_key") != model_key:
+            continue
+        if to_new_images and params.get("filter"):
             continue
         key = (params.get("method"), tuple(params.get("labels", ())))
         if key not in seen:
@@ -35,7 +38,7 @@ def delete_tag_run(home: Home, catalog: Catalog, run_id: int) -> dict[str, Any]:
     params = json.loads((run or {}).get("params") or "{}")
     same = [
         r["id"]
-        for r in applied_runs(catalog, params.get("model_key", ""))
+        for r in applied_runs(catalog, params.get("model_key", ""), to_new_images=True)
         if (r["config"].get("method"), r["config"].get("labels"))
         == (params.get("method"), params.get("labels"))
     ]

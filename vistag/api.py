@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from core.errors import CatalogError, DamagedState, IndexNotFound, NotFound
+from core.errors import CatalogError, DamagedState, IndexNotFound, InputError, NotFound
 from indexer import check as integrity
 from indexer import versions
 from indexer.catalog import Catalog, ImageFilter
@@ -143,6 +143,7 @@ class Archive:
         templates: str | Sequence[str] = SHORT_TEMPLATES,
         store_top: int | None = None,
         store_all: bool = False,
+        where: ImageFilter | None = None,
         **zlap: Any,
     ) -> TagResult:
         """Tag every indexed image with ``labels`` (a list, a comma-separated string, a label file
@@ -154,13 +155,14 @@ class Archive:
         only each image's N best labels (ranks 0..N-1); the result lists each image's ``top``
         labels whose calibrated confidence is at least ``min_confidence``. Storing every score
         of more than 100 million (image, label) pairs is refused (:class:`InputError`) unless
-        ``store_all``.
+        ``store_all``. With ``where``, every image is scored but tags are stored (and listed) only
+        for the indexed images that pass it, and the run is not applied to images indexed later.
         """
         from query.tagging import tag_corpus
 
         extra = {**zlap, "store_top": store_top, "store_all": store_all}
         config = self._tag_config(labels, method, top, min_confidence, templates, extra)
-        return tag_corpus(self.home, self.catalog, self.searcher, config)
+        return tag_corpus(self.home, self.catalog, self.searcher, config, where=where)
 
     def delete_tag_run(self, run_id: int) -> dict[str, Any]:
         """Delete a tag run (its tags and saved state): its label set is no longer applied to images
@@ -238,13 +240,20 @@ class Archive:
         **zlap: Any,
     ) -> dict[str, Any]:
         """Top-1 accuracy, per-label precision/recall and mAP of each method against a
-        ``uri,label`` CSV; labels default to those in the truth file."""
-        from query.evaluate import evaluate, read_truth
+        ``uri,label`` CSV (labels default to those in the truth file), or ``truth="keywords"``: the
+        images' own keywords, for the ``labels`` given (required; see :mod:`query.evaluate`)."""
+        from query.evaluate import KEYWORDS, evaluate, keyword_truth, read_truth
 
-        if labels is None:
-            labels = read_truth(truth, self.catalog).names
-        config = self._tag_config(labels, "zeroshot", 1, min_confidence, templates, zlap)
-        return evaluate(self.home, self.catalog, self.searcher, truth, config, methods, fit_thresholds)
+        if truth == KEYWORDS:
+            if labels is None:
+                raise InputError("--truth keywords needs --labels: the keywords that are labels")
+            config = self._tag_config(labels, "zeroshot", 1, min_confidence, templates, zlap)
+            found = keyword_truth(self.catalog, config.names)
+        else:
+            found = read_truth(truth, self.catalog)
+            labels = found.names if labels is None else labels
+            config = self._tag_config(labels, "zeroshot", 1, min_confidence, templates, zlap)
+        return evaluate(self.home, self.catalog, self.searcher, found, config, methods, fit_thresholds)
 
     def explain(self, image: int | str | os.PathLike[str], top: int = 5) -> list[dict[str, Any]]:
         """An indexed image's best labels in every label set applied: score, confidence, method."""
@@ -276,20 +285,21 @@ class Archive:
         run: int | None = None,
         min_confidence: float = 0.5,
         image_url: str = "{uri}",
+        where: ImageFilter | None = None,
     ) -> str:
         """Tags (of tag run ``run``, default the newest) and metadata for every image, as JSON or CSV
         text; or ``label-studio``: Label Studio tasks with the run's tags as pre-annotations (those of
         calibrated confidence at least ``min_confidence``; ``image_url``: the template of each task's
-        image, see :mod:`query.labelstudio`)."""
+        image, see :mod:`query.labelstudio`). With ``where``, only the indexed images that pass it."""
         from query import labelstudio
         from query.export import render
 
         if fmt == "label-studio":
             tasks, _ = labelstudio.tasks(
-                self.catalog, run, min_confidence, labelstudio.check_image_url(image_url)
+                self.catalog, run, min_confidence, labelstudio.check_image_url(image_url), where
             )
             return json.dumps(tasks, indent=1, ensure_ascii=False)
-        return render(self.export_rows(run), fmt)
+        return render(self.export_rows(run, where), fmt)
 
     def label_studio_config(self, run: int | None = None) -> str:
         """The Label Studio labeling config (XML) that the ``label-studio`` export of ``run`` fits."""
@@ -323,15 +333,23 @@ class Archive:
         with recovery.writer(self.home, self.catalog):
             return write_xmp(self.catalog, config)
 
-    def export_vectors(self, target: str | os.PathLike[str] | BinaryIO) -> int:
-        """Write the published index's images as an ``.npz`` (``ids``, ``uris``, ``vectors``: the
-        stored embeddings, ``model``: its identity as JSON) to a file name or a binary file; a file
-        name is written whole or not at all. Returns the number of images."""
+    def export_vectors(
+        self, target: str | os.PathLike[str] | BinaryIO, where: ImageFilter | None = None
+    ) -> int:
+        """Write the published index's images (with ``where``: those that pass it) as an ``.npz``
+        (``ids``, ``uris``, ``vectors``: the stored embeddings, ``model``: its identity as JSON) to a
+        file name or a binary file; a file name is written whole or not at all. Returns the number
+        of images."""
+        import numpy as np
+
         from query.export import write_npz
         from query.tagging import corpus_matrix
 
         version = self.searcher.version()
         ids, xb = corpus_matrix(self.home, self.catalog, version)
+        if where:
+            keep = np.isin(ids, self.catalog.matching_ids(where))
+            ids, xb = ids[keep], xb[keep]
         uris = {row[0]: row[1] for row in self.catalog.hit_rows()}
         arrays = (ids, [uris[int(i)] for i in ids], xb, version.identity.to_dict())
         if hasattr(target, "write"):
@@ -347,12 +365,12 @@ class Archive:
             tmp.unlink(missing_ok=True)
         return len(ids)
 
-    def export_rows(self, run: int | None = None) -> list[dict[str, Any]]:
-        """One dict per image that is not deleted: metadata and the tags of tag run ``run`` (default:
-        the newest)."""
+    def export_rows(self, run: int | None = None, where: ImageFilter | None = None) -> list[dict[str, Any]]:
+        """One dict per image that is not deleted (with ``where``: per indexed image that passes it):
+        metadata and the tags of tag run ``run`` (default: the newest)."""
         from query.export import export_rows
 
-        return export_rows(self.catalog, run)
+        return export_rows(self.catalog, run, where)
 
     def status(self) -> dict[str, Any]:
         """Counts, model identity, the published index version and type, and ``problem``: why the

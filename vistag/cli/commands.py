@@ -125,6 +125,7 @@ def cmd_tag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
         thresholds=thresholds,
         store_top=args.store_top,
         store_all=args.store_all,
+        where=_where(args),
     )
     if args.json:
         print_json(result.top)
@@ -162,6 +163,12 @@ def cmd_eval(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
     if args.json:
         print_json(report)
         return 0
+    about = report["truth"]
+    if about["source"] == "keywords":
+        print(
+            f"truth: the keywords of {about['images']} images ({about['left_out']} indexed images "
+            "with none of the labels among their keywords left out)"
+        )
     results = report["methods"]
     print(f"{'':24}" + "".join(f"{m:>22}" for m in methods))
     print(f"{'top-1 accuracy':24}" + "".join(f"{results[m]['top1']:>22.3f}" for m in methods))
@@ -216,18 +223,20 @@ def cmd_export(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
         binary = getattr(sys.stdout, "buffer", None)
         if not args.output and (binary is None or sys.stdout.isatty()):
             raise InputError("npz is a binary format: pass -o FILE (or redirect standard output)")
-        count = archive.export_vectors(args.output or binary)
+        count = archive.export_vectors(args.output or binary, _where(args))
         if args.output:
             print(f"wrote {count} vectors to {printable(args.output)}", file=sys.stderr)
         return 0
     if args.format == "label-studio":
         confidence = 0.5 if args.min_confidence is None else args.min_confidence
         url = args.image_url or "{uri}"
-        text = archive.export("label-studio", run=args.run, min_confidence=confidence, image_url=url)
+        text = archive.export(
+            "label-studio", run=args.run, min_confidence=confidence, image_url=url, where=_where(args)
+        )
         if args.label_config:
             write_atomic(args.label_config, archive.label_studio_config(args.run))
     else:
-        text = archive.export(args.format, run=args.run)
+        text = archive.export(args.format, run=args.run, where=_where(args))
     if args.output:
         write_atomic(args.output, text)
     else:

@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         "tag",
         help="zero-shot tag every indexed image",
         description="Score every indexed image against LABELS; store all scores (or each "
-        "image's --store-top best) under a new tag run and print each image's best labels.",
+        "image's --store-top best) under a new tag run and print each image's best labels. Filters "
+        "as for search keep the stored and printed tags to the images that pass them.",
     )
     p.add_argument(
         "--labels",
@@ -227,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="store every label even when that is over 100 million tag rows (refused otherwise)",
     )
+    filter_options(p)
     common_options(p)
 
     p.add_argument(
@@ -247,12 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval",
         help="evaluate zero-shot and ZLaP tagging against ground truth",
-        description="Compare tagging methods on a CSV of uri,label rows: top-1 accuracy, per-label "
-        "precision and recall at the confidence threshold, and mAP.",
+        description="Compare tagging methods on a CSV of uri,label rows, or on the keywords the images "
+        "carry: top-1 accuracy, per-label precision and recall at the confidence threshold, and mAP.",
     )
-    p.add_argument("--truth", required=True, metavar="CSV", help="ground truth: uri,label rows")
     p.add_argument(
-        "--labels", metavar="FILE_OR_LIST", help="label set (default: the labels in the truth file)"
+        "--truth",
+        required=True,
+        metavar="CSV_OR_KEYWORDS",
+        help="ground truth: a CSV of uri,label rows, or 'keywords': each image's labels are the labels "
+        "among its keywords (images with none are left out)",
+    )
+    p.add_argument(
+        "--labels",
+        metavar="FILE_OR_LIST",
+        help="label set (default: the labels in the truth file; required with --truth keywords)",
     )
     p.add_argument(
         "--methods", default="zeroshot,zlap", help="comma-separated methods (default zeroshot,zlap)"
@@ -285,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="tags and metadata of every image, or its stored vectors",
         description="Export every image with its metadata and the tags of the latest tag run "
         "(json, csv), or the published index's images with their stored embeddings (npz: arrays "
-        "ids, uris, vectors and model).",
+        "ids, uris, vectors and model). Filters as for search restrict it to the indexed images "
+        "that pass them.",
     )
     p.add_argument(
         "--format",
@@ -312,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-config", metavar="FILE", help="label-studio: also write the matching labeling config (XML)"
     )
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    filter_options(p)
     common_options(p, json_flag=False)
     add_write_xmp_parser(sub)
 
