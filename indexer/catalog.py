@@ -23,6 +23,7 @@ from core.models import ModelIdentity
 from indexer import database
 from indexer import schema as t
 from indexer.catalog_duplicates import DuplicateQueries
+from indexer.catalog_facets import FacetQueries
 from indexer.catalog_meta import MetaQueries, bounding_box, within
 from indexer.catalog_tags import TagQueries
 from indexer.catalog_xmp import XmpQueries
@@ -51,7 +52,7 @@ class ImageFilter:
         return any(v is not None for v in values)
 
 
-class Catalog(TagQueries, DuplicateQueries, XmpQueries, MetaQueries):
+class Catalog(TagQueries, DuplicateQueries, XmpQueries, MetaQueries, FacetQueries):
     """Typed operations on the catalog database."""
 
     def __init__(self, url: str):

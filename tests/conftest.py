@@ -132,3 +132,48 @@ def family_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> Pa
     with Archive(root / "home") as archive:
         archive.index([root / "photos"], model=tiny_model, batch_size=8)
     return root / "home"
+
+
+#: file -> (keywords, EXIF date taken or None: its modification time is set to FACET_MTIME instead)
+FACET_PHOTOS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "a.jpg": (("Alpha", "Beach"), "2019:05:01 10:00:00"),
+    "b.jpg": (("Beach",), "2020:06:15 10:00:00"),
+    "c.jpg": (("Beach", "City"), "2021:07:20 10:00:00"),
+    "d.jpg": (("City",), "2022:08:01 10:00:00"),
+    "e.jpg": ((), None),
+    "f.jpg": (("Beach",), "2023:01:01 10:00:00"),
+}
+FACET_MTIME = 1514887200.0  # 2018-01-02 10:00 UTC
+FACET_LABELS = ["a cat", "a dog", "a tree", "a car"]
+
+
+@pytest.fixture(scope="session")
+def facet_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> tuple[Path, Path]:
+    """(home, photos): 6 photos with keywords and dates taken (FACET_PHOTOS), indexed and tagged
+    with FACET_LABELS (3 best each); shared: tests copy it before changing anything."""
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    from vistag import Archive
+
+    exiftool = shutil.which("exiftool")
+    if exiftool is None:
+        pytest.skip("exiftool is not installed")
+    root = tmp_path_factory.mktemp("facets")
+    photos = root / "photos"
+    photos.mkdir()
+    for seed, (name, (words, taken)) in enumerate(FACET_PHOTOS.items()):
+        path = photos / name
+        pixels = np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path, "JPEG", quality=90)
+        args = [f"-Keywords={w}" for w in words] + ([f"-DateTimeOriginal={taken}"] if taken else [])
+        if args:
+            subprocess.run([exiftool, "-q", "-overwrite_original", *args, str(path)], check=True)
+        if taken is None:
+            os.utime(path, (FACET_MTIME, FACET_MTIME))
+    with Archive(root / "home") as archive:
+        archive.index([photos], model=tiny_model, batch_size=8)
+        archive.tag(FACET_LABELS, top=3)
+    return root / "home", photos

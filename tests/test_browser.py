@@ -1,5 +1,5 @@
 """The web page in a real headless Chromium: search, grid, details, "more like this", upload; the
-duplicates view and a decision in it.
+duplicates view and a decision in it; keyword facets and a date range as filters.
 
 Uses Debian's ``chromium`` and ``chromium-driver`` through Selenium with the driver path given, so
 Selenium Manager never downloads anything; skipped only when those two programs are absent.
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import FACET_PHOTOS
 from tests.helpers import TOKEN, copy_home, running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -164,6 +165,83 @@ def test_duplicates_view_shows_groups_and_resolves_one(family_home, tmp_path, br
         browser.refresh()
         wait.until(EC.text_to_be_present_in_element((By.ID, "dup-summary"), f"{len(after)} group"))
         assert [g.get_attribute("data-group") for g in (_groups(browser) or [])] == [g["id"] for g in after]
+
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not severe, severe
+
+
+def _shown(driver: object) -> list[str]:
+    """The uris of the grid's cards, read in one script (the grid is replaced as filters change)."""
+    script = "return [...document.querySelectorAll('#grid .card')].map(c => c.title)"
+    return list(driver.execute_script(script))  # type: ignore[attr-defined]
+
+
+def _set_date(driver: object, field: str, day: str) -> None:
+    """Set a date input as a person's pick does: its value, then a change event."""
+    driver.execute_script(  # type: ignore[attr-defined]
+        "const i = document.getElementById(arguments[0]); i.value = arguments[1];"
+        "i.dispatchEvent(new Event('change', {bubbles: true}));",
+        field,
+        day,
+    )
+
+
+def test_keyword_facet_and_date_range_filter_the_results(facet_home, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    home, photos = Path(shutil.copytree(facet_home[0], tmp_path / "home")), facet_home[1]
+    wait = WebDriverWait(browser, WAIT_S)
+    with running_server(home) as server:
+        facets = server.get("/api/facets").json()
+        browser.get(f"http://127.0.0.1:{server.port}/")
+        wait.until(EC.text_to_be_present_in_element((By.ID, "facet-keywords"), "beach"))
+        items = browser.find_elements(By.CSS_SELECTOR, "#facet-keywords .facet-item")
+        assert [i.text.split() for i in items] == [[f["value"], str(f["count"])] for f in facets["keywords"]]
+        tag_items = browser.find_elements(By.CSS_SELECTOR, "#facet-tags .facet-item")
+        assert [i.get_attribute("data-value") for i in tag_items] == [f["value"] for f in facets["tags"]]
+
+        browser.find_element(By.ID, "q").send_keys("a photo", Keys.ENTER)
+        wait.until(lambda d: len(_shown(d)) == len(FACET_PHOTOS))
+        items[0].click()  # beach
+        wait.until(lambda d: len(_shown(d)) == 4)
+        _set_date(browser, "since", "2020-01-01")
+        _set_date(browser, "until", "2021-12-31")
+        wait.until(lambda d: "until=2021-12-31" in d.current_url and len(_shown(d)) == 2)
+
+        api = server.search("q=a+photo&k=24&keyword=beach&since=2020-01-01&until=2021-12-31")
+        assert _shown(browser) == [h["uri"] for h in api["hits"]]
+        assert {Path(u).name for u in _shown(browser)} == {"b.jpg", "c.jpg"}
+        assert {Path(u).parent for u in _shown(browser)} == {photos}
+        active = browser.find_element(By.ID, "active-filters").text
+        assert "keyword: beach" in active and "taken from: 2020-01-01" in active
+        pressed = browser.find_element(By.CSS_SELECTOR, '#facet-keywords [data-value="beach"]')
+        assert pressed.get_attribute("aria-pressed") == "true"
+        browser.save_screenshot(str(SCREENSHOT.with_name("vistag-facets.png")))
+
+        browser.find_element(By.CSS_SELECTOR, '#active-filters [data-remove="until"]').click()
+        wait.until(lambda d: "until=" not in d.current_url and len(_shown(d)) == 3)
+        assert {Path(u).name for u in _shown(browser)} == {"b.jpg", "c.jpg", "f.jpg"}  # beach, since 2020
+        browser.find_element(By.CSS_SELECTOR, "#active-filters .clear-filters").click()
+        wait.until(lambda d: len(_shown(d)) == len(FACET_PHOTOS))
+        assert not browser.find_element(By.ID, "active-filters").is_displayed()
+        assert browser.find_element(By.ID, "since").get_attribute("value") == ""
+
+        first = facets["tags"][0]
+        browser.find_element(By.CSS_SELECTOR, "#facet-tags .facet-item").click()
+        wait.until(lambda d: "tag=" in d.current_url)
+        expected = server.search(f"q=a+photo&k=24&tag={first['value'].replace(' ', '+')}")["hits"]
+        wait.until(lambda d: _shown(d) == [h["uri"] for h in expected])
+        assert len(expected) == first["count"]
+        assert (
+            Select(browser.find_element(By.ID, "tag")).first_selected_option.get_attribute("value")
+            == first["value"]
+        )
+        browser.find_element(By.CSS_SELECTOR, "#facet-tags .facet-item").click()  # a second click removes it
+        wait.until(lambda d: "tag=" not in d.current_url)
+        assert not browser.find_element(By.ID, "active-filters").is_displayed()
 
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe

@@ -78,6 +78,7 @@ def test_health_schema_page_and_metrics(server):
         "/api/tag",
         "/api/duplicates",
         "/api/duplicates/resolve",
+        "/api/facets",
     ):
         assert path in schema["paths"], path
     assert "ErrorOut" in schema["components"]["schemas"]
@@ -89,7 +90,7 @@ def test_health_schema_page_and_metrics(server):
         b'src="/static/app.js"' in page.body
         and "default-src 'self'" in page.headers["content-security-policy"]
     )
-    for name in ("app.js", "style.css", "index.html"):
+    for name in ("app.js", "facets.js", "style.css", "index.html"):
         text = server.get(f"/static/{name}").body.decode()
         assert "http://" not in text and "https://" not in text, f"{name} loads something from the network"
 

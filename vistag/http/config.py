@@ -28,6 +28,7 @@ ENV_WRITE_TOKEN = "VISTAG_WRITE_TOKEN"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 HIT_TAGS = 3  # tags shown with each hit, and the ranks the tag filter accepts ("among its top 3")
 DETAIL_TAGS = 10
+FACETS = 50  # keywords and tags the facets endpoint lists, each
 MAX_SOURCE_BYTES = 256 * 1024 * 1024  # largest catalog file read for a thumbnail
 MULTIPART_OVERHEAD = 64 * 1024
 MIN_TOKEN_CHARS = 16

@@ -28,6 +28,7 @@ from vistag.http.schemas import (
     UPLOAD_BODY,
     DuplicatesOut,
     ErrorOut,
+    FacetsOut,
     ImageOut,
     LabelsOut,
     ResolveIn,
@@ -176,6 +177,12 @@ def add_read_routes(app: FastAPI, service: Service) -> None:
     @app.get("/api/labels", response_model=LabelsOut, summary="Labels of the latest tag run")
     def labels() -> dict[str, Any]:
         return service.labels()
+
+    @app.get(
+        "/api/facets", response_model=FacetsOut, summary="Common keywords and tags, range of dates taken"
+    )
+    def facets() -> dict[str, Any]:
+        return service.facets()
 
     @app.get("/api/status", summary="Counts, model, index version, limits")
     def status() -> dict[str, Any]:

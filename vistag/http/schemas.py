@@ -61,6 +61,23 @@ class LabelsOut(BaseModel):
     labels: list[LabelOut]
 
 
+class FacetOut(BaseModel):
+    value: str
+    count: int = Field(description="indexed images that have it")
+
+
+class TakenRangeOut(BaseModel):
+    min: float | None = Field(description="earliest date taken (else modified), seconds since the epoch")
+    max: float | None = Field(description="latest date taken (else modified), seconds since the epoch")
+
+
+class FacetsOut(BaseModel):
+    tag_run: int | None
+    keywords: list[FacetOut] = Field(description="the most common keywords, most images first")
+    tags: list[FacetOut] = Field(description=f"labels of the latest tag run among images' {HIT_TAGS} best")
+    taken: TakenRangeOut
+
+
 class VectorIn(BaseModel):
     vector: list[float] = Field(min_length=1, max_length=8192, description="query embedding, index dimension")
 

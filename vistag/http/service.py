@@ -24,6 +24,7 @@ from vistag.api import Archive
 from vistag.http.config import (
     DETAIL_TAGS,
     ENV_WRITE_TOKEN,
+    FACETS,
     FAISS_THREADS,
     HIT_TAGS,
     Busy,
@@ -136,6 +137,11 @@ class Service:
     def labels(self) -> dict[str, Any]:
         run = self.catalog.latest_tag_run()
         return {"tag_run": run, "labels": self.catalog.label_counts(run, HIT_TAGS)}
+
+    def facets(self) -> dict[str, Any]:
+        """The most common keywords and tags (the tag filter's rule), and the range of dates taken."""
+        run = self.catalog.latest_tag_run()
+        return {"tag_run": run} | self.catalog.facets(run, HIT_TAGS, FACETS)
 
     def status(self) -> dict[str, Any]:
         """Counts, model and index (no home path or database URL), tag run, limits."""

@@ -60,7 +60,7 @@ function explain(error) {
 // -- query state lives in the URL hash, so searches can be bookmarked and the back button works --
 function filterParams() {
   const params = new URLSearchParams();
-  for (const id of ["tag", "prefix", "since", "until", "k"]) {
+  for (const id of [...FILTER_IDS, "k"]) {
     const value = $(id).value.trim();
     if (value) params.set(id, value);
   }
@@ -77,8 +77,9 @@ function readHash() {
   const params = new URLSearchParams(location.hash.slice(1));
   $("q").value = params.get("q") || "";
   if (params.get("tag")) ensureTagOption(params.get("tag"));
-  for (const id of ["tag", "prefix", "since", "until"]) $(id).value = params.get(id) || "";
+  for (const id of FILTER_IDS) $(id).value = params.get(id) || "";
   if (params.get("k")) $("k").value = params.get("k");
+  showActiveFilters();
   return params;
 }
 
@@ -452,6 +453,8 @@ function refresh() {
     setHash(params);
   } else if ($("q").value.trim()) {
     submitSearch();
+  } else {
+    setHash(filterParams());  // no search yet: the filters wait in the URL for the next one
   }
 }
 
@@ -472,6 +475,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("upload").addEventListener("change", searchByUpload);
   $("upload-label").addEventListener("keydown", keyActivates(() => $("upload").click()));
   for (const id of ["tag", "prefix", "since", "until", "k"]) $(id).addEventListener("change", refresh);
+  setUpFacets();
   $("dup-form").addEventListener("submit", (event) => { event.preventDefault(); showDuplicates(); });
   $("dup-kind").addEventListener("change", showDuplicates);
   $("dup-threshold").addEventListener("change", showDuplicates);
@@ -479,6 +483,6 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("dup-more").addEventListener("click", showMoreGroups);
   $("token").value = sessionStorage.getItem(TOKEN_KEY) || "";
   window.addEventListener("hashchange", run);
-  await Promise.all([loadStatus(), loadLabels()]);
+  await Promise.all([loadStatus(), loadLabels(), loadFacets()]);
   await run();
 });

@@ -1,0 +1,70 @@
+"""The catalog's facets (a part of :class:`indexer.catalog.Catalog`): the most common keywords and
+tags of indexed images, with counts, and the range of their dates taken."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from indexer import schema as t
+
+_INDEXED = t.images.c.status == "indexed"
+
+
+class FacetQueries:
+    """Counts for a page's filter lists; mixed into :class:`indexer.catalog.Catalog`."""
+
+    engine: Engine
+
+    def facets(self, run_id: int | None, ranks: int, limit: int) -> dict[str, Any]:
+        """``keywords`` and ``tags``: [{value, count}] of at most ``limit`` each, most images first
+        (ties by value); a tag is a label of tag run ``run_id`` among an image's ``ranks`` best (as
+        the tag filter matches); ``taken``: {min, max} seconds since the epoch of the indexed images'
+        dates taken (else modification times), None each without images."""
+        with self.engine.connect() as conn:
+            keywords = conn.execute(_keyword_counts(limit)).all()
+            tags = conn.execute(_tag_counts(run_id, ranks, limit)).all() if run_id is not None else []
+            low, high = conn.execute(_taken_range()).one()
+        return {
+            "keywords": [{"value": word, "count": int(n)} for word, n in keywords],
+            "tags": [{"value": label, "count": int(n)} for label, n in tags],
+            "taken": {"min": _seconds(low), "max": _seconds(high)},
+        }
+
+
+def _keyword_counts(limit: int) -> sa.Select:
+    k, i = t.image_keywords, t.images
+    count = sa.func.count(k.c.image_id)
+    return (
+        sa.select(k.c.keyword, count)
+        .join(i, i.c.id == k.c.image_id)
+        .where(_INDEXED)
+        .group_by(k.c.keyword)
+        .order_by(count.desc(), k.c.keyword)
+        .limit(limit)
+    )
+
+
+def _tag_counts(run_id: int, ranks: int, limit: int) -> sa.Select:
+    tg, i = t.tags, t.images
+    count = sa.func.count(sa.distinct(tg.c.image_id))
+    return (
+        sa.select(t.labels.c.name, count)
+        .join(t.labels, t.labels.c.id == tg.c.label_id)
+        .join(i, i.c.id == tg.c.image_id)
+        .where(tg.c.run_id == run_id, tg.c.rank < ranks, _INDEXED)
+        .group_by(t.labels.c.name)
+        .order_by(count.desc(), t.labels.c.name)
+        .limit(limit)
+    )
+
+
+def _taken_range() -> sa.Select:
+    taken = sa.func.coalesce(t.images.c.taken, t.images.c.mtime)
+    return sa.select(sa.func.min(taken), sa.func.max(taken)).where(_INDEXED)
+
+
+def _seconds(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
