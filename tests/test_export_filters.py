@@ -81,9 +81,12 @@ def test_a_filtered_tag_run_tags_only_the_images_that_pass_and_never_new_ones(ho
     tasks = cli("export", "--home", home, "--format", "label-studio", "--path", corpus.root / "textures")
     assert {t["data"]["uri"] for t in json.loads(tasks.out)} == textures
 
-    new = corpus.root / "textures" / "new.png"
+    new = corpus.root / "textures" / "new.png"  # in the shared corpus (the filter's folder): removed after
     Image.fromarray(np.random.default_rng(7).integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(new)
-    res = cli("index", corpus.root, "--home", home, "--json")
+    try:
+        res = cli("index", corpus.root, "--home", home, "--json")
+    finally:
+        new.unlink()
     assert res.code == 0, res.err
     assert res.json()["tag_runs"] == [unfiltered]
     assert str(new) in _tagged(home, unfiltered) and _tagged(home, filtered) == textures
