@@ -13,7 +13,7 @@ sidecar only leaves its fields empty.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -161,6 +161,23 @@ def sidecar_state(uri: str) -> str:
             continue
         parts.append(f"{kind}:{st.st_size}:{st.st_mtime_ns}")
     return ";".join(parts)
+
+
+def keyword_forms(by_field: Mapping[str, Sequence[str]]) -> set[str]:
+    """The catalog keywords (see :func:`clean_keywords`) that keywords written into sidecar fields
+    (field -> values, as :data:`core.sidecars.FIELDS` names them) account for alone: the flat ones
+    of ``dc:subject`` and the hierarchical paths of more than one level. A path's leaf, or a
+    one-level path, reads the same as a flat keyword, which a person may hold on their own: the
+    flat field decides for it."""
+    return set(
+        clean_keywords(
+            v
+            for f, values in by_field.items()
+            if f in sidecars.FIELDS
+            for v in values
+            if f == "dc:subject" or "|" in v or "/" in v
+        )
+    )
 
 
 def clean_keywords(words: Iterable[str]) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from core import sidecars, uris
 from indexer import schema as t
 from indexer.database import chunks
 
@@ -49,3 +50,19 @@ class XmpQueries:
             conn.execute(x.delete().where(x.c.sidecar == sidecar))
             if rows:
                 conn.execute(x.insert(), rows)
+
+    def vistag_keywords(self, image_uris: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+        """image uri -> field -> the keywords vistag wrote (and still counts as written) into either
+        sidecar of that local image: what reading its sidecars must not take for a person's keywords."""
+        by_sidecar: dict[str, str] = {}
+        for uri in image_uris:
+            if uris.is_remote(uri):
+                continue
+            for path in sidecars.sidecar_names(uris.to_path(uri)).values():
+                by_sidecar[uris.from_path(path)] = uri
+        out: dict[str, dict[str, list[str]]] = {}
+        for sidecar, fields in self.xmp_records(list(by_sidecar)).items():
+            mine = out.setdefault(by_sidecar[sidecar], {})
+            for field, keywords in fields.items():
+                mine.setdefault(field, []).extend(k for k, state in keywords.items() if state == "written")
+        return out

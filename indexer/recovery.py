@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from core.faults import crash_point
+from core.photometa import keyword_forms
 from indexer import check
 from indexer.catalog import Catalog
 from indexer.home import Home
@@ -110,7 +111,10 @@ def apply_shards(
         )
         catalog.upsert_images([_image_row(m) for m in shard.meta], run_id)
         catalog.replace_keywords(
-            {m["uri"]: json.loads(m["keywords"]) for m in shard.meta if m.get("keywords") is not None}
+            people_keywords(
+                catalog,
+                {m["uri"]: json.loads(m["keywords"]) for m in shard.meta if m.get("keywords") is not None},
+            )
         )
         catalog.add_failures(shard.failures, run_id)
         catalog.upsert_images([_failed_row(f["uri"], by_uri) for f in shard.failures], run_id)
@@ -146,3 +150,15 @@ def _failed_row(uri: str, by_uri: dict[str, FileEntry]) -> dict[str, Any]:
     if entry is not None:
         row |= {"size": entry.size, "mtime": entry.mtime}
     return row
+
+
+def people_keywords(catalog: Catalog, by_uri: dict[str, list[str]]) -> dict[str, list[str]]:
+    """``by_uri`` (image uri -> keywords read from it) without the keywords vistag itself wrote into
+    its sidecars (``vistag write-xmp``): an image's existing keywords are what people gave it, and
+    ``eval --truth keywords`` must never grade vistag against its own tags."""
+    written = catalog.vistag_keywords(list(by_uri))
+    out = {}
+    for uri, words in by_uri.items():
+        mine = keyword_forms(written[uri]) if uri in written else set()
+        out[uri] = [w for w in words if w not in mine]
+    return out

@@ -164,6 +164,28 @@ def test_a_lightroom_sidecar_is_updated_in_place_keeping_the_persons_keywords_an
     assert {k: v for k, v in _hashes(folder).items() if not k.endswith(".xmp")} == originals
 
 
+@needs_exiftool
+def test_keywords_vistag_wrote_are_not_read_back_as_the_persons(cli, tagged):
+    """Sidecars vistag wrote change, so the next index reads them again: the catalog's keywords (the
+    truth of `eval --truth keywords`, the `--keyword` filter) keep the person's and drop vistag's."""
+    from vistag import Archive
+
+    expected = _expected(cli, tagged, tagged["run"], cut=0.0)
+    out = cli("index", tagged["images"], "--home", tagged["home"], "--json")
+    assert out.code == 0 and out.json()["embedded"] == 0, out.err
+    with Archive(tagged["home"]) as archive:
+        catalog = archive.catalog
+        for image in _images(tagged["images"] / "lightroom"):
+            words = set(catalog.keywords(catalog.image(str(image))["id"]))
+            labels = expected[str(image)]
+            persons = {"grandma", "people|grandma", "holiday", labels[0].lower()}
+            assert persons <= words
+            assert not words & ({x.lower() for x in labels[1:]} | {PATHS[x].lower() for x in labels[1:]})
+        plain = _images(tagged["images"] / "plain")  # sidecars of vistag's keywords only, if any
+        assert any(Path(str(image) + ".xmp").exists() for image in plain)
+        assert all(catalog.keywords(catalog.image(str(image))["id"]) == [] for image in plain)
+
+
 def _best_label(expected: dict[str, list[str]], folder: Path) -> str:
     firsts = [expected[str(p)][0] for p in _images(folder) if expected[str(p)]]
     return max(set(firsts), key=firsts.count)
