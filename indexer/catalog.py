@@ -244,17 +244,18 @@ class Catalog(TagQueries, DuplicateQueries, XmpQueries, MetaQueries, FacetQuerie
         return len(uris)
 
     def decoded_by_sha(self, shas: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """sha256 -> ``width``, ``height``, ``phash``, ``taken`` of any already-decoded image with
+        """sha256 -> ``width``, ``height``, ``phash``, ``taken``, ``orientation`` of any already-decoded image with
         that content (content the pipeline did not decode again takes them from it)."""
         i = t.images
         out: dict[str, dict[str, Any]] = {}
         with self.engine.connect() as conn:
             for chunk in chunks(list(shas)):
-                query = sa.select(i.c.sha256, i.c.width, i.c.height, i.c.phash, i.c.taken).where(
-                    i.c.sha256.in_(chunk), i.c.width > 0
-                )
+                query = sa.select(
+                    i.c.sha256, i.c.width, i.c.height, i.c.phash, i.c.taken, i.c.orientation
+                ).where(i.c.sha256.in_(chunk), i.c.width > 0)
                 for row in conn.execute(query.order_by(i.c.phash.is_(None))).mappings():
-                    out.setdefault(row["sha256"], {k: row[k] for k in ("width", "height", "phash", "taken")})
+                    described = ("width", "height", "phash", "taken", "orientation")
+                    out.setdefault(row["sha256"], {k: row[k] for k in described})
         return out
 
     def described_hashes(self, model_id: int) -> dict[str, bool]:

@@ -23,7 +23,7 @@ from indexer.lock import WriterLock
 from pipeline import shards
 from pipeline.inputs import FileEntry
 
-DESCRIBED = ("uri", "sha256", "size", "mtime", "width", "height", "phash", "taken")
+DESCRIBED = ("uri", "sha256", "size", "mtime", "width", "height", "phash", "taken", "orientation")
 METADATA = ("camera", "lens", "lat", "lon", "sidecars")  # kept where the shard row read them
 
 

@@ -75,6 +75,7 @@ images = Table(
     Column("status", String(16), nullable=False),
     Column("phash", String(16)),  # perceptual hash, 16 hex digits (core.hashes)
     Column("taken", Float),  # EXIF date taken, seconds since the epoch
+    Column("orientation", Integer),  # the EXIF orientation (1..8) decoding applied; NULL: unknown
     Column("camera", Text),  # EXIF make and model, "Make Model" (core.photometa)
     Column("lens", Text),
     Column("lat", Float),  # GPS position, decimal degrees (south and west negative)

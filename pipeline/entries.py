@@ -43,6 +43,7 @@ class ImageKey:
     phash: str | None = None  # perceptual hash (core.hashes); None when not decoded here
     taken: float | None = None  # EXIF date taken, seconds since the epoch
     meta: PhotoMeta | None = None  # None when the metadata was not read
+    orientation: int | None = None  # the EXIF orientation (1..8) decoding applied; None when not decoded
 
     def row(self, row: int) -> dict[str, Any]:
         """The key as a shard meta row (see :data:`pipeline.shards.META_COLUMNS`), ``row`` its
@@ -57,6 +58,7 @@ class ImageKey:
             "row": row,
             "phash": self.phash,
             "taken": self.taken,
+            "orientation": self.orientation,
         }
 
     def _described(self) -> dict[str, Any]:
@@ -152,6 +154,7 @@ class EntryDecoder:
                 perceptual_hash(decoded.image),
                 decoded.taken,
                 meta,
+                decoded.orientation,
             )
         except DecodeError as err:
             return failure(entry.uri, "decode", err.reason)

@@ -60,6 +60,7 @@ META_COLUMNS = (
     ("row", "int32"),
     ("phash", "string"),  # since shard format 1 files of 2026-11; older shards lack it (read as None)
     ("taken", "float64"),
+    ("orientation", "int32"),  # the EXIF orientation decoding applied (1..8), since 2026-11
     # photo metadata (core.photometa), since 2026-11; None where it was not read (and in older shards)
     ("camera", "string"),
     ("lens", "string"),

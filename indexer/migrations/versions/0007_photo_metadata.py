@@ -1,4 +1,4 @@
-"""Photo metadata: camera, lens and GPS position of each image, the state of its sidecars when read,
+"""Photo metadata: orientation, camera, lens and GPS position of each image, the state of its sidecars when read,
 and the keywords people gave it.
 
 Revision ID: 0007
@@ -17,6 +17,7 @@ Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
+    op.add_column("images", sa.Column("orientation", sa.Integer))
     op.add_column("images", sa.Column("camera", sa.Text))
     op.add_column("images", sa.Column("lens", sa.Text))
     op.add_column("images", sa.Column("lat", sa.Float))
@@ -35,5 +36,5 @@ def downgrade() -> None:
     op.drop_index("ix_image_keywords_keyword", table_name="image_keywords")
     op.drop_table("image_keywords")
     with op.batch_alter_table("images") as batch:
-        for column in ("sidecars", "lon", "lat", "lens", "camera"):
+        for column in ("sidecars", "lon", "lat", "lens", "camera", "orientation"):
             batch.drop_column(column)
