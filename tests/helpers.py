@@ -155,3 +155,10 @@ def thread_server(app: object) -> Iterator[int]:
         server.should_exit = True
         thread.join(15)
         sock.close()
+
+
+def search_names(cli: Any, home: Path, photos: Path, *options: object) -> set[str]:
+    """The paths, relative to ``photos``, of every hit of a ``vistag search`` with ``options`` (50 at most)."""
+    out = cli("search", "a photo", "--home", home, "-k", 50, "--json", *options)
+    assert out.code == 0, out.err
+    return {str(Path(h["uri"]).relative_to(photos)) for h in out.json()}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import search_names
 from vistag import synth
 
 DATED = {  # file -> EXIF DateTimeOriginal
@@ -53,28 +54,26 @@ def dated_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> tup
     return root / "home", photos
 
 
-def _names(cli, home: Path, photos: Path, *options: object) -> set[str]:
-    out = cli("search", "a photo", "--home", home, "-k", 50, "--json", *options)
-    assert out.code == 0, out.err
-    return {str(Path(h["uri"]).relative_to(photos)) for h in out.json()}
-
-
 def test_date_taken_folder_and_their_combinations(cli, dated_home):
     home, photos = dated_home
-    assert _names(cli, home, photos, "--since", "2019-01-01", "--until", "2019-12-31") == {
+    assert search_names(cli, home, photos, "--since", "2019-01-01", "--until", "2019-12-31") == {
         "2019/a.jpg",
         "2019/b.jpg",
         "2019/c.jpg",
     }
-    assert _names(cli, home, photos, "--since", "2019-06-30T23:00:00", "--until", "2021-03-01") == {
+    assert search_names(cli, home, photos, "--since", "2019-06-30T23:00:00", "--until", "2021-03-01") == {
         "2019/b.jpg",
         "2019/c.jpg",
         "2019-old/d.jpg",
     }
-    assert _names(cli, home, photos, "--until", "2018-12-31") == set(UNDATED)  # by mtime: no EXIF date
-    assert _names(cli, home, photos, "--until", "2016-01-01") == {"misc/f.jpg"}
-    assert _names(cli, home, photos, "--path", photos / "2019") == {"2019/a.jpg", "2019/b.jpg", "2019/c.jpg"}
-    assert _names(cli, home, photos, "--path", photos / "2019-old", "--since", "2021-05-01") == {
+    assert search_names(cli, home, photos, "--until", "2018-12-31") == set(UNDATED)  # by mtime: no EXIF date
+    assert search_names(cli, home, photos, "--until", "2016-01-01") == {"misc/f.jpg"}
+    assert search_names(cli, home, photos, "--path", photos / "2019") == {
+        "2019/a.jpg",
+        "2019/b.jpg",
+        "2019/c.jpg",
+    }
+    assert search_names(cli, home, photos, "--path", photos / "2019-old", "--since", "2021-05-01") == {
         "2019-old/e.jpg"
     }
     out = cli("search", "a photo", "--home", home, "--since", "2030-01-01")

@@ -17,6 +17,7 @@ from PIL import Image
 
 from core.photometa import MAX_KEYWORDS, clean_keywords, read_metadata
 from indexer.catalog import Catalog
+from tests.helpers import search_names
 
 EXIFTOOL = shutil.which("exiftool")
 needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool is not installed")
@@ -106,12 +107,6 @@ def meta_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> tupl
     return root / "home", photos
 
 
-def names(cli, home: Path, photos: Path, *options: object) -> set[str]:
-    out = cli("search", "a photo", "--home", home, "-k", 50, "--json", *options)
-    assert out.code == 0, out.err
-    return {str(Path(h["uri"]).relative_to(photos)) for h in out.json()}
-
-
 def stored(home: Path, uri: Path) -> dict:
     """The catalog's camera, lens, lat, lon and keywords of one image."""
     from vistag import Archive
@@ -164,7 +159,7 @@ def test_camera_near_and_keyword_filters_alone_and_combined(cli, meta_home):
         (("--keyword", "sidefull", "--path", photos / "trip"), set()),
     ]:
         if want:
-            assert names(cli, home, photos, *options) == want, options
+            assert search_names(cli, home, photos, *options) == want, options
         else:
             out = cli("search", "a photo", "--home", home, *options)
             assert out.code == 0 and "no indexed image matches" in out.err, (options, out.err)
@@ -213,7 +208,7 @@ def test_refresh_metadata_fills_older_images_and_a_changed_sidecar_is_read_again
     out = cli("index", photos, "--home", home, "--json")
     assert out.code == 0 and out.json()["embedded"] == 0 and out.json()["plan"]["refresh"] == 1
     assert stored(home, photos / "side/d.jpg")["keywords"] == ["retagged"]
-    assert names(cli, home, photos, "--keyword", "retagged") == {"side/d.jpg"}
+    assert search_names(cli, home, photos, "--keyword", "retagged") == {"side/d.jpg"}
 
 
 def test_a_catalog_at_0006_is_upgraded_in_place(tmp_path):
