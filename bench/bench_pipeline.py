@@ -23,6 +23,7 @@ GPU the decode threads usually are, and the decode scaling shows how many cores 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -36,13 +37,13 @@ import numpy as np
 from core.models import ModelIdentity
 
 
-def _write_images(args: tuple[str, int, int, int, int]) -> None:
+def _write_images(args: tuple[str, int, int, int, int, int]) -> None:
     from PIL import Image
 
-    folder, start, stop, width, height = args
+    folder, start, stop, width, height, seed = args
     yy, xx = np.mgrid[0:height, 0:width] / max(width, height)
     for i in range(start, stop):
-        rng = np.random.default_rng(i)
+        rng = np.random.default_rng((seed, i))
         base = np.stack(
             [np.sin(xx * rng.uniform(1, 9) + yy * rng.uniform(0, 5) + c) for c in rng.uniform(0, 6, 3)], -1
         )
@@ -50,12 +51,12 @@ def _write_images(args: tuple[str, int, int, int, int]) -> None:
         Image.fromarray(arr).save(Path(folder) / f"img-{i:06d}.jpg", quality=90)
 
 
-def make_images(folder: Path, n: int, size: int, height: int | None = None) -> None:
+def make_images(folder: Path, n: int, size: int, height: int | None = None, seed: int = 0) -> None:
     """Write ``n`` photo-like JPEGs (smooth gradients plus noise) of size x size, or size x
-    ``height``, on every core."""
+    ``height``, on every core; another ``seed`` draws other pictures."""
     folder.mkdir(parents=True, exist_ok=True)
     step = max(1, n // (4 * (os.cpu_count() or 1)))
-    jobs = [(str(folder), s, min(n, s + step), size, height or size) for s in range(0, n, step)]
+    jobs = [(str(folder), s, min(n, s + step), size, height or size, seed) for s in range(0, n, step)]
     with ProcessPoolExecutor() as pool:
         list(pool.map(_write_images, jobs))
 
@@ -162,14 +163,21 @@ def engine_forward(model_spec: str, pretrained: str, n: int, batch_size: int, ca
 
 def pipeline_run(folder: Path, home: Path, args: argparse.Namespace, engine: str | None = None) -> float:
     """Seconds of the whole ``vistag index`` command (a fresh Python process, imports included)."""
-    command = [sys.executable, "-m", "vistag.cli", "index", str(folder), "--home", str(home)]
+    return index_command(folder, home, args, engine)[0]
+
+
+def index_command(
+    folder: Path, home: Path, args: argparse.Namespace, engine: str | None = None
+) -> tuple[float, dict]:
+    """Seconds and ``--json`` result of one whole ``vistag index`` command (a fresh process)."""
+    command = [sys.executable, "-m", "vistag.cli", "index", str(folder), "--home", str(home), "--json"]
     command += ["--model", args.model, "--device", args.device]
     command += ["--pretrained", args.pretrained] if args.pretrained else []
     command += ["--batch-size", str(args.batch_size)] if args.batch_size else []
     command += ["--engine", engine] if engine else []
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    run = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
+    return time.perf_counter() - start, json.loads(run.stdout)
 
 
 def stored(home: Path) -> dict[str, np.ndarray]:

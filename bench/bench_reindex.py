@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench_pipeline import make_images, pipeline_run
+from bench_pipeline import fixed_random, index_command, make_images
 
 
 def change(folder: Path, fraction: float, seed: int = 1) -> dict[str, int]:
@@ -25,7 +25,7 @@ def change(folder: Path, fraction: float, seed: int = 1) -> dict[str, int]:
     files = sorted(folder.glob("*.jpg"))
     n = max(4, int(len(files) * fraction)) // 4
     extra = folder / "extra"
-    make_images(extra, 2 * n, 224, seed=seed)
+    make_images(extra, 2 * n, 224, seed=seed)  # other pictures than the corpus's (seed 0)
     fresh = sorted(extra.glob("*.jpg"))
     for i, src in enumerate(fresh[:n]):
         src.rename(folder / f"new-{i}.jpg")
@@ -50,13 +50,16 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder, home = Path(tmp) / "photos", Path(tmp) / "home"
+        if args.pretrained == "random":  # one set of random weights for every run (a fresh draw each load)
+            args.model, args.pretrained = fixed_random(args.model, Path(tmp) / "model"), None
         make_images(folder, args.images, 224)
-        full, r_full = pipeline_run(folder, home, args)
-        same, r_same = pipeline_run(folder, home, args)
+        full, r_full = index_command(folder, home, args)
+        same, r_same = index_command(folder, home, args)
         changed = change(folder, args.change)
-        delta, r_delta = pipeline_run(folder, home, args)
+        delta, r_delta = index_command(folder, home, args)
     assert r_full["embedded"] == args.images and r_same["embedded"] == 0, (r_full, r_same)
     print(f"{args.images} JPEG images, model {args.model} ({args.pretrained}), batch {args.batch_size}")
+    print("each time is a whole `vistag index` command: a fresh process, imports included")
     print(f"full index          : {full:8.1f} s  ({args.images / full:.1f} images/s)")
     print(f"no-change re-run    : {same:8.1f} s  ratio to full {same / full:.3f}")
     print(
