@@ -183,6 +183,12 @@ class Catalog(TagQueries, DuplicateQueries, XmpQueries, MetaQueries, FacetQuerie
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
+    def run(self, run_id: int) -> dict[str, Any] | None:
+        """Run ``run_id`` as a row of :meth:`runs`, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t.runs).where(t.runs.c.id == run_id)).mappings().first()
+        return dict(row) if row is not None else None
+
     # images ---------------------------------------------------------------------------------
     def image_states(self) -> dict[str, dict[str, Any]]:
         """uri -> {id, sha256, size, mtime, status, phash, sidecars} for every image row (for planning)."""

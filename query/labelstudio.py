@@ -9,34 +9,20 @@ multiple-choice ``Choices`` control named ``tags`` on an ``Image`` named ``image
 
 from __future__ import annotations
 
-import json
 import posixpath
 from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from core import uris
-from core.errors import InputError, NotFound
+from core.errors import InputError
 from indexer.catalog import Catalog, ImageFilter
 from query.export import export_rows
+from query.tagruns import tag_run
 
 FROM_NAME, TO_NAME = "tags", "image"
 DEFAULT_IMAGE_URL = "{uri}"
 PLACEHOLDERS = ("id", "uri", "path")
-
-
-def tag_run(catalog: Catalog, run_id: int | None) -> dict[str, Any]:
-    """The finished tag run ``run_id`` (default: the newest) as a runs row with its ``params`` parsed;
-    :class:`NotFound` else."""
-    if run_id is None:
-        run_id = catalog.latest_tag_run()
-        if run_id is None:
-            raise NotFound("no tag run yet: run `vistag tag --labels ...` first")
-    for run in catalog.runs(limit=1_000_000):
-        if run["id"] == run_id and run["kind"] == "tag" and run["status"] == "ok":
-            params = run.get("params") or {}
-            return run | {"params": json.loads(params) if isinstance(params, str) else params}
-    raise NotFound(f"no finished tag run {run_id} (see `vistag runs`)")
 
 
 def check_image_url(template: str) -> str:

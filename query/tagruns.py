@@ -7,6 +7,7 @@ import json
 import shutil
 from typing import Any
 
+from core.errors import NotFound
 from indexer.catalog import Catalog
 from indexer.home import Home
 from query.scoring import run_dir
@@ -29,10 +30,24 @@ def applied_runs(catalog: Catalog, model_key: str, *, to_new_images: bool = Fals
     return out
 
 
+def tag_run(catalog: Catalog, run_id: int | None) -> dict[str, Any]:
+    """The finished tag run ``run_id`` (default: the newest) as a runs row with its ``params`` parsed;
+    :class:`NotFound` else."""
+    if run_id is None:
+        run_id = catalog.latest_tag_run()
+        if run_id is None:
+            raise NotFound("no tag run yet: run `vistag tag --labels ...` first")
+    run = catalog.run(run_id)
+    if run is None or run["kind"] != "tag" or run["status"] != "ok":
+        raise NotFound(f"no finished tag run {run_id} (see `vistag runs`)")
+    params = run.get("params") or {}
+    return run | {"params": json.loads(params) if isinstance(params, str) else params}
+
+
 def delete_tag_run(home: Home, catalog: Catalog, run_id: int) -> dict[str, Any]:
     """Delete tag run ``run_id``: its tags and its folder; its label set is then no longer applied to
     new images (unless another run with the same labels and method remains, named in ``still_applied``)."""
-    run = next((r for r in catalog.runs(limit=100_000) if r["id"] == run_id), None)
+    run = catalog.run(run_id)
     tags = catalog.delete_tag_run(run_id)
     shutil.rmtree(run_dir(home, run_id), ignore_errors=True)
     params = json.loads((run or {}).get("params") or "{}")

@@ -20,7 +20,7 @@ from core import sidecars, uris
 from core.errors import InputError, NotFound, SidecarError
 from indexer.catalog import Catalog
 from indexer.database import chunks
-from query.labelstudio import tag_run
+from query.tagruns import tag_run
 
 WRITTEN, DECLINED = "written", "declined"
 STATUSES = ("created", "updated", "unchanged", "failed", "skipped")

@@ -304,8 +304,9 @@ class Archive:
     def label_studio_config(self, run: int | None = None) -> str:
         """The Label Studio labeling config (XML) that the ``label-studio`` export of ``run`` fits."""
         from query import labelstudio
+        from query.tagruns import tag_run
 
-        return labelstudio.label_config(list(labelstudio.tag_run(self.catalog, run)["params"]["labels"]))
+        return labelstudio.label_config(list(tag_run(self.catalog, run)["params"]["labels"]))
 
     def write_xmp(
         self,
