@@ -140,14 +140,14 @@ def _build(loaded: LoadedModel, which: str, root: Path) -> Any | None:
         path = ov_engine.export_path(root, loaded, which)
         existed = path.is_file()
         try:
-            compiled, cosine = _validate(loaded, which, ov_engine.export(loaded, which, root))
+            compiled, cosine = _validate(loaded, which, ov_engine.export(loaded, which, path))
             if existed and not cosine >= MIN_COSINE:
                 raise ValueError(f"cached export matches only to cosine {cosine:.5f}")
         except Exception:
             if not existed:
                 raise
             shutil.rmtree(path.parent, ignore_errors=True)  # damaged or stale: export it again, once
-            compiled, cosine = _validate(loaded, which, ov_engine.export(loaded, which, root))
+            compiled, cosine = _validate(loaded, which, ov_engine.export(loaded, which, path))
     except Exception as err:  # anything OpenVINO or the trace raises: torch still works
         reason = (str(err).strip().splitlines() or [""])[0][:200]
         log.warning(

@@ -70,9 +70,9 @@ def export_path(root: Path, loaded: LoadedModel, tower: str) -> Path:
     return Path(root) / f"openvino-{version()}" / folder / tower / "model.xml"
 
 
-def export(loaded: LoadedModel, tower: str, root: Path) -> Path:
-    """The IR of ``loaded``'s ``tower`` under ``root``: reused when present, else traced now."""
-    target = export_path(root, loaded, tower)
+def export(loaded: LoadedModel, tower: str, target: Path) -> Path:
+    """The IR of ``loaded``'s ``tower`` at ``target`` (see :func:`export_path`): reused when present,
+    else traced now."""
     if target.is_file() and target.with_suffix(".bin").is_file():
         return target
     import torch
