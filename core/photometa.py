@@ -128,7 +128,7 @@ def _xmp_keywords(fields: dict[str, Any]) -> Iterable[str]:
 def _sidecar_keywords(uri: str) -> list[str]:
     """Keywords of the local image's sidecars (both conventions); unreadable ones give none."""
     found: list[str] = []
-    for path in _sidecar_paths(uri):
+    for path in sidecar_paths(uri):
         try:
             if os.path.getsize(path) > MAX_SIDECAR_BYTES:
                 continue
@@ -140,7 +140,9 @@ def _sidecar_keywords(uri: str) -> list[str]:
     return found
 
 
-def _sidecar_paths(uri: str) -> list[str]:
+def sidecar_paths(uri: str) -> list[str]:
+    """The paths of a local image's two possible sidecars (``photo.jpg.xmp``, ``photo.xmp``); none
+    for a remote image."""
     try:
         names = sidecars.sidecar_names(uris.to_path(uri))
     except Exception:
@@ -154,7 +156,7 @@ def sidecar_state(uri: str) -> str:
     if uris.is_remote(uri):
         return ""
     parts = []
-    for kind, path in zip(sidecars.SIDECAR_NAMES, _sidecar_paths(uri), strict=False):
+    for kind, path in zip(sidecars.SIDECAR_NAMES, sidecar_paths(uri), strict=False):
         try:
             st = os.stat(path)
         except (OSError, ValueError):

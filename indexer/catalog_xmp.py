@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from core import sidecars, uris
+from core import uris
+from core.photometa import sidecar_paths
 from indexer import schema as t
 from indexer.database import chunks
 
@@ -56,9 +57,7 @@ class XmpQueries:
         sidecar of that local image: what reading its sidecars must not take for a person's keywords."""
         by_sidecar: dict[str, str] = {}
         for uri in image_uris:
-            if uris.is_remote(uri):
-                continue
-            for path in sidecars.sidecar_names(uris.to_path(uri)).values():
+            for path in sidecar_paths(uri):
                 by_sidecar[uris.from_path(path)] = uri
         out: dict[str, dict[str, list[str]]] = {}
         for sidecar, fields in self.xmp_records(list(by_sidecar)).items():
