@@ -22,6 +22,7 @@ from core.errors import CatalogError, LockHeld, NotFound
 from core.models import ModelIdentity
 from indexer import database
 from indexer import schema as t
+from indexer.catalog_corrections import CorrectionQueries
 from indexer.catalog_duplicates import DuplicateQueries
 from indexer.catalog_facets import FacetQueries
 from indexer.catalog_meta import MetaQueries, bounding_box, within
@@ -52,7 +53,7 @@ class ImageFilter:
         return any(v is not None for v in values)
 
 
-class Catalog(TagQueries, DuplicateQueries, XmpQueries, MetaQueries, FacetQueries):
+class Catalog(TagQueries, DuplicateQueries, XmpQueries, MetaQueries, FacetQueries, CorrectionQueries):
     """Typed operations on the catalog database."""
 
     def __init__(self, url: str):

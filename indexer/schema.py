@@ -26,7 +26,7 @@ from sqlalchemy import (
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
-HEAD_REVISION = "0007"  # the newest migration in migrations/versions (a test checks it is Alembic's head)
+HEAD_REVISION = "0008"  # the newest migration in migrations/versions (a test checks it is Alembic's head)
 
 models = Table(
     "models",
@@ -208,4 +208,23 @@ xmp_keywords = Table(
     Column("run_id", Id, ForeignKey("runs.id")),
     Column("updated", Float, nullable=False),
     PrimaryKeyConstraint("sidecar", "field", "keyword", name="pk_xmp_keywords"),
+)
+
+# people's corrections of tags, by content: ``verdict`` "yes" (confirmed) or "no" (rejected) for a
+# label, from ``source`` "person" or "keywords" (an image's own keywords); ``uri`` where the image was
+# when corrected (for people; the content is what counts); ``withdrawn`` set when taken back or
+# replaced by a newer correction of the same content and label
+corrections = Table(
+    "corrections",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("sha256", String(64), nullable=False),
+    Column("label", Text, nullable=False),
+    Column("verdict", String(3), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("uri", Text),
+    Column("created", Float, nullable=False),
+    Column("withdrawn", Float),
+    Index("ix_corrections_sha256", "sha256"),
+    Index("ix_corrections_label", "label"),
 )
