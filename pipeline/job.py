@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -235,15 +236,24 @@ def run_config(
         return shards.list_shards(config.output)
     with shard_progress(config.output, f"shard-{chunks.tag}-", config.total or chunks.total, config.progress):
         if test_pipeline is not None:
-            build(test_pipeline, config, chunks=chunks, handler=handler)
-            _finish(test_pipeline.run(), config.timeout_s)
+            _run_pipeline(test_pipeline, config, chunks, handler)
         else:
             config, beam_args = local_gpu_config(config, device, len(chunks.chunks))
             with dask_cluster(beam_args) as args, _prewarmed_pool(config, args):
-                p = beam.Pipeline(options=pipeline_options(args))
-                build(p, config, chunks=chunks, handler=handler)
-                _finish(p.run(), config.timeout_s)
+                _run_pipeline(beam.Pipeline(options=pipeline_options(args)), config, chunks, handler)
     return shards.list_shards(config.output)
+
+
+def _run_pipeline(
+    p: beam.Pipeline, config: PipelineConfig, chunks: Chunking, handler: ModelHandler | None
+) -> None:
+    """Build and run ``p``. Beam makes a temporary folder when a pipeline is constructed and removes
+    it only at the end of ``run()``, so a build that fails would leave it behind: removed here."""
+    try:
+        build(p, config, chunks=chunks, handler=handler)
+        _finish(p.run(), config.timeout_s)
+    finally:
+        shutil.rmtree(getattr(p, "local_tempdir", ""), ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -76,3 +76,23 @@ def test_pipeline_run_entry_point_with_test_pipeline(tmp_path, corpus, tiny_mode
     assert xb.shape == (len(corpus.good), 32)
     np.testing.assert_allclose(np.linalg.norm(xb, axis=1), 1.0, atol=1e-5)
     assert all(len(s.meta) + len(s.failures) <= 10 for s in read)
+
+
+def test_a_pipeline_that_fails_to_build_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    """Beam makes a folder when a pipeline is constructed and removes it only when ``run()`` ends."""
+    import tempfile
+
+    import apache_beam as beam
+
+    from pipeline import job
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("build failed")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(job, "build", fail)
+    p = beam.Pipeline(argv=["--runner=FnApiRunner"])
+    assert list(tmp_path.glob("beam-pipeline-temp*"))  # the folder the run must not leave behind
+    with pytest.raises(RuntimeError, match="build failed"):
+        job._run_pipeline(p, None, None, None)
+    assert not list(tmp_path.glob("beam-pipeline-temp*"))
