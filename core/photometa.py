@@ -13,7 +13,7 @@ sidecar only leaves its fields empty.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -150,13 +150,16 @@ def sidecar_paths(uri: str) -> list[str]:
     return list(dict.fromkeys(names[kind] for kind in sidecars.SIDECAR_NAMES))
 
 
-def sidecar_state(uri: str) -> str:
+def sidecar_state(uri: str, may_exist: Callable[[str], bool] | None = None) -> str:
     """The state of a local image's sidecars, to tell when one changes: ``kind:size:mtime_ns`` of
-    each present, ``;``-joined ("" without any, and for remote images)."""
+    each present, ``;``-joined ("" without any, and for remote images). ``may_exist(path)`` False
+    says a sidecar is surely absent, without a ``stat`` (a folder listing knows)."""
     if uris.is_remote(uri):
         return ""
     parts = []
     for kind, path in zip(sidecars.SIDECAR_NAMES, sidecar_paths(uri), strict=False):
+        if may_exist is not None and not may_exist(path):
+            continue
         try:
             st = os.stat(path)
         except (OSError, ValueError):

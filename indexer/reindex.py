@@ -9,7 +9,7 @@ are those whose XMP sidecar changed since their metadata was read (read again, n
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,7 +93,7 @@ def plan_reindex(
             changed.append(entry)
         elif state["status"] == "indexed" and state["sha256"] not in known:
             reembed.append(entry)
-        elif state["status"] == "indexed" and _undescribed(entry.uri, state, refresh):
+        elif state["status"] == "indexed" and _undescribed(entry.uri, state, refresh, listing.may_exist):
             again.append(entry)
         else:
             unchanged.append(entry.uri)
@@ -113,10 +113,12 @@ def plan_reindex(
     )
 
 
-def _undescribed(uri: str, state: Mapping[str, Any], refresh: bool) -> bool:
+def _undescribed(
+    uri: str, state: Mapping[str, Any], refresh: bool, may_exist: Callable[[str], bool] | None = None
+) -> bool:
     """Whether an unchanged indexed image must be read again for its description: never described
     (with ``refresh``), or its sidecars changed since its metadata was read."""
     read = state.get("sidecars")
     if read is None:
         return refresh
-    return (refresh and not state.get("phash")) or sidecar_state(uri) != read
+    return (refresh and not state.get("phash")) or sidecar_state(uri, may_exist) != read

@@ -11,8 +11,8 @@ import errno
 import glob
 import os
 import stat
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import uris
@@ -49,6 +49,15 @@ class Listing:
     entries: tuple[FileEntry, ...]
     roots: tuple[str, ...]
     missing: tuple[tuple[str, str], ...]
+    # walked folder -> the lower-case names of the XMP sidecars in it
+    sidecars: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def may_exist(self, path: str) -> bool:
+        """False when the local file ``path`` is surely absent: its folder was walked and held no
+        file of that name in any case (a re-index then needs no ``stat`` to know)."""
+        folder, name = os.path.split(path)
+        names = self.sidecars.get(folder)
+        return names is None or name.lower() in names
 
 
 def has_image_extension(uri: str) -> bool:
@@ -62,14 +71,17 @@ def expand_inputs(inputs: Sequence[str]) -> Listing:
     found: dict[str, FileEntry] = {}
     roots: list[str] = []
     missing: list[tuple[str, str]] = []
+    sidecars: dict[str, frozenset[str]] = {}
     for raw in inputs:
-        entries = _expand_one(raw, roots, missing)
+        entries = _expand_one(raw, roots, missing, sidecars)
         for entry in entries:
             found[entry.uri] = entry
-    return Listing(tuple(sorted(found.values())), tuple(roots), tuple(missing))
+    return Listing(tuple(sorted(found.values())), tuple(roots), tuple(missing), sidecars)
 
 
-def _expand_one(raw: str, roots: list[str], missing: list[tuple[str, str]]) -> list[FileEntry]:
+def _expand_one(
+    raw: str, roots: list[str], missing: list[tuple[str, str]], sidecars: dict[str, frozenset[str]]
+) -> list[FileEntry]:
     text = raw.strip()
     if not text:
         raise InputError("empty input path")
@@ -79,7 +91,7 @@ def _expand_one(raw: str, roots: list[str], missing: list[tuple[str, str]]) -> l
     if path.is_dir():
         root = str(path.resolve())
         roots.append(uris.from_path(root))
-        return list(_walk(root))
+        return list(_walk(root, sidecars))
     if path.is_file():
         if path.suffix.lower() in MANIFEST_EXTENSIONS:
             return _read_manifest(path, missing)
@@ -111,10 +123,12 @@ def _is_regular(path: str) -> bool:
         return False
 
 
-def _walk(root: str) -> Iterable[FileEntry]:
-    """Image files below root; symlinked folders are not followed (no loops), unreadable ones skipped."""
+def _walk(root: str, sidecars: dict[str, frozenset[str]]) -> Iterable[FileEntry]:
+    """Image files below root; symlinked folders are not followed (no loops), unreadable ones skipped.
+    ``sidecars`` gets, per folder walked, the lower-case names of its ``.xmp`` files."""
     for folder, dirs, files in os.walk(root, onerror=None, followlinks=False):
         dirs.sort()
+        sidecars[folder] = frozenset(n.lower() for n in files if n.lower().endswith(".xmp"))
         for name in sorted(files):
             if not has_image_extension(name):
                 continue

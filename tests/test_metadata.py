@@ -274,3 +274,23 @@ def test_metadata_filters_in_sql_on_every_backend_and_across_the_antimeridian(db
         assert found(near=(90.0, 0.0, 20_000.0)) == {"/p/fiji.jpg", "/p/samoa.jpg", "/p/paris.jpg"}
     finally:
         catalog.close()
+
+
+def test_the_listing_says_which_sidecars_are_surely_absent_so_a_reindex_need_not_stat_them(tmp_path):
+    from core import uris
+    from core.photometa import sidecar_state
+    from pipeline.inputs import expand_inputs
+
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / name).write_bytes(b"not read")
+    (tmp_path / "b.jpg.XMP").write_text("x")
+    listing = expand_inputs([str(tmp_path)])
+    assert [e.uri.rsplit("/", 1)[1] for e in listing.entries] == ["a.jpg", "b.jpg"]
+    assert not listing.may_exist(str(tmp_path / "a.jpg.xmp"))
+    assert not listing.may_exist(str(tmp_path / "a.xmp"))
+    assert listing.may_exist(str(tmp_path / "b.jpg.xmp"))  # in another case: a stat decides
+    assert listing.may_exist(str(tmp_path / "elsewhere" / "c.jpg.xmp"))  # a folder it did not walk
+    (tmp_path / "a.jpg.xmp").write_text("written after the listing")
+    image = uris.from_path(str(tmp_path / "a.jpg"))
+    assert sidecar_state(image).startswith("full:")
+    assert sidecar_state(image, listing.may_exist) == ""  # no stat where the listing knows
