@@ -274,6 +274,12 @@ def test_http_corrections_need_the_token_and_round_trip(home):
     with Archive(home) as archive:
         app = create_app(archive, ServiceConfig(write_token=TOKEN))
         with thread_server(app) as port:
+            paths = http_request(port, "GET", "/openapi.json").json()["paths"]
+            assert {
+                "/api/images/{image_id}/corrections",
+                "/api/corrections/{correction_id}",
+                "/api/corrections",
+            } <= set(paths)
             assert_error(http_request(port, *post, json_type), 401)
             assert_error(http_request(port, *post, json_type | {"Authorization": "Bearer wrong"}), 401)
             assert_error(http_request(port, "DELETE", "/api/corrections/1"), 401)
