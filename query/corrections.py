@@ -96,7 +96,7 @@ def read_csv(catalog: Catalog, path: str | os.PathLike[str]) -> list[dict[str, A
         cells = [c.strip() for c in row]
         if not any(cells) or cells[0].startswith("#"):
             continue
-        if number == 1 and cells[0].lower() in HEADER_FIRST and cells[1:2] == ["label"]:
+        if number == 1 and cells[0].lower() in HEADER_FIRST and [c.lower() for c in cells[1:2]] == ["label"]:
             continue
         rows.append(_csv_row(catalog, path, number, cells))
     if not rows:

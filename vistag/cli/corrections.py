@@ -84,9 +84,7 @@ def cmd_corrections(archive: Any, args: argparse.Namespace, _: list[str]) -> int
 
 def cmd_review(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
     items = archive.review(args.labels, n=args.limit, method=args.method)
-    where = [
-        f"--{name}={shlex.quote(str(getattr(args, name)))}" for name in ("home", "db") if getattr(args, name)
-    ]
+    where = [f"--home={shlex.quote(str(args.home))}"] if args.home else []  # the home knows its database
     for item in items:
         tail = " ".join([str(item["id"]), "--label", shlex.quote(item["label"]), *where])
         item["hint"] = {"confirm": f"vistag confirm {tail}", "reject": f"vistag reject {tail}"}
