@@ -82,6 +82,20 @@ def correct(
     )
 
 
+def confirm(
+    catalog: Catalog, images: Sequence[int | str | os.PathLike[str]], label: str
+) -> list[dict[str, Any]]:
+    """Record that each of ``images`` has ``label`` (see :func:`correct`)."""
+    return correct(catalog, images, label, "yes")
+
+
+def reject(
+    catalog: Catalog, images: Sequence[int | str | os.PathLike[str]], label: str
+) -> list[dict[str, Any]]:
+    """Record that none of ``images`` has ``label`` (see :func:`correct`)."""
+    return correct(catalog, images, label, "no")
+
+
 def read_csv(catalog: Catalog, path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The corrections of a CSV of ``uri_or_id,label[,yes|no]`` rows (default ``yes``; a header row,
     empty rows and ``#`` comments are skipped; relative paths are from the CSV's folder), each

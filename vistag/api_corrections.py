@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from core.errors import NotFound
 from query import corrections
 from query.vocab import Label
 
@@ -32,11 +33,11 @@ class CorrectionMethods:
         Every image is resolved before anything is written (:class:`NotFound` else). Per image
         ``id`` (of the correction), ``state`` (added, replaced, unchanged), ``image``, ``uri``,
         ``label``, ``verdict``, ``source``."""
-        return corrections.correct(self.catalog, _listed(images), label, "yes")
+        return corrections.confirm(self.catalog, _listed(images), label)
 
     def reject(self, images: Image | Sequence[Image], label: str) -> list[dict[str, Any]]:
         """Reject ``label`` for ``images``; as :meth:`confirm`."""
-        return corrections.correct(self.catalog, _listed(images), label, "no")
+        return corrections.reject(self.catalog, _listed(images), label)
 
     def import_corrections(self, csv_path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         """Record the corrections of a CSV of ``uri_or_id,label[,yes|no]`` rows (default yes; a
@@ -82,7 +83,10 @@ class CorrectionMethods:
 
         if labels is not None:
             return TagConfig(tuple(parse_vocabulary(labels)), method, templates=SHORT_TEMPLATES)
-        params = tag_run(self.catalog, None)["params"]
+        try:
+            params = tag_run(self.catalog, None)["params"]
+        except NotFound:
+            raise NotFound("no tag run yet: pass --labels, or run `vistag tag --labels ...` first") from None
         vocabulary = tuple(_label(x) for x in params.get("vocabulary") or params["labels"])
         templates = tuple(params.get("templates") or SHORT_TEMPLATES)
         return TagConfig(vocabulary, method, templates=templates)
