@@ -85,16 +85,24 @@ class CorrectionQueries:
         return sorted(done)
 
     def corrections(
-        self, labels: Sequence[str] | None = None, *, withdrawn: bool = False, limit: int | None = None
+        self,
+        labels: Sequence[str] | None = None,
+        *,
+        withdrawn: bool = False,
+        limit: int | None = None,
+        contents: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         """Corrections, newest first (active ones only unless ``withdrawn``), optionally of some
-        labels; each with ``images``: the ids and uris of the indexed images with that content now."""
+        labels or some contents (sha256); each with ``images``: the ids and uris of the indexed
+        images with that content now."""
         c = t.corrections
         query = sa.select(*(c.c[name] for name in FIELDS)).order_by(c.c.id.desc())
         if not withdrawn:
             query = query.where(c.c.withdrawn.is_(None))
         if labels is not None:
             query = query.where(sa.func.lower(c.c.label).in_(sorted({x.lower() for x in labels})))
+        if contents is not None:
+            query = query.where(c.c.sha256.in_(sorted(set(contents))))
         if limit is not None:
             query = query.limit(limit)
         with self.engine.connect() as conn:
@@ -103,6 +111,16 @@ class CorrectionQueries:
         for row in rows:
             row["images"] = where.get(row["sha256"], [])
         return rows
+
+    def correction_states(self, ids: Sequence[int]) -> dict[int, bool]:
+        """Correction id -> whether it is active, for those of ``ids`` that exist."""
+        c = t.corrections
+        out: dict[int, bool] = {}
+        with self.engine.connect() as conn:
+            for chunk in chunks(sorted({int(i) for i in ids})):
+                for cid, gone in conn.execute(sa.select(c.c.id, c.c.withdrawn).where(c.c.id.in_(chunk))):
+                    out[int(cid)] = gone is None
+        return out
 
     def indexed_by_content(self, shas: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
         """sha256 -> the indexed images (``id``, ``uri``, by id) with that content."""

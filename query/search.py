@@ -227,7 +227,7 @@ class Searcher:
             if self.catalog.image(image_id)["status"] == "indexed":
                 return self._stored_vector(image_id)
         except NotFound:
-            if _is_id(image):
+            if is_image_id(image):
                 raise
         uri = uris.normalize(os.fspath(image))
         if uris.is_remote(uri) or not os.path.isfile(uris.to_path(uri)):
@@ -236,7 +236,7 @@ class Searcher:
 
     def image_id(self, image: int | str | os.PathLike[str]) -> int:
         """Catalog id of an indexed image given by id or path; raises :class:`NotFound`."""
-        if _is_id(image):
+        if is_image_id(image):
             return int(self.catalog.image(int(image))["id"])
         return int(self.catalog.image(uris.normalize(os.fspath(image)))["id"])
 
@@ -280,7 +280,8 @@ class Searcher:
         return encode_images(model, [model.transform(decoded.image)])
 
 
-def _is_id(image: object) -> bool:
+def is_image_id(image: object) -> bool:
+    """Whether ``image`` names a catalog id (an int, or digits that are not an existing file's name)."""
     return isinstance(image, int) or (isinstance(image, str) and image.isdigit() and not Path(image).exists())
 
 

@@ -1,5 +1,6 @@
 """The web page in a real headless Chromium: search, grid, details, "more like this", upload; the
-duplicates view and a decision in it; keyword facets and a date range as filters.
+duplicates view and a decision in it; keyword facets and a date range as filters; corrections
+(confirm, reject, add, withdraw) on an image's details.
 
 Uses Debian's ``chromium`` and ``chromium-driver`` through Selenium with the driver path given, so
 Selenium Manager never downloads anything; skipped only when those two programs are absent.
@@ -242,6 +243,59 @@ def test_keyword_facet_and_date_range_filter_the_results(facet_home, tmp_path, b
         browser.find_element(By.CSS_SELECTOR, "#facet-tags .facet-item").click()  # a second click removes it
         wait.until(lambda d: "tag=" not in d.current_url)
         assert not browser.find_element(By.ID, "active-filters").is_displayed()
+
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not severe, severe
+
+
+def test_details_confirm_reject_add_and_withdraw_corrections(facet_home, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    home = Path(shutil.copytree(facet_home[0], tmp_path / "home"))
+    wait = WebDriverWait(browser, WAIT_S)
+
+    def recorded(image_id: str) -> set[tuple[str, str]]:
+        return {
+            (c["label"], c["verdict"]) for c in server.get(f"/api/images/{image_id}").json()["corrections"]
+        }
+
+    with running_server(home, env={"VISTAG_WRITE_TOKEN": TOKEN}) as server:
+        browser.get(f"http://127.0.0.1:{server.port}/")
+        wait.until(EC.text_to_be_present_in_element((By.ID, "status"), "images indexed"))
+        wait.until(EC.element_to_be_clickable((By.ID, "q"))).send_keys("a photo", Keys.ENTER)
+        card = wait.until(_cards)[0]
+        image_id = card.get_attribute("data-id")
+        card.click()
+        wait.until(EC.visibility_of_element_located((By.ID, "detail")))
+        first, second = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#detail-tags li[data-label]"))[
+            :2
+        ]
+        labels = [first.get_attribute("data-label"), second.get_attribute("data-label")]
+        browser.find_element(By.ID, "correction-token").send_keys(TOKEN)
+        first.find_element(By.CSS_SELECTOR, "button[data-verdict='yes']").click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "detail-corrections"), labels[0]))
+        rejecting = f"#detail-tags li[data-label='{labels[1]}'] button[data-verdict='no']"
+        browser.find_element(By.CSS_SELECTOR, rejecting).click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "detail-corrections"), labels[1]))
+        field = browser.find_element(By.ID, "correction-label")
+        field.send_keys("a lamp", Keys.ENTER)
+        wait.until(EC.text_to_be_present_in_element((By.ID, "detail-corrections"), "a lamp"))
+        assert recorded(image_id) == {(labels[0], "yes"), (labels[1], "no"), ("a lamp", "yes")}
+        chosen = browser.find_element(By.CSS_SELECTOR, f"#detail-tags li[data-label='{labels[0]}'] .chosen")
+        assert chosen.get_attribute("data-verdict") == "yes"
+        browser.save_screenshot(str(SCREENSHOT.with_name("vistag-corrections.png")))
+
+        lamp = next(
+            li
+            for li in browser.find_elements(By.CSS_SELECTOR, "#detail-corrections li[data-correction]")
+            if "a lamp" in li.text
+        )
+        lamp.find_element(By.CSS_SELECTOR, "button[data-withdraw]").click()
+        wait.until(lambda d: "a lamp" not in d.find_element(By.ID, "detail-corrections").text)
+        assert recorded(image_id) == {(labels[0], "yes"), (labels[1], "no")}
 
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe

@@ -179,3 +179,32 @@ def test_bulk_writes_round_trip_and_fail_whole(catalog):
     with pytest.raises(sa.exc.IntegrityError):
         catalog.upsert_images(bad, run)
     assert not [r for r in catalog.images(status=None) if r["uri"].startswith("/bulk2/")]
+
+
+def test_corrections_one_active_per_content_and_label_listed_by_content(catalog):
+    run = catalog.start_run("index", catalog.model_id(IDENTITY))
+    catalog.upsert_images([_img("/x/1.jpg"), _img("/x/copy.jpg"), _img("/x/2.jpg", "b" * 64)], run)
+    a, b = "a" * 64, "b" * 64
+    first = catalog.add_corrections(
+        [
+            {"sha256": a, "label": "Cat", "verdict": "yes", "source": "person", "uri": "/x/1.jpg"},
+            {"sha256": b, "label": "cat", "verdict": "no", "source": "person"},
+        ]
+    )
+    assert [r["state"] for r in first] == ["added", "added"]
+    again = catalog.add_corrections([{"sha256": a, "label": "CAT", "verdict": "no", "source": "person"}])
+    assert again[0]["state"] == "replaced"
+    assert catalog.correction_states([first[0]["id"], again[0]["id"], 999]) == {
+        first[0]["id"]: False,
+        again[0]["id"]: True,
+    }
+    mine = catalog.corrections(contents=[a])
+    assert [(r["id"], r["verdict"]) for r in mine] == [(again[0]["id"], "no")]
+    assert [i["uri"] for i in mine[0]["images"]] == ["/x/1.jpg", "/x/copy.jpg"]  # every copy
+    assert len(catalog.corrections(contents=[a], withdrawn=True)) == 2
+    ids, cols, verdicts = catalog.correction_pairs(["dog", "cat"])
+    assert len(ids) == 3 and set(cols.tolist()) == {1} and not verdicts.any()
+    assert catalog.withdraw_corrections([again[0]["id"], first[1]["id"]]) == sorted(
+        [again[0]["id"], first[1]["id"]]
+    )
+    assert catalog.corrections() == [] and len(catalog.correction_pairs(["cat"])[0]) == 0

@@ -22,6 +22,7 @@ from indexer.catalog import Catalog, ImageFilter
 from indexer.home import Home
 from query.search import Hit, Searcher
 from query.vocab import SHORT_TEMPLATES, Label
+from vistag.api_corrections import CorrectionMethods
 
 if TYPE_CHECKING:
     from indexer.job import IndexResult
@@ -32,8 +33,9 @@ if TYPE_CHECKING:
 # or a server never imports the indexing pipeline.
 
 
-class Archive:
-    """An indexed image archive living in a home directory (and optionally an external database)."""
+class Archive(CorrectionMethods):
+    """An indexed image archive living in a home directory (and optionally an external database);
+    its corrections methods (confirm, reject, review...) are in :mod:`vistag.api_corrections`."""
 
     def __init__(
         self,

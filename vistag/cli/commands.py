@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.errors import InputError
+from vistag.cli.corrections import HANDLERS as CORRECTION_HANDLERS
 from vistag.cli.output import print_json, print_rows, printable, write_atomic
 from vistag.cli.parser import option_names
 from vistag.cli.serve import cmd_serve
@@ -414,4 +415,5 @@ HANDLERS = {
     "serve": cmd_serve,
     "check": cmd_check,
     "duplicates": cmd_duplicates,
+    **CORRECTION_HANDLERS,
 }

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from vistag.cli.parser_corrections import CORRECTION_COMMANDS, add_corrections_parsers
+
 ENV_WRITE_TOKEN = "VISTAG_WRITE_TOKEN"
 COMMANDS = (
     "index",
@@ -23,6 +25,7 @@ COMMANDS = (
     "serve",
     "check",
     "duplicates",
+    *CORRECTION_COMMANDS,
 )
 
 
@@ -354,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common_options(p)
     add_duplicates_parser(sub)
+    add_corrections_parsers(sub, common_options)
     add_serve_parser(sub)
     return ap
 

@@ -30,7 +30,7 @@ from core.errors import (
 )
 from vistag.http.config import ServiceConfig, Unauthorized, error_response, http_status
 from vistag.http.edge import EdgeMiddleware
-from vistag.http.routes import add_page_routes, add_read_routes, add_write_routes
+from vistag.http.routes import add_correction_routes, add_page_routes, add_read_routes, add_write_routes
 from vistag.http.service import Service
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ def create_app(archive: Any, config: ServiceConfig) -> FastAPI:
     _add_error_handlers(app)
     add_read_routes(app, service)
     add_write_routes(app, service)
+    add_correction_routes(app, service)
     add_page_routes(app, service)
     app.add_middleware(EdgeMiddleware, service=service)
     return app

@@ -26,6 +26,9 @@ from vistag.http.config import HIT_TAGS, MAX_ID, MULTIPART_OVERHEAD, STATIC, Pay
 from vistag.http.schemas import (
     ERRORS,
     UPLOAD_BODY,
+    CorrectionAddedOut,
+    CorrectionIn,
+    CorrectionsOut,
     DuplicatesOut,
     ErrorOut,
     FacetsOut,
@@ -37,6 +40,7 @@ from vistag.http.schemas import (
     TagIn,
     TagRunOut,
     VectorIn,
+    WithdrawnOut,
 )
 from vistag.http.service import Service
 
@@ -92,6 +96,7 @@ class Hits(Response):
 
 
 ImageId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="catalog image id")]
+CorrectionId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="correction id")]
 
 
 def add_read_routes(app: FastAPI, service: Service) -> None:
@@ -174,6 +179,13 @@ def add_read_routes(app: FastAPI, service: Service) -> None:
     ) -> Response:
         return Hits(service.duplicates(kind, threshold))
 
+    @app.get("/api/corrections", response_model=CorrectionsOut, summary="Confirmed and rejected labels")
+    def corrections(
+        label: str | None = Query(None, max_length=200, description="only this label's (any case)"),
+        limit: int = Query(1000, ge=1, le=10000, description="at most this many, newest first"),
+    ) -> dict[str, Any]:
+        return service.corrections(label, limit)
+
     @app.get("/api/labels", response_model=LabelsOut, summary="Labels of the latest tag run")
     def labels() -> dict[str, Any]:
         return service.labels()
@@ -221,6 +233,34 @@ def add_write_routes(app: FastAPI, service: Service) -> None:
     ) -> dict[str, Any]:
         service.authorize(authorization)
         return service.resolve_duplicates(body.group, body.keep, body.not_duplicates, body.threshold)
+
+
+def add_correction_routes(app: FastAPI, service: Service) -> None:
+    codes = ERRORS | {c: {"model": ErrorOut} for c in (401, 403)}
+
+    @app.post(
+        "/api/images/{image_id}/corrections",
+        response_model=CorrectionAddedOut,
+        responses=codes,
+        summary="Confirm (yes) or reject (no) a label for an image's content (needs the write token)",
+    )
+    def correct(
+        image_id: ImageId, body: CorrectionIn, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        service.authorize(authorization)
+        return service.correct(image_id, body.label, body.verdict)
+
+    @app.delete(
+        "/api/corrections/{correction_id}",
+        response_model=WithdrawnOut,
+        responses=codes,
+        summary="Withdraw a correction (needs the write token)",
+    )
+    def withdraw(
+        correction_id: CorrectionId, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        service.authorize(authorization)
+        return service.withdraw(correction_id)
 
 
 def add_page_routes(app: FastAPI, service: Service) -> None:

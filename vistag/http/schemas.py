@@ -38,6 +38,27 @@ class SearchOut(BaseModel):
     took_ms: float
 
 
+class PlaceOut(BaseModel):
+    id: int
+    uri: str
+
+
+class CorrectionOut(BaseModel):
+    id: int
+    sha256: str = Field(
+        description="the corrected content: the correction follows it through moves and copies"
+    )
+    label: str
+    verdict: Literal["yes", "no"] = Field(
+        description="yes: the image has the label (confirmed); no: rejected"
+    )
+    source: Literal["person", "keywords"]
+    uri: str | None = Field(description="where the image was when corrected")
+    created: float = Field(description="seconds since the epoch")
+    withdrawn: float | None = Field(description="when withdrawn or replaced; null: active")
+    images: list[PlaceOut] = Field(description="the indexed images with this content now")
+
+
 class ImageOut(BaseModel):
     id: int
     uri: str
@@ -48,7 +69,34 @@ class ImageOut(BaseModel):
     width: int | None
     height: int | None
     tags: list[TagOut]
+    corrections: list[CorrectionOut] = Field(description="the active corrections of the image's content")
     thumbnail: str
+
+
+class CorrectionsOut(BaseModel):
+    corrections: list[CorrectionOut] = Field(description="newest first")
+
+
+class CorrectionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(min_length=1, max_length=200)
+    verdict: Literal["yes", "no"] = Field(description="yes: confirm the label; no: reject it")
+
+
+class CorrectionAddedOut(BaseModel):
+    id: int = Field(description="the correction's id (DELETE /api/corrections/{id} withdraws it)")
+    state: Literal["added", "replaced", "unchanged"]
+    image: int
+    uri: str
+    label: str
+    verdict: Literal["yes", "no"]
+    source: Literal["person", "keywords"]
+
+
+class WithdrawnOut(BaseModel):
+    id: int
+    withdrawn: bool = Field(description="false: it was withdrawn already")
 
 
 class LabelOut(BaseModel):

@@ -19,6 +19,7 @@ from core.errors import (
     NotFound,
 )
 from indexer.catalog import Catalog, ImageFilter
+from query import corrections
 from query.search import Hit, Searcher
 from vistag.api import Archive
 from vistag.http.config import (
@@ -121,7 +122,12 @@ class Service:
             row["id"], []
         )
         keys = ("id", "uri", "status", "sha256", "size", "mtime", "width", "height")
-        return {k: row[k] for k in keys} | {"tags": tags, "thumbnail": thumbnail_url(row["id"])}
+        fixed = self.catalog.corrections(contents=[row["sha256"]]) if row["sha256"] else []
+        return {k: row[k] for k in keys} | {
+            "tags": tags,
+            "corrections": fixed,
+            "thumbnail": thumbnail_url(row["id"]),
+        }
 
     def thumbnail(self, row: dict[str, Any], size: int) -> bytes:
         """JPEG bytes of an image row's thumbnail: cached, else rendered (see :class:`ThumbnailCache`)."""
@@ -182,6 +188,19 @@ class Service:
         """Record a decision about a listed duplicate group (one write at a time)."""
         with self._one_write():
             return self.review.resolve(group, keep, not_duplicates, threshold)
+
+    def correct(self, image_id: int, label: str, verdict: str) -> dict[str, Any]:
+        """Confirm (``yes``) or reject (``no``) ``label`` for an indexed image's content."""
+        return corrections.correct(self.catalog, [self.image_row(image_id)["id"]], label, verdict)[0]
+
+    def corrections(self, label: str | None, limit: int) -> dict[str, Any]:
+        """The active corrections, newest first, of ``label`` (any case) or all."""
+        return {"corrections": corrections.listing(self.catalog, label, limit=limit)}
+
+    def withdraw(self, correction_id: int) -> dict[str, Any]:
+        """Withdraw one correction; :class:`NotFound` when there is no such correction."""
+        done = corrections.withdraw(self.catalog, [correction_id])
+        return {"id": correction_id, "withdrawn": correction_id in done["withdrawn"]}
 
     @contextlib.contextmanager
     def _one_write(self) -> Iterator[None]:

@@ -176,10 +176,11 @@ async function openDetail(id) {
     $("detail-img").alt = baseName(image.uri);
     $("detail-name").textContent = baseName(image.uri);
     $("detail-meta").replaceChildren(...metaRows(image));
-    $("detail-tags").replaceChildren(...(image.tags.length ? image.tags.map((tag) => el("li", {}, [
+    $("detail-tags").replaceChildren(...(image.tags.length ? image.tags.map((tag) => el("li", { dataset: { label: tag.label } }, [
       el("span", { textContent: tag.label }),
       el("span", { className: "conf", textContent: confidenceText(tag) || tag.score.toPrecision(3), title: rawScoreText(tag) }),
     ])) : [el("li", { textContent: "No tags yet (no tag run)." })]));
+    showCorrections(image);
     if (!$("detail").open) $("detail").showModal();
   } catch (error) {
     showNotice(explain(error), true);
@@ -482,6 +483,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("dup-groups").addEventListener("click", onDuplicateAction);
   $("dup-more").addEventListener("click", showMoreGroups);
   $("token").value = sessionStorage.getItem(TOKEN_KEY) || "";
+  setUpCorrections();
   window.addEventListener("hashchange", run);
   await Promise.all([loadStatus(), loadLabels(), loadFacets()]);
   await run();
