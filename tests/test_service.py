@@ -79,6 +79,9 @@ def test_health_schema_page_and_metrics(server):
         "/api/duplicates",
         "/api/duplicates/resolve",
         "/api/facets",
+        "/api/corrections",
+        "/api/corrections/{correction_id}",
+        "/api/images/{image_id}/corrections",
     ):
         assert path in schema["paths"], path
     assert "ErrorOut" in schema["components"]["schemas"]

@@ -455,7 +455,7 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--write-token",
         metavar="TOKEN",
-        help="allow write operations (POST /api/tag) to requests "
+        help="allow write operations (tag runs, duplicate decisions, corrections) to requests "
         f"with 'Authorization: Bearer TOKEN' (default: ${ENV_WRITE_TOKEN}; none: writes disabled)",
     )
     p.add_argument(
