@@ -138,11 +138,33 @@ def fit_calibration(
     return Calibration(log, mean, std, a, b)
 
 
-def fit_global(z: np.ndarray, verdict: np.ndarray) -> tuple[float, float]:
-    """One logistic regression ``sigmoid(A z + B)`` of (n,) bool ``verdict`` on (n,) logits ``z``
-    (Platt's smoothed targets, Newton steps); returns (A, B)."""
-    a, b = _platt(np.asarray(z, np.float64)[:, None], np.asarray(verdict, np.float64)[:, None])
-    return float(a[0]), float(b[0])
+def fit_global(z: np.ndarray, verdict: np.ndarray, prior: float = 1.0) -> tuple[float, float]:
+    """One logistic regression ``sigmoid(A z + B)`` of (n,) bool ``verdict`` on (n,) logits ``z``:
+    Platt's smoothed targets, a Gaussian prior of weight ``prior`` pulling (A, B) towards the
+    identity (1, 0) (few or separable pairs cannot run off), Newton steps halved until the loss
+    falls; returns (A, B)."""
+    z, y = np.asarray(z, np.float64), np.asarray(verdict, bool)
+    n_pos, n = int(y.sum()), len(y)
+    t = np.where(y, (n_pos + 1) / (n_pos + 2), 1.0 / (n - n_pos + 2))
+    x = np.stack([z, np.ones(n)], axis=1)
+    centre = np.array([1.0, 0.0])
+
+    def loss(p: np.ndarray) -> float:
+        u = x @ p
+        return float(np.sum(np.logaddexp(0, u) - t * u) + 0.5 * prior * np.sum((p - centre) ** 2))
+
+    p = centre.copy()
+    for _ in range(50):
+        q = _sigmoid(x @ p)
+        grad = x.T @ (q - t) + prior * (p - centre)
+        hess = (x * (q * (1 - q))[:, None]).T @ x + prior * np.eye(2)
+        step, before = np.linalg.solve(hess, grad), loss(p)
+        while loss(p - step) > before and np.abs(step).max() > 1e-12:
+            step = step / 2
+        p = p - step
+        if np.abs(step).max() < 1e-9:
+            break
+    return float(p[0]), float(p[1])
 
 
 def _platt(x: np.ndarray, y: np.ndarray, iterations: int = 25) -> tuple[np.ndarray, np.ndarray]:

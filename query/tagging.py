@@ -105,7 +105,7 @@ def image_space_scores(
     """Zero-shot or few-shot scores of the corpus ``ids`` (N,), ``xb`` (N, D) with the evidence of
     ``fixes`` (rows: positions), calibrated (on the corrected pairs when there are enough)."""
     sample = sample_rows(len(ids))
-    evidence = build_evidence(config.method, xb, fixes, len(config.labels), sample)
+    evidence = build_evidence(config.method, xb, fixes, text[0], sample)
 
     def raw(rows: slice | np.ndarray) -> np.ndarray:
         return zero_shot_scores(xb[rows], text, config.labels, evidence)

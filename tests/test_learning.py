@@ -31,13 +31,23 @@ def unit(a: np.ndarray) -> np.ndarray:
     return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
 
 
-def gap_data(n: int = 600, c: int = 6, d: int = 32, seed: int = 0):
+def gap_data(
+    n: int = 600,
+    c: int = 6,
+    d: int = 32,
+    seed: int = 0,
+    gap: float = 3.0,
+    s_txt: float = 2.0,
+    s_img: float = 1.2,
+):
     """Clustered images and text with a modality gap (as tests/test_zlap.py's make_data)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(c, d)) / np.sqrt(d)
-    text = unit(centres + rng.normal(size=d) / np.sqrt(d) * 3.0 + rng.normal(size=(c, d)) / np.sqrt(d) * 2.0)
+    text = unit(
+        centres + rng.normal(size=d) / np.sqrt(d) * gap + rng.normal(size=(c, d)) / np.sqrt(d) * s_txt
+    )
     y = rng.integers(0, c, n)
-    return unit(centres[y] + rng.normal(size=(n, d)) / np.sqrt(d) * 1.2), text, y
+    return unit(centres[y] + rng.normal(size=(n, d)) / np.sqrt(d) * s_img), text, y
 
 
 def graph_of(x: np.ndarray) -> KnnGraph:
@@ -118,11 +128,12 @@ def test_fewshot_cache_is_tip_adapter_and_nothing_without_corrections():
     )
     affinity = np.exp(-fewshot.BETA * (1 - x.astype(np.float64) @ x[[1, 5, 9]].T.astype(np.float64)))
     values = np.array([[1.0, 0, 0, 0, 0, 0], [-1.0, 0, 0, 0, 0, 0], [0, 0, 0, 1.0, 0, 0]])
-    np.testing.assert_allclose(cached, x @ t.T + fewshot.ALPHA * affinity @ values, atol=1e-5)
-    evidence = fewshot.build_evidence("fewshot", x, fixes, 6, slice(None))
+    evidence = fewshot.build_evidence("fewshot", x, fixes, t, slice(None))
+    assert evidence.weight == fewshot.DEFAULT["cache"]  # too few corrections to choose it
+    np.testing.assert_allclose(cached, x @ t.T + evidence.weight * affinity @ values, atol=1e-5)
     alone = evidence.add_without_self(x[[5]], x[[5]] @ t.T, np.array([5]))
     np.testing.assert_allclose(
-        alone[0], (x @ t.T + fewshot.ALPHA * affinity[:, [0, 2]] @ values[[0, 2]])[5], atol=1e-5
+        alone[0], (x @ t.T + evidence.weight * affinity[:, [0, 2]] @ values[[0, 2]])[5], atol=1e-5
     )
 
 
@@ -134,8 +145,42 @@ def test_prototype_is_the_centred_mean_of_confirmed_minus_rejected():
     )
     pos, neg = x[[1, 2]].mean(0), x[9]
     want = (x @ t.T).astype(np.float64)
-    want[:, 4] += fewshot.LAMBDA * ((x @ pos - (x @ pos).mean()) - (x @ neg - (x @ neg).mean()))
+    want[:, 4] += fewshot.DEFAULT["mean"] * ((x @ pos - (x @ pos).mean()) - (x @ neg - (x @ neg).mean()))
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_prototype_leave_self_out_drops_the_images_own_key():
+    x, t, _ = gap_data(120)
+    fixes = Corrections(
+        np.array([1, 2, 9, 9, 30]), np.array([4, 4, 4, 1, 1]), np.array([True, True, False, True, True])
+    )
+    evidence = fewshot.build_evidence("zeroshot", x, fixes, t, slice(None))
+    rows = np.array([1, 9, 30, 50])
+    got = evidence.add_without_self(x[rows], np.zeros((4, 6)), rows)
+    want = np.zeros((4, 6))
+    for q, row in enumerate(rows):
+        for g, (col, sign) in enumerate(zip(evidence.proto_cols, evidence.proto_sign, strict=True)):
+            others = [
+                r
+                for r, c, v in zip(fixes.rows, fixes.cols, fixes.verdict, strict=True)
+                if c == col and (1.0 if v else -1.0) == sign and r != row
+            ]
+            if others:
+                want[q, col] += sign * evidence.weight * (x[others].mean(0) @ x[row] - evidence.offset[g])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["zeroshot", "fewshot"])
+def test_the_weight_follows_what_the_confirmed_images_say(method):
+    x, t, y = gap_data(600)
+    labels, names = [{f"c{v}"} for v in y.tolist()], [f"c{i}" for i in range(6)]
+    rows, cols = draw(labels, names, 4)
+    informative = fewshot.build_evidence(method, x, Corrections.confirmed(rows, cols), t, slice(None))
+    assert informative.weight > 0  # the gap data's images cluster by class, the text is far off
+    x, t, y = gap_data(600, gap=0.0, s_txt=0.0, s_img=4.0)  # exact text, images mostly noise
+    rows, cols = draw([{f"c{v}"} for v in y.tolist()], names, 4)
+    useless = fewshot.build_evidence(method, x, Corrections.confirmed(rows, cols), t, slice(None))
+    assert useless.weight == 0.0
 
 
 # ------------------------------------------------------------------------------------------- forcing
