@@ -64,7 +64,10 @@ class Evidence:
         out = np.asarray(sims, np.float64).copy()
         if self.kernel == "mean":
             term = ((xq @ self.protos.T).astype(np.float64) - self.offset) * (self.weight * self.proto_sign)
-            return out + term @ _onehot(self.proto_cols, self.n_cols)
+            for sign in (1.0, -1.0):  # a label has at most one prototype of each sign
+                mine = self.proto_sign == sign
+                out[:, self.proto_cols[mine]] += term[:, mine]
+            return out
         values = _onehot(self.cols, self.n_cols) * self.sign[:, None]
         for a in range(0, len(xq), BLOCK):
             affinity = np.exp(-BETA * (1.0 - (xq[a : a + BLOCK] @ self.keys.T).astype(np.float64)))

@@ -16,9 +16,12 @@ solved in threads, as many as fit ``SOLVE_MEMORY`` (:func:`solve_workers`). The 
 dropped once solved; structure (negatives, parents) and calibration are applied per block of
 images by :class:`query.scoring.CorpusScores`.
 
-People's corrections are seed nodes: label c's right-hand side is ``e_c + SEED_WEIGHT * (sum of
-e_i over images i confirmed for c - sum over images rejected for c)``; without corrections the
-solve is exactly the reference's. Leave-self-out scores of a seeded pair (for calibrating on the
+People's corrections are seed nodes: label c's right-hand side is ``e_c + w * (sum of e_i over
+images i confirmed for c - sum over images rejected for c)``; without corrections (or with w = 0)
+the solve is exactly the reference's. w is ``SEED_PER_WEIGHT`` times the prototype weight that the
+corrections choose for themselves leave-self-out (:func:`query.fewshot.choose_weight`): seeds
+count when a label's confirmed images predict each other better than the text does, and not when
+they do not (the shapes model; ``docs/benchmarks.md``). Leave-self-out scores of a seeded pair (for calibrating on the
 corrections) subtract the seed's own contribution ``w (L^-1)_ii``, with ``(L^-1)_ii`` taken to
 second order, ``1 + sum_j L_ij^2`` (the series ``sum_t (alpha Wn)^t``; its third-order term is
 below alpha^3 = 0.027).
@@ -39,7 +42,7 @@ from indexer.graph import KnnGraph
 from indexer.home import Home
 from query.calibration import Calibration, fit_calibration, sample_rows
 from query.corrections import Corrections, calibrate_on, force, read_corrections
-from query.fewshot import Evidence
+from query.fewshot import Evidence, build_evidence
 from query.scoring import CorpusScores, Scored, TagConfig, TextSet, run_dir, store_tags, zero_shot_scores
 from query.search import Searcher
 from query.tagruns import applied_runs
@@ -50,9 +53,7 @@ from query.zlap import ZLaPInductive
 INDUCTIVE = "zlap-inductive"
 SOLVE_CHUNK = 32  # labels per block solve (the reference solves them one by one)
 SOLVE_MEMORY = 16 << 30  # most bytes of CG blocks solved at once (also at most 1/8 of the RAM)
-SEED_WEIGHT = (
-    0.1  # right-hand side weight of a confirmed image (a rejected one: minus it); the text node has 1
-)
+SEED_PER_WEIGHT = 1.0  # seed weight per unit of the prototype weight chosen leave-self-out
 
 
 def solve_workers(n_nodes: int, chunk: int = SOLVE_CHUNK) -> int:
@@ -110,21 +111,21 @@ def fit_zlap(
     workers = workers or solve_workers(len(graph.ids) + len(nodes))
     model = ZLaPInductive(config.k, config.gamma, config.alpha, chunk=SOLVE_CHUNK, workers=workers)
     fixes = fixes if fixes is not None else Corrections.none()
-    weights = np.where(fixes.verdict, SEED_WEIGHT, -SEED_WEIGHT)
-    seeds = (fixes.rows, fixes.cols, weights) if len(fixes) else None
+    sample = sample_rows(len(graph.ids))
+    seeds = _seeds(xb, fixes, text, sample)
     propagated = model.fit_predict(xb, nodes, knn=graph.first(k), dtype=np.float32, seeds=seeds)  # (N, C+M)
-    self_weight = _self_weight(model, fixes.rows) if len(fixes) else None
+    self_weight = _self_weight(model, fixes.rows) if seeds is not None else None
     model.drop_graph()  # solved: sparse scoring needs only the table
 
     def raw(rows: slice | np.ndarray) -> np.ndarray:
         return _structured(propagated[rows], text, config.labels)
 
-    sample = sample_rows(len(graph.ids))
     calibration = fit_calibration(raw(sample), log=True)
     calibration_new = None
-    if self_weight is not None:
+    if len(fixes):  # leave-self-out scores of the corrected pairs: without their own seed
         alone = propagated[fixes.rows].astype(np.float64)
-        alone[np.arange(len(fixes)), fixes.cols] -= weights * self_weight
+        if seeds is not None:
+            alone[np.arange(len(fixes)), fixes.cols] -= seeds[2] * self_weight
         loo = _structured(alone, text, config.labels)[np.arange(len(fixes)), fixes.cols]
         calibration_new = calibrate_on(calibration, loo, fixes)
     if folder is not None:
@@ -146,6 +147,18 @@ def fit_zlap(
         np.savez(folder / "calibration.npz", **(calibration_new or calibration).to_arrays())
         np.savez(folder / "calibration-inductive.npz", **inductive_calibration.to_arrays())
     return CorpusScores(graph.ids, raw, calibration_new or calibration, fixes)
+
+
+def _seeds(
+    xb: np.ndarray, fixes: Corrections, text: TextSet, sample: slice | np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Seed nodes ``(rows, cols, weights)`` of ``fixes``: +w confirmed, -w rejected, w from the
+    leave-self-out check (module docstring); None without corrections or when w is 0."""
+    evidence = build_evidence("zeroshot", xb, fixes, text[0], sample)
+    weight = 0.0 if evidence is None else SEED_PER_WEIGHT * evidence.weight
+    if weight <= 0:
+        return None
+    return fixes.rows, fixes.cols, np.where(fixes.verdict, weight, -weight)
 
 
 def _self_weight(model: ZLaPInductive, rows: np.ndarray) -> np.ndarray:

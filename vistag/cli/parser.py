@@ -212,9 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(zero-shot plus a cache of the images people confirmed or rejected)",
     )
     p.add_argument(
-        "--no-corrections",
-        action="store_true",
-        help="ignore people's corrections (confirmed and rejected tags): the scores of an archive without any",
+        "--no-corrections", action="store_true", help="ignore people's confirmed and rejected tags"
     )
     p.add_argument(
         "--min-confidence",
@@ -271,14 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="label set (default: the labels in the truth file; required with --truth keywords)",
     )
     p.add_argument(
-        "--methods",
-        help="comma-separated methods (default zeroshot,zlap; with --shots zeroshot,zlap,fewshot)",
+        "--methods", help="comma-separated methods (default zeroshot,zlap; with --shots also fewshot)"
     )
     p.add_argument(
-        "--shots",
-        metavar="LIST",
-        help="also simulate corrections: N truth images per label confirmed, for each N of LIST "
-        "(e.g. 0,1,2,4,8; one N means 0,N); top-1 accuracy and ECE on the images never drawn",
+        "--shots", metavar="LIST", help="simulate N confirmed truth images per label, e.g. 0,1,2,4,8"
     )
     p.add_argument(
         "--min-confidence", type=float, default=0.5, metavar="P", help="confidence threshold (default 0.5)"
