@@ -59,6 +59,20 @@ class Evidence:
     proto_sign: np.ndarray
     offset: np.ndarray
 
+    def scores(self, xq: np.ndarray, labels_t: np.ndarray) -> np.ndarray:
+        """(Q, C) float64 cosines of (Q, D) ``xq`` to labels ``labels_t`` (C, D) plus the evidence;
+        the prototypes are folded into the label vectors (``t_c + w (m+_c - m-_c)``, less the
+        offsets), so this costs what the cosines alone cost."""
+        if self.kernel != "mean":
+            return self.add(xq, xq @ labels_t.T)
+        folded = labels_t.astype(np.float64)
+        bias = np.zeros(len(labels_t))
+        for sign in (1.0, -1.0):  # a label has at most one prototype of each sign
+            mine = self.proto_sign == sign
+            folded[self.proto_cols[mine]] += sign * self.weight * self.protos[mine]
+            bias[self.proto_cols[mine]] -= sign * self.weight * self.offset[mine]
+        return (xq @ folded.astype(np.float32).T).astype(np.float64) + bias
+
     def add(self, xq: np.ndarray, sims: np.ndarray) -> np.ndarray:
         """(Q, C) ``sims`` (cosines to the labels) plus the evidence for (Q, D) ``xq``."""
         out = np.asarray(sims, np.float64).copy()
@@ -142,40 +156,21 @@ def build_evidence(
         return None
     keys = np.ascontiguousarray(xb[fixes.rows], dtype=np.float32)
     sign = np.where(fixes.verdict, 1.0, -1.0)
+    common = {"weight": 1.0, "keys": keys, "rows": fixes.rows, "cols": fixes.cols, "sign": sign}
     if method == "fewshot":
         none = np.zeros(0)
-        empty = np.zeros((0, keys.shape[1]), np.float32)
         found = Evidence(
-            "cache",
-            1.0,
-            keys,
-            fixes.rows,
-            fixes.cols,
-            sign,
-            len(labels_t),
-            empty,
-            none.astype(np.int64),
-            none,
-            none,
-        )
+            "cache", **common, n_cols=len(labels_t), protos=keys[:0], proto_cols=none.astype(np.int64),
+            proto_sign=none, offset=none,
+        )  # fmt: skip
     else:
         groups = sorted(set(zip(fixes.cols.tolist(), sign.tolist(), strict=True)))
         protos = np.stack([keys[(fixes.cols == c) & (sign == s)].mean(axis=0) for c, s in groups])
-        offset = (xb[sample] @ protos.T).astype(np.float64).mean(axis=0)
-        cols, signs = np.array([c for c, _ in groups], np.int64), np.array([s for _, s in groups])
         found = Evidence(
-            "mean",
-            1.0,
-            keys,
-            fixes.rows,
-            fixes.cols,
-            sign,
-            len(labels_t),
-            protos.astype(np.float32),
-            cols,
-            signs,
-            offset,
-        )
+            "mean", **common, n_cols=len(labels_t), protos=protos.astype(np.float32),
+            proto_cols=np.array([c for c, _ in groups], np.int64), proto_sign=np.array([s for _, s in groups]),
+            offset=(xb[sample] @ protos.T).astype(np.float64).mean(axis=0),
+        )  # fmt: skip
     return replace(found, weight=choose_weight(found, xb, labels_t))
 
 

@@ -121,32 +121,26 @@ def fit_zlap(
         return _structured(propagated[rows], text, config.labels)
 
     calibration = fit_calibration(raw(sample), log=True)
-    calibration_new = None
     if len(fixes):  # leave-self-out scores of the corrected pairs: without their own seed
         alone = propagated[fixes.rows].astype(np.float64)
         if seeds is not None:
             alone[np.arange(len(fixes)), fixes.cols] -= seeds[2] * self_weight
         loo = _structured(alone, text, config.labels)[np.arange(len(fixes)), fixes.cols]
-        calibration_new = calibrate_on(calibration, loo, fixes)
+        calibration = calibrate_on(calibration, loo, fixes)
     if folder is not None:
         xs = xb[sample]
         inductive = _structured(
             model.scores(xs, sparse=True, knn=leave_self_out(graph, k, sample)), text, config.labels
         )
+        table = {"pseudo_labels": model.pseudo_labels_, "pseudo_scores": model.pseudo_scores_}
+        np.savez(folder / "table.npz", ids=graph.ids, **table)
+        top = {"top_a": calibration.top_a, "top_b": calibration.top_b}  # the same global Platt on top
+        np.savez(folder / "calibration.npz", **calibration.to_arrays())
         np.savez(
-            folder / "table.npz",
-            ids=graph.ids,
-            pseudo_labels=model.pseudo_labels_,
-            pseudo_scores=model.pseudo_scores_,
+            folder / "calibration-inductive.npz",
+            **replace(fit_calibration(inductive, log=True), **top).to_arrays(),
         )
-        inductive_calibration = fit_calibration(inductive, log=True)
-        if calibration_new is not None:  # the same global Platt on top of the inductive one
-            inductive_calibration = replace(
-                inductive_calibration, top_a=calibration_new.top_a, top_b=calibration_new.top_b
-            )
-        np.savez(folder / "calibration.npz", **(calibration_new or calibration).to_arrays())
-        np.savez(folder / "calibration-inductive.npz", **inductive_calibration.to_arrays())
-    return CorpusScores(graph.ids, raw, calibration_new or calibration, fixes)
+    return CorpusScores(graph.ids, raw, calibration, fixes)
 
 
 def _seeds(

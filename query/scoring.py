@@ -162,8 +162,8 @@ def zero_shot_scores(
     (:mod:`query.fewshot`), after negatives and parents."""
     labels_t, negatives, owners = text
     negative = max_per_label(xb @ negatives.T, owners, len(labels)) if len(negatives) else None
-    sims = xb @ labels_t.T
-    return apply_structure(sims if evidence is None else evidence.add(xb, sims), labels, negative)
+    sims = xb @ labels_t.T if evidence is None else evidence.scores(xb, labels_t)
+    return apply_structure(sims, labels, negative)
 
 
 def best_labels(scores: np.ndarray, n: int) -> np.ndarray:
