@@ -348,6 +348,34 @@ def test_corrections_change_tag_output_and_no_corrections_gives_the_old_one(smal
     assert again.json() == before.json()
 
 
+@pytest.mark.parametrize("method", ["fewshot", "zlap"])
+def test_images_indexed_later_get_the_runs_evidence_and_their_contents_verdict(tmp_path, method):
+    combos = [("red", "circle"), ("blue", "square"), ("green", "star")]
+    made = synth.make_corpus(tmp_path / "photos", 24, seed=5, combos=combos, image_sizes=(64,))
+    with Archive(tmp_path / "home") as archive:
+        archive.index([tmp_path / "photos"], model=MODEL)
+        first = archive.tag(LABELS, top=3)
+        best = {r["uri"]: r["label"] for r in first.top if r["rank"] == 0}
+        source = str(made[0][0])
+        label = next(x for x in LABELS.split(",") if x != best[source])  # confirm a label it did not get
+        sha = archive.catalog.image(source)["sha256"]
+        archive.catalog.add_corrections(
+            [{"sha256": sha, "label": label, "verdict": "yes", "source": "person"}]
+        )
+        run = archive.tag(LABELS, top=3, method=method)
+        twin = {r["label"]: r for r in run.top if r["uri"] == source}
+        copy = tmp_path / "photos" / f"copy{made[0][0].suffix}"
+        copy.write_bytes(made[0][0].read_bytes())
+        indexed = archive.index([tmp_path / "photos"], model=MODEL)
+        assert run.run_id in indexed.tag_runs
+        new_id = archive.catalog.image(str(copy))["id"]
+        tags = {t["label"]: t for t in archive.catalog.tags(run.run_id, image_ids=[new_id])}
+        assert (tags[label]["rank"], tags[label]["confidence"]) == (0, 1.0)  # its content was confirmed
+        if method == "fewshot":  # the run's cache applies to new images: the copy scores as its twin
+            for name, tag in tags.items():
+                assert tag["score"] == pytest.approx(twin[name]["score"], abs=1e-5)
+
+
 def test_eval_shots_table(small_archive, cli):
     root, _ = small_archive
     result = cli("eval", "--truth", root / "truth.csv", "--shots", "2", "--home", root / "home")
@@ -366,8 +394,8 @@ def test_eval_shots_table(small_archive, cli):
 @pytest.mark.slow
 @pytest.mark.xfail(
     DONE_STYLE == "classic",
-    reason="classic shapes: the shapes model's image space does not separate the labels better than its "
-    "text (2-shot prototypes 0.69 vs zero-shot 0.87 top-1), so corrections are given weight 0; see docs/benchmarks.md",
+    reason="classic shapes: the shapes model's image space separates the labels worse than its text "
+    "(2-shot prototypes 0.69 vs zero-shot 0.87 top-1), so 2 shots add nothing; see docs/benchmarks.md",
     strict=False,
 )
 def test_two_confirmed_images_per_label_lift_accuracy(tmp_path):
