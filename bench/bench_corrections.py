@@ -42,8 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_zlap  # noqa: E402 - beside this file
 
 from indexer.graph import GRAPH_K, KnnGraph  # noqa: E402
-from query.corrections import Corrections, expected_calibration_error  # noqa: E402
 from query.inductive import fit_zlap  # noqa: E402
+from query.learning import Corrections, expected_calibration_error  # noqa: E402
 from query.scoring import CorpusScores, TagConfig  # noqa: E402
 from query.shots import draw, held_out_rows  # noqa: E402
 from query.tagging import image_space_scores  # noqa: E402

@@ -15,7 +15,7 @@ from indexer import schema as t
 from indexer.database import chunks, insert_many, text_sha
 
 #: the stored rank of a pair people rejected: after every real rank, so no ``rank < N`` reader
-#: counts it, and :meth:`TagQueries.tags` leaves it out (see query.corrections)
+#: counts it, and :meth:`TagQueries.tags` leaves it out (see query.learning)
 REJECTED_RANK = 2**31 - 1
 # built once: a search asks for it on every request (building the statement cost more than running it)
 _LATEST_TAG_RUN = sa.select(sa.func.max(t.runs.c.id)).where(t.runs.c.kind == "tag", t.runs.c.status == "ok")

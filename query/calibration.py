@@ -45,7 +45,7 @@ EPS = 1e-12
 class Calibration:
     """Fitted per-label parameters: ``mean``, ``std`` (feature standardisation), ``a``, ``b``; (C,) each;
     ``top_a``, ``top_b``: a global Platt on top of the per-label logits (identity unless fitted on
-    people's corrections, :func:`query.corrections.calibrate_on`)."""
+    people's corrections, :func:`query.learning.calibrate_on`)."""
 
     log: bool
     mean: np.ndarray

@@ -32,7 +32,7 @@ from core import uris
 from core.errors import InputError, NotFound
 from indexer.catalog import Catalog
 from indexer.home import Home
-from query.corrections import Corrections
+from query.learning import Corrections
 from query.scoring import Scored, TagConfig
 from query.search import Searcher
 from query.shots import evaluate_shots

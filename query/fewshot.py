@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from query.corrections import Corrections
+from query.learning import Corrections
 
 GRID = {"mean": (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0), "cache": (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)}
 DEFAULT = {"mean": 0.1, "cache": 0.2}  # w when the corrections cannot choose (cosine scale)

@@ -41,8 +41,8 @@ from indexer.catalog import Catalog
 from indexer.graph import KnnGraph
 from indexer.home import Home
 from query.calibration import Calibration, fit_calibration, sample_rows
-from query.corrections import Corrections, calibrate_on, force, read_corrections
 from query.fewshot import Evidence, build_evidence
+from query.learning import Corrections, calibrate_on, force, read_corrections
 from query.scoring import CorpusScores, Scored, TagConfig, TextSet, run_dir, store_tags, zero_shot_scores
 from query.search import Searcher
 from query.tagruns import applied_runs

@@ -1,7 +1,7 @@
 """The scores of a tag run, and storing them: the run's configuration, blocks of (image, label)
 scores with their calibrated confidences, and the tag rows written from them.
 
-People's corrections force what is stored (:mod:`query.corrections`): a confirmed pair is ranked
+People's corrections force what is stored (:mod:`query.learning`): a confirmed pair is ranked
 first with confidence 1.0, a rejected one gets confidence 0.0 and rank ``REJECTED_RANK`` and is
 never printed.
 
@@ -26,7 +26,7 @@ from indexer.catalog_tags import REJECTED_RANK
 from indexer.graph import GRAPH_K
 from indexer.home import Home
 from query.calibration import Calibration
-from query.corrections import Corrections, force, rank_key
+from query.learning import Corrections, force, rank_key
 from query.text import DEFAULT_TEMPLATES, max_per_label
 from query.vocab import Label, apply_structure
 
@@ -55,7 +55,7 @@ class TagConfig:
     thresholds: dict[str, float] | None = None  # per-label confidence cuts (e.g. fitted by `eval`)
     store_top: int | None = None  # store only each image's best N labels (None: every label)
     store_all: bool = False  # store every label even past FULL_ROWS_MAX rows
-    corrections: bool = True  # use people's corrections of these labels (see query.corrections)
+    corrections: bool = True  # use people's corrections of these labels (see query.learning)
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -3,7 +3,7 @@
 
 For each shots value N, N truth images of each label are drawn as confirmed for that label
 (seeded; the draws are nested: the 2-shot draw holds the 1-shot draw) and handed to the scoring as
-:class:`query.corrections.Corrections`, exactly as people's corrections would be. Every row is
+:class:`query.learning.Corrections`, exactly as people's corrections would be. Every row is
 measured on the same test images: the truth images never drawn at the largest N. Per shots value
 and method: top-1 accuracy and the expected calibration error (ECE, 10 bins) of each test image's
 top-1 label (its confidence against whether it is one of the image's true labels).
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import InputError
-from query.corrections import Corrections, expected_calibration_error
+from query.learning import Corrections, expected_calibration_error
 from query.scoring import CorpusScores
 
 SEED = 0

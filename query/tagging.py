@@ -29,9 +29,9 @@ from indexer.catalog import Catalog, ImageFilter
 from indexer.graph import knn_graph
 from indexer.home import Home
 from query.calibration import fit_calibration, sample_rows
-from query.corrections import Corrections, calibrate_on, read_corrections
 from query.fewshot import build_evidence
 from query.inductive import fit_zlap
+from query.learning import Corrections, calibrate_on, read_corrections
 from query.scoring import (
     CHUNK,
     CorpusScores,

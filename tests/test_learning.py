@@ -12,8 +12,8 @@ import pytest
 from indexer.catalog_tags import REJECTED_RANK
 from indexer.graph import GRAPH_K, KnnGraph
 from query import fewshot
-from query.corrections import Corrections, calibrate_on, expected_calibration_error
 from query.inductive import fit_zlap
+from query.learning import Corrections, calibrate_on, expected_calibration_error
 from query.scoring import TagConfig, store_tags
 from query.shots import draw, evaluate_shots, held_out_rows, parse_shots
 from query.tagging import image_space_scores

@@ -161,7 +161,7 @@ class Archive:
 
         ``method`` ``"fewshot"``: zero-shot plus a cache of corrected images (:mod:`query.fewshot`).
         ``corrections``: use people's corrections of these labels (confirmed pairs get confidence 1
-        and rank 0, rejected ones confidence 0 and are never listed; see :mod:`query.corrections`);
+        and rank 0, rejected ones confidence 0 and are never listed; see :mod:`query.learning`);
         False gives the scores of an archive without any.
         """
         from query.tagging import tag_corpus
