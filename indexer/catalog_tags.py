@@ -14,6 +14,9 @@ from core.errors import NotFound
 from indexer import schema as t
 from indexer.database import chunks, insert_many, text_sha
 
+#: the stored rank of a pair people rejected: after every real rank, so no ``rank < N`` reader
+#: counts it, and :meth:`TagQueries.tags` leaves it out (see query.learning)
+REJECTED_RANK = 2**31 - 1
 # built once: a search asks for it on every request (building the statement cost more than running it)
 _LATEST_TAG_RUN = sa.select(sa.func.max(t.runs.c.id)).where(t.runs.c.kind == "tag", t.runs.c.status == "ok")
 
@@ -87,7 +90,8 @@ class TagQueries:
                 insert_many(conn, t.tags, list(chunk))
 
     def tags(self, run_id: int | None = None, image_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        """Tag rows (image_id, label, score, confidence, rank, method, run_id) of one run (default: latest)."""
+        """Tag rows (image_id, label, score, confidence, rank, method, run_id) of one run (default: latest);
+        never the pairs people rejected (rank ``REJECTED_RANK``)."""
         if run_id is None:
             run_id = self.latest_tag_run()
             if run_id is None:
@@ -103,7 +107,7 @@ class TagQueries:
                 t.tags.c.run_id,
             )
             .join(t.labels, t.labels.c.id == t.tags.c.label_id)
-            .where(t.tags.c.run_id == run_id)
+            .where(t.tags.c.run_id == run_id, t.tags.c.rank < REJECTED_RANK)
             .order_by(t.tags.c.image_id, t.tags.c.rank)
         )
         if image_ids is not None:

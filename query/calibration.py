@@ -43,13 +43,17 @@ EPS = 1e-12
 
 @dataclass(frozen=True)
 class Calibration:
-    """Fitted per-label parameters: ``mean``, ``std`` (feature standardisation), ``a``, ``b``; (C,) each."""
+    """Fitted per-label parameters: ``mean``, ``std`` (feature standardisation), ``a``, ``b``; (C,) each;
+    ``top_a``, ``top_b``: a global Platt on top of the per-label logits (identity unless fitted on
+    people's corrections, :func:`query.learning.calibrate_on`)."""
 
     log: bool
     mean: np.ndarray
     std: np.ndarray
     a: np.ndarray
     b: np.ndarray
+    top_a: float = 1.0
+    top_b: float = 0.0
 
     def feature(self, scores: np.ndarray) -> np.ndarray:
         s = np.log(np.maximum(scores, EPS)) if self.log else np.asarray(scores, dtype=np.float64)
@@ -57,20 +61,33 @@ class Calibration:
 
     def apply(self, scores: np.ndarray) -> np.ndarray:
         """(N, C) scores -> (N, C) float64 confidences in (0, 1)."""
-        return _sigmoid(self.a * self.feature(scores) + self.b)
+        return self._top(self.a * self.feature(scores) + self.b)
+
+    def logit_at(self, scores: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Per-label logits (before the global Platt) of ``scores`` (m, n) of labels ``cols`` (m, n)."""
+        s = np.log(np.maximum(scores, EPS)) if self.log else np.asarray(scores, dtype=np.float64)
+        return self.a[cols] * ((s - self.mean[cols]) / self.std[cols]) + self.b[cols]
 
     def apply_at(self, scores: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Confidences of picked entries: ``scores`` (m, n) of labels ``cols`` (m, n); equal to
         ``apply`` of the full rows taken at ``cols``, at the cost of the picked entries only."""
-        s = np.log(np.maximum(scores, EPS)) if self.log else np.asarray(scores, dtype=np.float64)
-        return _sigmoid(self.a[cols] * ((s - self.mean[cols]) / self.std[cols]) + self.b[cols])
+        return self._top(self.logit_at(scores, cols))
+
+    def _top(self, z: np.ndarray) -> np.ndarray:
+        if self.top_a == 1.0 and self.top_b == 0.0:
+            return _sigmoid(z)
+        return _sigmoid(self.top_a * z + self.top_b)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"log": np.array(self.log), "mean": self.mean, "std": self.std, "a": self.a, "b": self.b}
+        top = {"top": np.array([self.top_a, self.top_b])}
+        return {"log": np.array(self.log), "mean": self.mean, "std": self.std, "a": self.a, "b": self.b} | top
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Calibration:
-        return cls(bool(arrays["log"]), arrays["mean"], arrays["std"], arrays["a"], arrays["b"])
+        top = arrays.get("top", np.array([1.0, 0.0]))
+        return cls(
+            bool(arrays["log"]), arrays["mean"], arrays["std"], arrays["a"], arrays["b"], *map(float, top)
+        )
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -119,6 +136,35 @@ def fit_calibration(
         parts = [fit_block(c0) for c0 in starts]
     mean, std, a, b = (np.concatenate(p) for p in zip(*parts, strict=True))
     return Calibration(log, mean, std, a, b)
+
+
+def fit_global(z: np.ndarray, verdict: np.ndarray, prior: float = 1.0) -> tuple[float, float]:
+    """One logistic regression ``sigmoid(A z + B)`` of (n,) bool ``verdict`` on (n,) logits ``z``:
+    Platt's smoothed targets, a Gaussian prior of weight ``prior`` pulling (A, B) towards the
+    identity (1, 0) (few or separable pairs cannot run off), Newton steps halved until the loss
+    falls; returns (A, B)."""
+    z, y = np.asarray(z, np.float64), np.asarray(verdict, bool)
+    n_pos, n = int(y.sum()), len(y)
+    t = np.where(y, (n_pos + 1) / (n_pos + 2), 1.0 / (n - n_pos + 2))
+    x = np.stack([z, np.ones(n)], axis=1)
+    centre = np.array([1.0, 0.0])
+
+    def loss(p: np.ndarray) -> float:
+        u = x @ p
+        return float(np.sum(np.logaddexp(0, u) - t * u) + 0.5 * prior * np.sum((p - centre) ** 2))
+
+    p = centre.copy()
+    for _ in range(50):
+        q = _sigmoid(x @ p)
+        grad = x.T @ (q - t) + prior * (p - centre)
+        hess = (x * (q * (1 - q))[:, None]).T @ x + prior * np.eye(2)
+        step, before = np.linalg.solve(hess, grad), loss(p)
+        while loss(p - step) > before and np.abs(step).max() > 1e-12:
+            step = step / 2
+        p = p - step
+        if np.abs(step).max() < 1e-9:
+            break
+    return float(p[0]), float(p[1])
 
 
 def _platt(x: np.ndarray, y: np.ndarray, iterations: int = 25) -> tuple[np.ndarray, np.ndarray]:

@@ -32,8 +32,10 @@ from core import uris
 from core.errors import InputError, NotFound
 from indexer.catalog import Catalog
 from indexer.home import Home
+from query.learning import Corrections
 from query.scoring import Scored, TagConfig
 from query.search import Searcher
+from query.shots import evaluate_shots
 from query.tagging import score_corpus
 
 KEYWORDS = "keywords"  # --truth keywords: the images' own keywords are the truth
@@ -162,9 +164,12 @@ def evaluate(
     config: TagConfig,
     methods: Sequence[str] = ("zeroshot", "zlap"),
     fit: bool = False,
+    shots: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Metrics per method on ``truth``; ``fit`` also fits per-label thresholds on it. The report's
-    ``truth``: its ``source``, ``images`` evaluated and ``left_out``."""
+    ``truth``: its ``source``, ``images`` evaluated and ``left_out``. People's corrections are not
+    used (the truth would leak into the scores); ``shots`` (e.g. (0, 1, 2, 4, 8)) simulates them
+    (:mod:`query.shots`) and adds ``shots`` and ``shots_test_images`` to the report."""
     names = list(config.names)
     missing = sorted(set(truth.names) - set(names))
     if missing:
@@ -172,7 +177,9 @@ def evaluate(
     about = {"source": truth.source, "images": len(truth.ids), "left_out": truth.left_out}
     out: dict[str, Any] = {"labels": names, "truth": about, "methods": {}}
     for method in methods:
-        corpus = score_corpus(home, catalog, searcher, replace(config, method=method))
+        corpus = score_corpus(
+            home, catalog, searcher, replace(config, method=method), corrections=Corrections.none()
+        )
         position = {int(i): p for p, i in enumerate(corpus.ids.tolist())}
         missing_ids = [int(i) for i in truth.ids if int(i) not in position]
         if missing_ids:
@@ -186,6 +193,13 @@ def evaluate(
             fitted = fit_thresholds(scored, names, truth)
             result["fitted"] = metrics(scored, names, truth, fitted)
         out["methods"][method] = result
+    if shots:
+
+        def score(cfg: TagConfig, fixes: Corrections) -> Any:
+            return score_corpus(home, catalog, searcher, cfg, corrections=fixes)
+
+        found = evaluate_shots(score, truth.ids, truth.labels, names, config, methods, shots)
+        out |= {"shots": found["shots"], "shots_test_images": found["test_images"]}
     return out
 
 

@@ -15,12 +15,23 @@ gives both the transductive scores, kept as (N, C) float32, and the sparse table
 solved in threads, as many as fit ``SOLVE_MEMORY`` (:func:`solve_workers`). The graph is
 dropped once solved; structure (negatives, parents) and calibration are applied per block of
 images by :class:`query.scoring.CorpusScores`.
+
+People's corrections are seed nodes: label c's right-hand side is ``e_c + w * (sum of e_i over
+images i confirmed for c - sum over images rejected for c)``; without corrections (or with w = 0)
+the solve is exactly the reference's. w is ``SEED_PER_WEIGHT`` times the prototype weight that the
+corrections choose for themselves leave-self-out (:func:`query.fewshot.choose_weight`): seeds
+count when a label's confirmed images predict each other better than the text does, and not when
+they do not (the shapes model; ``docs/benchmarks.md``). Leave-self-out scores of a seeded pair (for calibrating on the
+corrections) subtract the seed's own contribution ``w (L^-1)_ii``, with ``(L^-1)_ii`` taken to
+second order, ``1 + sum_j L_ij^2`` (the series ``sum_t (alpha Wn)^t``; its third-order term is
+below alpha^3 = 0.027).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +41,8 @@ from indexer.catalog import Catalog
 from indexer.graph import KnnGraph
 from indexer.home import Home
 from query.calibration import Calibration, fit_calibration, sample_rows
+from query.fewshot import Evidence, build_evidence
+from query.learning import Corrections, calibrate_on, force, read_corrections
 from query.scoring import CorpusScores, Scored, TagConfig, TextSet, run_dir, store_tags, zero_shot_scores
 from query.search import Searcher
 from query.tagruns import applied_runs
@@ -40,6 +53,7 @@ from query.zlap import ZLaPInductive
 INDUCTIVE = "zlap-inductive"
 SOLVE_CHUNK = 32  # labels per block solve (the reference solves them one by one)
 SOLVE_MEMORY = 16 << 30  # most bytes of CG blocks solved at once (also at most 1/8 of the RAM)
+SEED_PER_WEIGHT = 1.0  # seed weight per unit of the prototype weight chosen leave-self-out
 
 
 def solve_workers(n_nodes: int, chunk: int = SOLVE_CHUNK) -> int:
@@ -82,10 +96,12 @@ def fit_zlap(
     folder: Path | None,
     *,
     workers: int | None = None,
+    fixes: Corrections | None = None,
 ) -> CorpusScores:
     """Transductive ZLaP scores of the corpus; with ``folder``, stores the inductive table and
     both calibrations there. ``workers``: threads of the block solves (default
-    :func:`solve_workers`); the scores do not depend on it.
+    :func:`solve_workers`); the scores do not depend on it. ``fixes``: corrections (rows:
+    positions into ``graph.ids``), seed nodes of the solve.
 
     Negative prompts are class nodes of their own in the graph; their propagated scores then
     penalise their label as in :func:`query.vocab.apply_structure`.
@@ -94,28 +110,55 @@ def fit_zlap(
     nodes = np.concatenate([text[0], text[1]]) if len(text[1]) else text[0]
     workers = workers or solve_workers(len(graph.ids) + len(nodes))
     model = ZLaPInductive(config.k, config.gamma, config.alpha, chunk=SOLVE_CHUNK, workers=workers)
-    propagated = model.fit_predict(xb, nodes, knn=graph.first(k), dtype=np.float32)  # (N, C+M)
+    fixes = fixes if fixes is not None else Corrections.none()
+    sample = sample_rows(len(graph.ids))
+    seeds = _seeds(xb, fixes, text, sample)
+    propagated = model.fit_predict(xb, nodes, knn=graph.first(k), dtype=np.float32, seeds=seeds)  # (N, C+M)
+    self_weight = _self_weight(model, fixes.rows) if seeds is not None else None
     model.drop_graph()  # solved: sparse scoring needs only the table
 
     def raw(rows: slice | np.ndarray) -> np.ndarray:
         return _structured(propagated[rows], text, config.labels)
 
-    sample = sample_rows(len(graph.ids))
     calibration = fit_calibration(raw(sample), log=True)
+    if len(fixes):  # leave-self-out scores of the corrected pairs: without their own seed
+        alone = propagated[fixes.rows].astype(np.float64)
+        if seeds is not None:
+            alone[np.arange(len(fixes)), fixes.cols] -= seeds[2] * self_weight
+        loo = _structured(alone, text, config.labels)[np.arange(len(fixes)), fixes.cols]
+        calibration = calibrate_on(calibration, loo, fixes)
     if folder is not None:
         xs = xb[sample]
         inductive = _structured(
             model.scores(xs, sparse=True, knn=leave_self_out(graph, k, sample)), text, config.labels
         )
-        np.savez(
-            folder / "table.npz",
-            ids=graph.ids,
-            pseudo_labels=model.pseudo_labels_,
-            pseudo_scores=model.pseudo_scores_,
-        )
+        table = {"pseudo_labels": model.pseudo_labels_, "pseudo_scores": model.pseudo_scores_}
+        np.savez(folder / "table.npz", ids=graph.ids, **table)
+        top = {"top_a": calibration.top_a, "top_b": calibration.top_b}  # the same global Platt on top
         np.savez(folder / "calibration.npz", **calibration.to_arrays())
-        np.savez(folder / "calibration-inductive.npz", **fit_calibration(inductive, log=True).to_arrays())
-    return CorpusScores(graph.ids, raw, calibration)
+        np.savez(
+            folder / "calibration-inductive.npz",
+            **replace(fit_calibration(inductive, log=True), **top).to_arrays(),
+        )
+    return CorpusScores(graph.ids, raw, calibration, fixes)
+
+
+def _seeds(
+    xb: np.ndarray, fixes: Corrections, text: TextSet, sample: slice | np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Seed nodes ``(rows, cols, weights)`` of ``fixes``: +w confirmed, -w rejected, w from the
+    leave-self-out check (module docstring); None without corrections or when w is 0."""
+    evidence = build_evidence("zeroshot", xb, fixes, text[0], sample)
+    weight = 0.0 if evidence is None else SEED_PER_WEIGHT * evidence.weight
+    if weight <= 0:
+        return None
+    return fixes.rows, fixes.cols, np.where(fixes.verdict, weight, -weight)
+
+
+def _self_weight(model: ZLaPInductive, rows: np.ndarray) -> np.ndarray:
+    """(n,) second-order ``(L^-1)_ii`` of the image nodes ``rows``: ``1 + sum_{j != i} L_ij^2``."""
+    lap = model.graph_.L[model.graph_.n_classes + rows]
+    return np.asarray(lap.multiply(lap).sum(axis=1)).ravel()  # L_ii = 1: the row's squares are 1 + the rest
 
 
 def tag_new_images(home: Home, catalog: Catalog, searcher: Searcher, image_ids: Sequence[int]) -> list[int]:
@@ -131,13 +174,26 @@ def tag_new_images(home: Home, catalog: Catalog, searcher: Searcher, image_ids: 
             continue
         ids = np.asarray(sorted(int(i) for i in image_ids), dtype=np.int64)
         xq = vectors.stored_vectors(home, catalog, version.identity, ids.tolist())
-        scored = _score_new(home, catalog, version, folder, run["config"], ids, xq)
+        scored = _force_new(
+            catalog, run["config"], _score_new(home, catalog, version, folder, run["config"], ids, xq)
+        )
         catalog.delete_tags(run["id"], ids.tolist())
         labels = run["config"]["labels"]
         method = INDUCTIVE if run["config"]["method"] == "zlap" else run["config"]["method"]
         store_tags(catalog, scored, labels, method, run["id"], store_top=run["config"].get("store_top"))
         done.append(run["id"])
     return done
+
+
+def _force_new(catalog: Catalog, config: dict, scored: Scored) -> Scored:
+    """``scored`` with the verdicts of the catalog's corrections of its images (runs that use them)."""
+    if not config.get("corrections"):
+        return scored
+    fixes = read_corrections(catalog, tuple(config["labels"])).at(scored.ids)
+    forced = fixes.block(slice(None), len(scored.ids), scored.scores.shape[1])
+    if forced is None or scored.confidence is None:
+        return scored
+    return Scored(scored.ids, scored.scores, force(scored.confidence, forced), None, forced)
 
 
 def _score_new(home, catalog, version, folder: Path, config: dict, ids: np.ndarray, xq: np.ndarray) -> Scored:  # noqa: ANN001
@@ -147,8 +203,8 @@ def _score_new(home, catalog, version, folder: Path, config: dict, ids: np.ndarr
         Label(**{**x, "synonyms": tuple(x["synonyms"]), "negatives": tuple(x["negatives"])})
         for x in config["vocabulary"]
     ]
-    if config["method"] == "zeroshot":
-        scores = zero_shot_scores(xq, text, labels)
+    if config["method"] in ("zeroshot", "fewshot"):
+        scores = zero_shot_scores(xq, text, labels, Evidence.load(folder / "evidence.npz"))
         calibration = Calibration.from_arrays(dict(np.load(folder / "calibration.npz")))
         return Scored(ids, scores, calibration.apply(scores))
     table = np.load(folder / "table.npz")

@@ -1,6 +1,10 @@
 """The scores of a tag run, and storing them: the run's configuration, blocks of (image, label)
 scores with their calibrated confidences, and the tag rows written from them.
 
+People's corrections force what is stored (:mod:`query.learning`): a confirmed pair is ranked
+first with confidence 1.0, a rejected one gets confidence 0.0 and rank ``REJECTED_RANK`` and is
+never printed.
+
 Every (image, label) pair asked for is stored under the tag run's id with its raw ``score``,
 its calibrated ``confidence`` (see :mod:`query.calibration`) and its ``rank`` among the labels
 (by raw score: the method's own prediction order); with ``store_top`` N, only each image's N
@@ -12,19 +16,24 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.errors import InputError
 from indexer.catalog import Catalog
+from indexer.catalog_tags import REJECTED_RANK
 from indexer.graph import GRAPH_K
 from indexer.home import Home
 from query.calibration import Calibration
+from query.learning import Corrections, force, rank_key
 from query.text import DEFAULT_TEMPLATES, max_per_label
 from query.vocab import Label, apply_structure
 
-METHODS = ("zeroshot", "zlap")
+if TYPE_CHECKING:
+    from query.fewshot import Evidence
+
+METHODS = ("zeroshot", "zlap", "fewshot")
 CHUNK = 8192  # images scored, calibrated, ranked and stored together: memory O(CHUNK x C)
 ROW_BATCH = 50_000  # tag rows per catalog.add_tags call
 # label embeddings (C, D), negative prompt embeddings (M, D), owning label of each negative (M,)
@@ -46,6 +55,7 @@ class TagConfig:
     thresholds: dict[str, float] | None = None  # per-label confidence cuts (e.g. fitted by `eval`)
     store_top: int | None = None  # store only each image's best N labels (None: every label)
     store_all: bool = False  # store every label even past FULL_ROWS_MAX rows
+    corrections: bool = True  # use people's corrections of these labels (see query.learning)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -91,39 +101,49 @@ class Scored:
     """Scores of images for labels: ``ids`` (N,), ``scores`` and ``confidence`` (N, C) float64.
 
     ``confidence`` may be None with a ``calibration`` instead: confidences are then computed
-    only for the entries asked for (:meth:`confidence_at`).
+    only for the entries asked for (:meth:`confidence_at`). ``forced`` (N, C) int8 or None:
+    people's verdicts (+1 confirmed, -1 rejected), already applied to ``confidence``.
     """
 
     ids: np.ndarray
     scores: np.ndarray
     confidence: np.ndarray | None
     calibration: Calibration | None = None
+    forced: np.ndarray | None = None
 
     def confidence_at(self, cols: np.ndarray) -> np.ndarray:
         """(m, n) confidences of the entries ``(r, cols[r, j])``."""
         if self.confidence is not None:
             return np.take_along_axis(self.confidence, cols, 1)
         assert self.calibration is not None
-        return self.calibration.apply_at(np.take_along_axis(self.scores, cols, 1), cols)
+        found = self.calibration.apply_at(np.take_along_axis(self.scores, cols, 1), cols)
+        return found if self.forced is None else force(found, np.take_along_axis(self.forced, cols, 1))
+
+    def forced_at(self, cols: np.ndarray) -> np.ndarray | None:
+        """(m, n) verdicts of the entries ``(r, cols[r, j])``, or None without any."""
+        return None if self.forced is None else np.take_along_axis(self.forced, cols, 1)
 
 
 @dataclass(frozen=True)
 class CorpusScores:
     """Scores of the whole corpus, computed on demand: ``ids`` (N,) sorted, ``raw(rows)`` the
     (m, C) float64 scores of ``rows`` (a slice or positions into ``ids``), ``calibration``
-    fitted on the corpus. Nothing of shape (N, C) is made unless asked for."""
+    fitted on the corpus, ``fixes``: the corrections used (rows: positions into ``ids``), which
+    force the confidences and ranks. Nothing of shape (N, C) is made unless asked for."""
 
     ids: np.ndarray
     raw: Callable[[slice | np.ndarray], np.ndarray]
     calibration: Calibration
+    fixes: Corrections = Corrections.none()
 
     def rows(self, rows: slice | np.ndarray, *, confidence: bool = True) -> Scored:
         """Scores and confidences of the images at ``rows`` (``confidence=False``: computed
         later for the entries asked for, see :meth:`Scored.confidence_at`)."""
         scores = self.raw(rows)
+        forced = self.fixes.block(rows, len(self.ids), scores.shape[1])
         if not confidence:
-            return Scored(self.ids[rows], scores, None, self.calibration)
-        return Scored(self.ids[rows], scores, self.calibration.apply(scores))
+            return Scored(self.ids[rows], scores, None, self.calibration, forced)
+        return Scored(self.ids[rows], scores, force(self.calibration.apply(scores), forced), None, forced)
 
     def chunks(self, chunk: int = CHUNK, *, confidence: bool = True) -> Iterator[Scored]:
         """The corpus in blocks of ``chunk`` images, in ``ids`` order."""
@@ -135,11 +155,15 @@ def run_dir(home: Home, run_id: int) -> Path:
     return home.root / "tagruns" / f"run-{run_id:06d}"
 
 
-def zero_shot_scores(xb: np.ndarray, text: TextSet, labels: Sequence[Label]) -> np.ndarray:
-    """(N, C) float64 cosine scores of (N, D) images, after negatives and parents."""
+def zero_shot_scores(
+    xb: np.ndarray, text: TextSet, labels: Sequence[Label], evidence: Evidence | None = None
+) -> np.ndarray:
+    """(N, C) float64 cosine scores of (N, D) images, plus the ``evidence`` of corrections
+    (:mod:`query.fewshot`), after negatives and parents."""
     labels_t, negatives, owners = text
     negative = max_per_label(xb @ negatives.T, owners, len(labels)) if len(negatives) else None
-    return apply_structure(xb @ labels_t.T, labels, negative)
+    sims = xb @ labels_t.T if evidence is None else evidence.scores(xb, labels_t)
+    return apply_structure(sims, labels, negative)
 
 
 def best_labels(scores: np.ndarray, n: int) -> np.ndarray:
@@ -181,7 +205,7 @@ def store_tags(
     n_store = len(labels) if store_top is None else min(store_top, len(labels))
     shown: list[dict[str, Any]] = []
     for block in [scored] if isinstance(scored, Scored) else scored:
-        order = best_labels(block.scores, min(max(n_store, top), len(labels)))
+        order = best_labels(rank_key(block.scores, block.forced), min(max(n_store, top), len(labels)))
         _insert(catalog, block, order[:, :n_store], label_ids, method, run_id)
         if top:
             shown.extend(_shown(catalog, block, order[:, :top], labels, method, cuts or [0.0] * len(labels)))
@@ -199,12 +223,15 @@ def _insert(
             block.scores[a : a + step],
             None if block.confidence is None else block.confidence[a : a + step],
             block.calibration,
+            None if block.forced is None else block.forced[a : a + step],
         )
         cols = order[a : a + step]
         scores = np.take_along_axis(part.scores, cols, 1).ravel().tolist()
         confidence = part.confidence_at(cols).ravel().tolist()
         images = np.repeat(block.ids[a : a + step], width).tolist()
-        ranks = np.tile(np.arange(width), len(cols)).tolist()
+        ranks = np.tile(np.arange(width), (len(cols), 1))
+        forced = part.forced_at(cols)
+        ranks = (ranks if forced is None else np.where(forced < 0, REJECTED_RANK, ranks)).ravel().tolist()
         rows = [
             {
                 "image_id": i,
@@ -235,10 +262,12 @@ def _shown(
         np.take_along_axis(block.scores, order, 1).tolist(),
         block.confidence_at(order).tolist(),
     )
+    forced = block.forced_at(order)
+    rejected = np.zeros(order.shape, bool) if forced is None else forced < 0
     out = []
     for r, image_id in enumerate(block.ids.tolist()):
         for rank, c in enumerate(order[r].tolist()):
-            if confidence[r][rank] < cuts[c]:
+            if confidence[r][rank] < cuts[c] or rejected[r, rank]:
                 continue
             out.append(
                 {

@@ -29,7 +29,9 @@ from indexer.catalog import Catalog, ImageFilter
 from indexer.graph import knn_graph
 from indexer.home import Home
 from query.calibration import fit_calibration, sample_rows
+from query.fewshot import build_evidence
 from query.inductive import fit_zlap
+from query.learning import Corrections, calibrate_on, read_corrections
 from query.scoring import (
     CHUNK,
     CorpusScores,
@@ -42,6 +44,8 @@ from query.scoring import (
     zero_shot_scores,
 )
 from query.search import Searcher
+from query.text import max_per_label
+from query.vocab import apply_structure
 
 FULL_ROWS_MAX = (
     100_000_000  # tag rows a run stores without --store-top unless --store-all (about 15 min on SQLite)
@@ -66,34 +70,71 @@ def encode_text(catalog: Catalog, searcher: Searcher, config: TagConfig) -> Text
 
 
 def score_corpus(
-    home: Home, catalog: Catalog, searcher: Searcher, config: TagConfig, folder: Path | None = None
+    home: Home,
+    catalog: Catalog,
+    searcher: Searcher,
+    config: TagConfig,
+    folder: Path | None = None,
+    corrections: Corrections | None = None,
 ) -> CorpusScores:
     """Scores of every indexed image for ``config``'s labels, block by block; with ``folder``,
     also what later runs need to tag new images (label embeddings, calibration, ZLaP's
-    inductive table). The calibration is fitted on :func:`query.calibration.sample_rows`."""
+    inductive table). The calibration is fitted on :func:`query.calibration.sample_rows`.
+
+    ``corrections`` (rows: image ids): the corrections used; by default the catalog's active
+    ones of the labels when ``config.corrections``, else none."""
     config.check()
     version = searcher.version()
     text = encode_text(catalog, searcher, config)
     ids, xb = corpus_matrix(home, catalog, version)
     if not len(ids):
         raise EmptyCorpus("no indexed images to tag: run `vistag index PATH` first")
+    if corrections is None:
+        corrections = read_corrections(catalog, config.names) if config.corrections else Corrections.none()
+    fixes = corrections.at(ids)
     if folder is not None:
         np.savez(folder / "text.npz", labels=text[0], negatives=text[1], owners=text[2])
-    if config.method == "zeroshot":
-
-        def raw(rows: slice | np.ndarray) -> np.ndarray:
-            return zero_shot_scores(xb[rows], text, config.labels)
-
-        calibration = fit_calibration(raw(sample_rows(len(ids))))
-        if folder is not None:
-            np.savez(folder / "calibration.npz", **calibration.to_arrays())
-        return CorpusScores(ids, raw, calibration)
-    return fit_zlap(knn_graph(version, ids, xb), xb, text, config, folder)
+    if config.method == "zlap":
+        return fit_zlap(knn_graph(version, ids, xb), xb, text, config, folder, fixes=fixes)
+    return image_space_scores(ids, xb, text, config, fixes, folder)
 
 
-def _params(config: TagConfig, version: versions.IndexVersion, where: ImageFilter | None) -> dict[str, Any]:
+def image_space_scores(
+    ids: np.ndarray, xb: np.ndarray, text: TextSet, config: TagConfig, fixes: Corrections, folder: Path | None
+) -> CorpusScores:
+    """Zero-shot or few-shot scores of the corpus ``ids`` (N,), ``xb`` (N, D) with the evidence of
+    ``fixes`` (rows: positions), calibrated (on the corrected pairs when there are enough)."""
+    sample = sample_rows(len(ids))
+    evidence = build_evidence(config.method, xb, fixes, text[0], sample)
+
+    def raw(rows: slice | np.ndarray) -> np.ndarray:
+        return zero_shot_scores(xb[rows], text, config.labels, evidence)
+
+    calibration = fit_calibration(raw(sample))
+    if evidence is not None:
+        xs = xb[fixes.rows]
+        loo = _structured_sims(xs, text, config, evidence.add_without_self(xs, xs @ text[0].T, fixes.rows))
+        calibration = calibrate_on(calibration, loo[np.arange(len(fixes)), fixes.cols], fixes)
+    if folder is not None:
+        np.savez(folder / "calibration.npz", **calibration.to_arrays())
+        if evidence is not None:
+            evidence.save(folder / "evidence.npz")
+    return CorpusScores(ids, raw, calibration, fixes)
+
+
+def _structured_sims(xs: np.ndarray, text: TextSet, config: TagConfig, sims: np.ndarray) -> np.ndarray:
+    """``sims`` (m, C) of images ``xs`` after negatives and parents, as :func:`zero_shot_scores`."""
+    labels_t, negatives, owners = text
+    negative = max_per_label(xs @ negatives.T, owners, len(config.labels)) if len(negatives) else None
+    return apply_structure(sims, config.labels, negative)
+
+
+def _params(
+    config: TagConfig, version: versions.IndexVersion, where: ImageFilter | None, used: Corrections
+) -> dict[str, Any]:
     """What the run's row and ``run.json`` record of it."""
     return asdict(config) | {
+        "corrections_used": used.counts(),
         "labels": list(config.names),
         "vocabulary": [asdict(x) for x in config.labels],
         "model_key": version.identity.key,
@@ -130,14 +171,15 @@ def tag_corpus(
             f"storing every score would write {rows:,} tag rows ({rows // len(config.labels):,} images x "
             f"{len(config.labels):,} labels): pass --store-top N to keep each image's N best, or --store-all"
         )
-    params = _params(config, version, where)
+    fixes = read_corrections(catalog, config.names) if config.corrections else Corrections.none()
+    params = _params(config, version, where, fixes)
     cuts = [max(config.min_confidence, (config.thresholds or {}).get(n, 0.0)) for n in config.names]
     with recovery.writer(home, catalog):  # one writer per home: a run found running under the lock is dead
         run_id = catalog.start_run("tag", catalog.model_id(version.identity), params)
         try:
             folder = run_dir(home, run_id)
             folder.mkdir(parents=True, exist_ok=True)
-            scores = score_corpus(home, catalog, searcher, config, folder)
+            scores = score_corpus(home, catalog, searcher, config, folder, corrections=fixes)
             blocks = scores.chunks(chunk, confidence=False) if keep is None else _passing(scores, keep, chunk)
             shown = store_tags(
                 catalog,

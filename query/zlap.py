@@ -50,6 +50,7 @@ from query.zlap_solve import (
     locality_order,
     onehot_rhs,
     propagate_labels,
+    seeded_rhs,
     solve_blocks,
 )
 
@@ -180,8 +181,14 @@ class ZLaPInductive:
         *,
         knn: KnnPair | None = None,
         dtype: type | np.dtype = np.float64,
+        seeds: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> np.ndarray:
         """:meth:`fit`, and return the transductive scores of U from the same solves.
+
+        ``seeds``: labelled images beside the text nodes, ``(rows, cols, weights)`` (n,) each:
+        class ``cols[j]``'s right-hand side gets ``weights[j]`` at image ``rows[j]`` of U (an
+        extension, not in the reference; see :func:`query.zlap_solve.seeded_rhs`). None (the
+        default) solves exactly the reference's ``L f = e_c``; the table reflects the seeds.
 
         One pass of C block solves gives both the sparse table (whatever
         ``precompute_sparse`` says) and ``F = (L^-1)[image rows, text columns]``, i.e. what
@@ -196,7 +203,8 @@ class ZLaPInductive:
         def consume(c0: int, c1: int, x: np.ndarray) -> None:
             out[:, c0:c1] = x[n_cls:]
 
-        self._precompute_sparse(consume)
+        rhs = None if seeds is None else seeded_rhs(self.graph_.L.shape[0], n_cls, *seeds)
+        self._precompute_sparse(consume, rhs)
         return out
 
     def _build(self, unlabeled_feats: np.ndarray, text_feats: np.ndarray, knn: KnnPair | None) -> None:
@@ -264,9 +272,14 @@ class ZLaPInductive:
         model.pseudo_scores_ = np.asarray(pseudo_scores, dtype=np.float64)
         return model
 
-    def _precompute_sparse(self, also: Callable[[int, int, np.ndarray], None] | None = None) -> None:
+    def _precompute_sparse(
+        self,
+        also: Callable[[int, int, np.ndarray], None] | None = None,
+        rhs: Callable[[int, int], np.ndarray] | None = None,
+    ) -> None:
         """Section 6: streamed per-row argmax of G = L^-1[:, :C]; memory O((N_U+C) * chunk)
-        per worker. ``also(c0, c1, X)`` receives every solution block too."""
+        per worker. ``also(c0, c1, X)`` receives every solution block too; ``rhs``: another
+        right-hand side factory than the one-hot columns (seeds)."""
         lap, n_cls = self.graph_.L, self.graph_.n_classes
         n = lap.shape[0]
         best_val, best_id = np.full(n, -np.inf), np.zeros(n, dtype=np.int64)
@@ -282,7 +295,7 @@ class ZLaPInductive:
         self.info_["fit"] = solve_blocks(
             lap,
             n_cls,
-            onehot_rhs(n),
+            onehot_rhs(n) if rhs is None else rhs,
             consume,
             solver=self.solver,
             tol=self.tol,

@@ -277,6 +277,24 @@ def onehot_rhs(n: int) -> Callable[[int, int], np.ndarray]:
     return make
 
 
+def seeded_rhs(
+    n: int, n_cls: int, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray
+) -> Callable[[int, int], np.ndarray]:
+    """RHS factory: columns ``e_c`` plus, for each seed j, ``weights[j]`` at image node
+    ``n_cls + rows[j]`` of column ``cols[j]`` (labelled image nodes beside the text node; a
+    negative weight for a rejected image). With no seeds it is :func:`onehot_rhs`."""
+    onehot = onehot_rhs(n)
+    rows, cols, weights = np.asarray(rows, np.int64), np.asarray(cols, np.int64), np.asarray(weights, float)
+
+    def make(c0: int, c1: int) -> np.ndarray:
+        b = onehot(c0, c1)
+        sel = (cols >= c0) & (cols < c1)
+        np.add.at(b, (n_cls + rows[sel], cols[sel] - c0), weights[sel])
+        return b
+
+    return make
+
+
 def propagate_labels(
     lap: sp.csr_matrix,
     n_classes: int,

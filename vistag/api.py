@@ -146,23 +146,29 @@ class Archive(CorrectionMethods):
         store_top: int | None = None,
         store_all: bool = False,
         where: ImageFilter | None = None,
+        corrections: bool = True,
         **zlap: Any,
     ) -> TagResult:
         """Tag every indexed image with ``labels`` (a list, a comma-separated string, a label file
         or a YAML/JSON vocabulary; see :mod:`query.vocab`). ``templates``: a list of prompt
         templates, or ``"short"``, ``"imagenet"``, ``"none"`` or a template file.
 
-        ``method``: ``"zeroshot"`` or ``"zlap"`` (label propagation over the kNN graph; ``zlap``
+        ``method``: ``"zeroshot"``, ``"fewshot"`` or ``"zlap"`` (label propagation over the kNN graph; ``zlap``
         keywords ``k``, ``gamma``, ``alpha``). All scores are stored, or with ``store_top`` N
         only each image's N best labels (ranks 0..N-1); the result lists each image's ``top``
         labels whose calibrated confidence is at least ``min_confidence``. Storing every score
         of more than 100 million (image, label) pairs is refused (:class:`InputError`) unless
         ``store_all``. With ``where``, every image is scored but tags are stored (and listed) only
         for the indexed images that pass it, and the run is not applied to images indexed later.
+
+        ``method`` ``"fewshot"``: zero-shot plus a cache of corrected images (:mod:`query.fewshot`).
+        ``corrections``: use people's corrections of these labels (confirmed pairs get confidence 1
+        and rank 0, rejected ones confidence 0 and are never listed; see :mod:`query.learning`);
+        False gives the scores of an archive without any.
         """
         from query.tagging import tag_corpus
 
-        extra = {**zlap, "store_top": store_top, "store_all": store_all}
+        extra = {**zlap, "store_top": store_top, "store_all": store_all, "corrections": corrections}
         config = self._tag_config(labels, method, top, min_confidence, templates, extra)
         return tag_corpus(self.home, self.catalog, self.searcher, config, where=where)
 
@@ -239,12 +245,19 @@ class Archive(CorrectionMethods):
         min_confidence: float = 0.5,
         fit_thresholds: bool = False,
         templates: str | Sequence[str] = SHORT_TEMPLATES,
+        shots: str | Sequence[int] | None = None,
         **zlap: Any,
     ) -> dict[str, Any]:
         """Top-1 accuracy, per-label precision/recall and mAP of each method against a
         ``uri,label`` CSV (labels default to those in the truth file), or ``truth="keywords"``: the
-        images' own keywords, for the ``labels`` given (required; see :mod:`query.evaluate`)."""
+        images' own keywords, for the ``labels`` given (required; see :mod:`query.evaluate`).
+        ``shots`` (``"0,1,2,4,8"`` or a list; one N means 0 and N): also simulate that many
+        confirmed truth images per label, ``report["shots"][N][method]`` = ``{"top1", "ece", ...}``
+        (see :mod:`query.shots`)."""
         from query.evaluate import KEYWORDS, evaluate, keyword_truth, read_truth
+        from query.shots import parse_shots
+
+        counts = parse_shots(shots) if shots is not None else ()
 
         if truth == KEYWORDS:
             if labels is None:
@@ -255,7 +268,9 @@ class Archive(CorrectionMethods):
             found = read_truth(truth, self.catalog)
             labels = found.names if labels is None else labels
             config = self._tag_config(labels, "zeroshot", 1, min_confidence, templates, zlap)
-        return evaluate(self.home, self.catalog, self.searcher, found, config, methods, fit_thresholds)
+        return evaluate(
+            self.home, self.catalog, self.searcher, found, config, methods, fit_thresholds, counts
+        )
 
     def explain(self, image: int | str | os.PathLike[str], top: int = 5) -> list[dict[str, Any]]:
         """An indexed image's best labels in every label set applied: score, confidence, method."""

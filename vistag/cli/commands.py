@@ -127,6 +127,7 @@ def cmd_tag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
         store_top=args.store_top,
         store_all=args.store_all,
         where=_where(args),
+        corrections=not args.no_corrections,
     )
     if args.json:
         print_json(result.top)
@@ -146,7 +147,8 @@ def cmd_tag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
 
 
 def cmd_eval(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    default = "zeroshot,zlap,fewshot" if args.shots else "zeroshot,zlap"
+    methods = [m.strip() for m in (args.methods or default).split(",") if m.strip()]
     fit = args.fit_thresholds or bool(args.save_thresholds)
     report = archive.evaluate(
         args.truth,
@@ -155,6 +157,7 @@ def cmd_eval(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
         min_confidence=args.min_confidence,
         fit_thresholds=fit,
         templates=args.templates,
+        shots=args.shots,
     )
     if args.save_thresholds:
         first = report["methods"][methods[0]]["fitted"]["labels"]
@@ -181,7 +184,17 @@ def cmd_eval(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
             f"{printable(label)[:24]:24}"
             + "".join(f"{c['precision']:>8.2f}{c['recall']:>7.2f}{c['ap']:>7.2f}" for c in cells)
         )
+    if "shots" in report:
+        _print_shots(report, methods)
     return 0
+
+
+def _print_shots(report: dict[str, Any], methods: list[str]) -> None:
+    """The table shots x methods of ``eval --shots``: top-1 accuracy (ECE)."""
+    print(f"\nconfirmed per label, top-1 accuracy (ECE) on {report['shots_test_images']} images never drawn:")
+    print(f"{'shots':>6}" + "".join(f"{m:>22}" for m in methods))
+    for n, row in report["shots"].items():
+        print(f"{n:>6}" + "".join(f"{row[m]['top1']:>14.3f} ({row[m]['ece']:.3f})" for m in methods))
 
 
 def cmd_explain(archive: Any, args: argparse.Namespace, _: list[str]) -> int:

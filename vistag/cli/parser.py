@@ -209,9 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3, help="labels printed per image (default 3)")
     p.add_argument(
         "--method",
-        choices=("zeroshot", "zlap"),
+        choices=("zeroshot", "zlap", "fewshot"),
         default="zeroshot",
-        help="zeroshot (cosine to label prompts) or zlap (label propagation over the kNN graph)",
+        help="zeroshot (cosine to label prompts), zlap (label propagation over the kNN graph) or fewshot "
+        "(zero-shot plus a cache of the images people confirmed or rejected)",
+    )
+    p.add_argument(
+        "--no-corrections", action="store_true", help="ignore people's confirmed and rejected tags"
     )
     p.add_argument(
         "--min-confidence",
@@ -268,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="label set (default: the labels in the truth file; required with --truth keywords)",
     )
     p.add_argument(
-        "--methods", default="zeroshot,zlap", help="comma-separated methods (default zeroshot,zlap)"
+        "--methods", help="comma-separated methods (default zeroshot,zlap; with --shots also fewshot)"
+    )
+    p.add_argument(
+        "--shots", metavar="LIST", help="simulate N confirmed truth images per label, e.g. 0,1,2,4,8"
     )
     p.add_argument(
         "--min-confidence", type=float, default=0.5, metavar="P", help="confidence threshold (default 0.5)"

@@ -1,0 +1,132 @@
+"""People's corrections in a tag run: which (image, label) pairs are confirmed or rejected, how
+they force the stored tags, and the calibration they allow.
+
+A tag run reads the active corrections of its labels (:meth:`indexer.catalog.Catalog.correction_pairs`)
+unless ``TagConfig.corrections`` is off; ``vistag eval --shots`` builds the same
+:class:`Corrections` from drawn truth images, so simulated and real corrections take one path.
+Each method uses them as evidence (:mod:`query.fewshot` for zeroshot and fewshot, seed nodes for
+ZLaP, :mod:`query.inductive`), and every method's stored tags are forced: a confirmed pair gets
+confidence 1.0 and rank 0, a rejected one confidence 0.0 and rank ``indexer.catalog_tags.REJECTED_RANK`` (after
+every other rank, so no ``rank < N`` filter ever counts it as a tag); raw scores stay the method's.
+
+**Calibration from corrections.** With at least :data:`MIN_CONFIRMED` confirmed and
+:data:`MIN_REJECTED` rejected pairs, a global Platt scaling is fitted on top of the per-label
+pseudo-label calibration (:mod:`query.calibration`): ``confidence = sigmoid(A z + B)`` where z is
+the per-label logit, fitted to the verdicts of the corrected pairs, whose scores are computed
+without their own evidence (leave-self-out) so that a pair does not vouch for itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from query.calibration import Calibration, fit_global
+
+MIN_CONFIRMED = 10  # corrected pairs needed before confidences are fitted on them
+MIN_REJECTED = 10
+ECE_BINS = 10
+
+
+@dataclass(frozen=True)
+class Corrections:
+    """Corrected (image, label) pairs, three (n,) arrays: ``rows`` (catalog image ids, or
+    positions into a corpus' ids after :meth:`at`), ``cols`` (label positions, int64) and
+    ``verdict`` (bool, True = confirmed)."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    verdict: np.ndarray
+
+    @classmethod
+    def none(cls) -> Corrections:
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool))
+
+    @classmethod
+    def confirmed(cls, rows: np.ndarray, cols: np.ndarray) -> Corrections:
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        return cls(rows, cols, np.ones(len(rows), bool))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def counts(self) -> dict[str, int]:
+        """How many pairs are confirmed and rejected."""
+        return {"confirmed": int(self.verdict.sum()), "rejected": int((~self.verdict).sum())}
+
+    def at(self, ids: np.ndarray) -> Corrections:
+        """The pairs of images among ``ids`` (sorted (N,) catalog ids), ``rows`` turned into
+        positions in ``ids``; pairs of other images are dropped."""
+        pos = np.searchsorted(ids, self.rows)
+        pos = np.minimum(pos, max(len(ids) - 1, 0))
+        keep = (ids[pos] == self.rows) if len(ids) else np.zeros(len(self.rows), bool)
+        return Corrections(pos[keep].astype(np.int64), self.cols[keep], self.verdict[keep])
+
+    def block(self, rows: slice | np.ndarray, n_rows: int, n_cols: int) -> np.ndarray | None:
+        """(m, n_cols) int8 of the corpus ``rows`` (a slice or positions): +1 confirmed, -1
+        rejected, 0 otherwise; None when no pair falls in the block."""
+        if not len(self):
+            return None
+        if isinstance(rows, slice):
+            start, stop, _ = rows.indices(n_rows)
+            sel = (self.rows >= start) & (self.rows < stop)
+            local = self.rows[sel] - start
+            m = max(stop - start, 0)
+        else:
+            rows = np.asarray(rows, np.int64)
+            order = np.argsort(rows, kind="stable")
+            at = np.minimum(np.searchsorted(rows[order], self.rows), max(len(rows) - 1, 0))
+            sel = (rows[order][at] == self.rows) if len(rows) else np.zeros(len(self), bool)
+            local, m = order[at[sel]], len(rows)
+        if not sel.any():
+            return None
+        out = np.zeros((m, n_cols), np.int8)
+        out[local, self.cols[sel]] = np.where(self.verdict[sel], 1, -1)
+        return out
+
+
+def read_corrections(catalog, names: tuple[str, ...]) -> Corrections:  # noqa: ANN001
+    """The catalog's active corrections of labels ``names`` (rows are image ids)."""
+    ids, cols, verdict = catalog.correction_pairs(list(names))
+    return Corrections(ids, cols, verdict)
+
+
+def force(confidence: np.ndarray, forced: np.ndarray | None) -> np.ndarray:
+    """``confidence`` with confirmed entries of ``forced`` (same shape, int8) at 1.0, rejected at 0.0."""
+    if forced is None:
+        return confidence
+    return np.where(forced > 0, 1.0, np.where(forced < 0, 0.0, confidence))
+
+
+def rank_key(scores: np.ndarray, forced: np.ndarray | None) -> np.ndarray:
+    """What tags are ranked by: raw scores, confirmed pairs first, rejected ones last."""
+    if forced is None:
+        return scores
+    return np.where(forced > 0, np.inf, np.where(forced < 0, -np.inf, scores))
+
+
+def calibrate_on(calibration: Calibration, scores: np.ndarray, fixes: Corrections) -> Calibration:
+    """``calibration`` with a global Platt on top fitted on the corrected pairs' leave-self-out
+    ``scores`` (n,), when there are enough of both verdicts; else ``calibration`` unchanged."""
+    counts = fixes.counts()
+    if counts["confirmed"] < MIN_CONFIRMED or counts["rejected"] < MIN_REJECTED:
+        return calibration
+    z = calibration.logit_at(scores[:, None], fixes.cols[:, None])[:, 0]
+    top_a, top_b = fit_global(z, fixes.verdict)
+    return replace(calibration, top_a=top_a, top_b=top_b)
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE of (n,) confidences against (n,) bool outcomes: the mean over ``bins`` equal-width
+    bins of |accuracy - mean confidence|, weighted by the bin's share of the pairs."""
+    confidence, correct = np.asarray(confidence, np.float64), np.asarray(correct, bool)
+    if not len(confidence):
+        return float("nan")
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            total += inside.sum() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(total / len(confidence))
