@@ -131,6 +131,68 @@ def test_make_corpus_combos(tmp_path):
     assert {(s.color, s.shape) for _, s in items} <= set(combos)
 
 
+def test_styles_api():
+    assert synth.STYLES[0] == "classic"
+    assert {"classic", "varied", synth.HELD_OUT_STYLE} <= set(synth.STYLES)
+    assert set(synth.TRAIN_STYLES) == {"classic", "varied"}
+    assert synth.HELD_OUT_STYLE not in synth.TRAIN_STYLES
+    with pytest.raises(ValueError, match="style"):
+        synth.draw([synth.ShapeSpec("red", "circle")], rng=np.random.default_rng(0), style="cubist")
+    with pytest.raises(ValueError, match="style"):
+        synth.make_corpus(Path("/nonexistent-never-created"), 1, style="cubist")
+
+
+def test_classic_style_is_the_default():
+    specs = [synth.ShapeSpec("green", "star"), synth.ShapeSpec("black", "ring", "small")]
+    a = synth.draw(specs, image_size=80, background="noise", rng=np.random.default_rng(3))
+    b = synth.draw(specs, image_size=80, background="noise", rng=np.random.default_rng(3), style="classic")
+    assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("style", ["varied", synth.HELD_OUT_STYLE])
+def test_other_styles_deterministic_and_distinct_from_classic(style):
+    specs = [synth.ShapeSpec("blue", "triangle"), synth.ShapeSpec("white", "cross", "small")]
+
+    def draw(seed, style=style):
+        return synth.draw(specs, image_size=96, rng=np.random.default_rng(seed), style=style)
+
+    a, b, c = draw(9), draw(9), draw(10)
+    assert a.mode == "RGB" and a.size == (96, 96)
+    assert a.tobytes() == b.tobytes() != c.tobytes()
+    assert a.tobytes() != draw(9, "classic").tobytes()
+
+
+@pytest.mark.parametrize("style", ["varied", synth.HELD_OUT_STYLE])
+@pytest.mark.parametrize("color", list(synth.COLORS))
+def test_other_styles_keep_colours_true(style, color):
+    # a large square in the named colour covers a good part of the image; the background
+    # (any hue in these styles) never looks like it
+    for seed in range(3):
+        img = synth.draw(
+            [synth.ShapeSpec(color, "square", "large")],
+            image_size=96,
+            rng=np.random.default_rng(seed),
+            style=style,
+        )
+        a = np.asarray(img, float)
+        near = np.linalg.norm(a - np.asarray(synth.COLORS[color], float), axis=-1) < 70
+        assert 0.05 < near.mean() < 0.6, (seed, near.mean())
+
+
+def test_held_out_style_corpus(tmp_path):
+    style = synth.HELD_OUT_STYLE
+    a = synth.make_corpus(tmp_path / "a", 30, seed=7, style=style, two_shape_fraction=0.3)
+    b = synth.make_corpus(tmp_path / "b", 30, seed=7, style=style, two_shape_fraction=0.3)
+    c = synth.make_corpus(tmp_path / "c", 30, seed=8, style=style, two_shape_fraction=0.3)
+    classic = synth.make_corpus(tmp_path / "classic", 30, seed=7, two_shape_fraction=0.3)
+    assert [s for _, s in a] == [s for _, s in b]
+    assert _digest(a) == _digest(b) != _digest(c)
+    assert _digest(a) != _digest(classic)
+    for path, _ in a:
+        with Image.open(path) as im:
+            assert im.mode == "RGB" and min(im.size) in (64, 96, 160)
+
+
 def test_make_corpus_speed(tmp_path):
     import time
 
@@ -209,6 +271,28 @@ def test_zero_shot_held_out_combos(scored):
     sims, truth, n_general = scored
     acc = float((sims[n_general:].argmax(1) == truth[n_general:]).mean())
     assert acc >= HELD_OUT_THRESHOLD, acc  # measured 0.79 for this seed, chance 1/48
+
+
+@pytest.fixture(scope="module")
+def scored_held_out_style(shapes_clip, tmp_path_factory):
+    """Similarities of images drawn by the renderer the model never saw in training."""
+    model, preprocess, _, text_features = shapes_clip
+    root = tmp_path_factory.mktemp("shapes-eval-style")
+    items = synth.make_corpus(root, 96, seed=4444, style=synth.HELD_OUT_STYLE)
+    sims = _image_features(model, preprocess, items) @ text_features.T
+    truth = np.array([synth.LABELS.index(synth.label(s)) for _, s in items])
+    return sims.numpy(), truth
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 16: the shipped model was trained on the classic style only: 0.30 on this corpus "
+    "(0.302 on the fixture README's); models retrained on classic + varied measured 0.48-0.49 here",
+)
+def test_zero_shot_accuracy_held_out_style(scored_held_out_style):
+    sims, truth = scored_held_out_style
+    acc = float((sims.argmax(1) == truth).mean())
+    assert acc >= ACC_THRESHOLD, acc
 
 
 def test_text_to_image_retrieval_held_out(scored):

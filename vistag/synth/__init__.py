@@ -5,6 +5,8 @@ Used by the test-suite, the benchmarks, the offline demo and the script that tra
 model in ``tests/fixtures/shapes-clip``. Everything is deterministic for a given seed.
 
 - :mod:`vistag.synth.shapes`: ``ShapeSpec``, ``draw``, ``caption``, ``label``, ``make_corpus``, ``LABELS``...
+- :mod:`vistag.synth.styles`: renderer styles ``STYLES`` (``"classic"``, ``"varied"``, ``"poster"``),
+  ``TRAIN_STYLES`` and ``HELD_OUT_STYLE`` (the style the test model never sees in training).
 - :mod:`vistag.synth.archives`: ``write_corpus`` (shapes, textures and bad files) and ``Corpus``.
 - :mod:`vistag.synth.hostile`: ``make_hostile`` and the generators of decoding bombs.
 - :mod:`vistag.synth.tiny_model`: ``make_tiny_model`` (needs torch and open_clip when called).
@@ -29,17 +31,21 @@ from vistag.synth.shapes import (
     random_spec,
     stretched,
 )
+from vistag.synth.styles import HELD_OUT_STYLE, STYLES, TRAIN_STYLES
 from vistag.synth.tiny_model import TINY_CFG, TINY_PREPROCESS, make_tiny_model
 
 __all__ = [
     "BAD_FILES",
     "COLORS",
     "HELD_OUT",
+    "HELD_OUT_STYLE",
     "LABELS",
     "SHAPES",
     "SIZES",
+    "STYLES",
     "TINY_CFG",
     "TINY_PREPROCESS",
+    "TRAIN_STYLES",
     "Corpus",
     "ShapeSpec",
     "caption",

@@ -35,6 +35,7 @@ __all__ = [
     "caption",
     "label",
     "random_spec",
+    "shape_mask",
     "stretched",
     "make_corpus",
 ]
@@ -162,9 +163,10 @@ def _polygon(shape: str, r: float, angle: float) -> np.ndarray | None:
     return _rotate(pts, angle)
 
 
-def _shape_mask(
+def shape_mask(
     spec: ShapeSpec, cx: float, cy: float, r: float, angle: float, width: int, height: int
 ) -> Image.Image:
+    """Anti-aliased "L" mask (``width`` x ``height``) of one shape centred at (``cx``, ``cy``), radius ``r``."""
     ss = _SUPERSAMPLE
     mask = Image.new("L", (width * ss, height * ss), 0)
     d = ImageDraw.Draw(mask)
@@ -244,7 +246,7 @@ def _render(
                 break
         placed.append((cx, cy, r))
         angle = math.radians(rng.uniform(-15.0, 15.0))
-        mask = _shape_mask(spec, ox + cx, oy + cy, r, angle, width, height)
+        mask = shape_mask(spec, ox + cx, oy + cy, r, angle, width, height)
         alpha = np.asarray(mask, np.float32)[..., None] / 255.0
         jitter = rng.uniform(-10, 10, size=3)
         fill = np.clip(np.asarray(col, np.float32) + jitter, 0, 255)
@@ -259,14 +261,22 @@ def draw(
     image_size: int = 96,
     background: str = "plain",
     rng: np.random.Generator,
+    style: str = "classic",
 ) -> Image.Image:
     """Draw ``shapes`` on a square RGB image of ``image_size`` pixels.
 
     Positions, exact sizes, small rotations and slight colour jitter are drawn
     from ``rng``.  ``background`` is ``"plain"`` (a grey-ish tint that always
     differs clearly from the shape colours, so white and black stay visible) or
-    ``"noise"`` (blotchy mid-tone noise).
+    ``"noise"`` (blotchy mid-tone noise).  ``style`` is one of
+    :data:`vistag.synth.styles.STYLES`; ``"classic"`` is the renderer described
+    here, the other styles draw their own backgrounds and ignore ``background``.
     """
+    from vistag.synth import styles
+
+    styles.check_style(style)
+    if style != "classic":
+        return styles.render(shapes, style=style, width=image_size, height=image_size, rng=rng)
     return _render(shapes, width=image_size, height=image_size, background=background, rng=rng)
 
 
@@ -325,6 +335,7 @@ def make_corpus(
     image_sizes: Sequence[int] = (64, 96, 160),
     two_shape_fraction: float = 0.0,
     combos: Iterable[tuple[str, str]] | None = None,
+    style: str = "classic",
 ) -> list[tuple[Path, ShapeSpec]]:
     """Write ``n`` images to ``directory`` and return ``[(path, primary_spec), ...]``.
 
@@ -335,7 +346,12 @@ def make_corpus(
     shapes stay inside the central square).  With ``two_shape_fraction`` > 0
     some images contain a second, different shape; the returned spec is always
     the first one.  ``combos`` restricts the (colour, shape) pairs used.
+    ``style`` is a renderer of :data:`vistag.synth.styles.STYLES` (``"classic"``
+    by default; the same seed gives the same files as before styles existed).
     """
+    from vistag.synth import styles
+
+    styles.check_style(style)
     if not formats:
         raise ValueError("formats is empty")
     if not image_sizes:
@@ -358,11 +374,14 @@ def make_corpus(
                 if pool is not None and len(pool) < 2:
                     break
             specs.append(other)
-        background = "noise" if rng.random() < 0.3 else "plain"
-        img = _render(specs, width=width, height=height, background=background, rng=rng)
+        if style == "classic":
+            background = "noise" if rng.random() < 0.3 else "plain"
+            img = _render(specs, width=width, height=height, background=background, rng=rng)
+        else:
+            img = styles.render(specs, style=style, width=width, height=height, rng=rng)
         path = out_dir / f"shape_{i:05d}.{fmt}"
         if fmt in ("jpg", "jpeg"):
-            img.save(path, format="JPEG", quality=90)
+            img.save(path, format="JPEG", quality=styles.jpeg_quality(style, rng))
         elif fmt == "png":
             img.save(path, format="PNG")
         else:
