@@ -140,7 +140,7 @@ def shapes(args: argparse.Namespace) -> None:
         truth = Path(tmp) / "truth.csv"
         truth.write_text("uri,label\n" + "".join(f"{p},{synth.label(s)}\n" for p, s in made))
         with Archive(Path(tmp) / "home") as archive:
-            archive.index([Path(tmp) / "archive"], model=MODEL)
+            archive.index([Path(tmp) / "archive"], model=args.model)
             report = archive.evaluate(str(truth), list(synth.LABELS), methods=METHODS, shots=SHOTS)
     shots = report["shots"]
     print(
@@ -210,6 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--review", type=int, default=300, help="images whose top-1 label is reviewed")
     ap.add_argument("--images", type=int, default=1200, help="shapes corpus size")
     ap.add_argument("--style", default="poster", help="shapes renderer style, when vistag.synth has styles")
+    ap.add_argument(
+        "--model", default=MODEL, help="model of the shapes part (default: the shipped shapes model)"
+    )
     ap.add_argument("--scale-images", type=int, default=1_000_000)
     ap.add_argument("--scale-classes", type=int, default=100)
     ap.add_argument("--scale-corrections", type=int, default=10_000)
