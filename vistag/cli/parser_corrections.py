@@ -66,6 +66,9 @@ def add_corrections_parsers(
     )
     p.add_argument("-n", "--limit", type=int, default=20, metavar="N", help="how many images (default 20)")
     p.add_argument(
-        "--method", choices=("zeroshot", "zlap"), default="zeroshot", help="scoring (default zeroshot)"
+        "--method",
+        choices=("zeroshot", "zlap", "fewshot"),
+        default="zeroshot",
+        help="scoring (default zeroshot)",
     )
     common_options(p)
