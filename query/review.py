@@ -76,9 +76,10 @@ def most_uncertain(found: Candidates, corrected: tuple[np.ndarray, np.ndarray], 
 
 
 def select(found: Candidates, corrected: tuple[np.ndarray, np.ndarray], n: int) -> list[dict[str, Any]]:
-    """Up to ``n`` entries to review: the labels take turns (in label order), each giving its next
-    most uncertain entry (see :func:`most_uncertain`) whose image is not in the list yet. Each
-    ``{"id", "col", "confidence", "rank"}``."""
+    """Up to ``n`` entries to review: the labels take turns, each giving its next most uncertain
+    entry (see :func:`most_uncertain`) whose image is not in the list yet; in each round the label
+    whose next entry is nearest 0.5 goes first (then label order), so a short list holds the most
+    uncertain labels rather than the first ones. Each ``{"id", "col", "confidence", "rank"}``."""
     if n < 1:
         raise InputError("-n must be at least 1")
     queues: dict[int, list[int]] = {}
@@ -88,16 +89,23 @@ def select(found: Candidates, corrected: tuple[np.ndarray, np.ndarray], n: int) 
     picked: list[dict[str, Any]] = []
     taken: set[int] = set()
     heads = dict.fromkeys(queues, 0)
-    while len(picked) < n and heads:
-        for col in sorted(heads):
-            queue, head = queues[col], heads[col]
-            while head < len(queue) and int(ranked.ids[queue[head]]) in taken:
-                head += 1
-            if head == len(queue):
-                del heads[col]
+
+    def head(col: int) -> int | None:
+        """The label's next row whose image is not taken (advancing past taken ones), or None."""
+        queue = queues[col]
+        while heads[col] < len(queue) and int(ranked.ids[queue[heads[col]]]) in taken:
+            heads[col] += 1
+        return queue[heads[col]] if heads[col] < len(queue) else None
+
+    while len(picked) < n:
+        ready = {col: row for col in queues if (row := head(col)) is not None}
+        if not ready:
+            break
+        for col in sorted(ready, key=lambda c: (abs(float(ranked.confidence[ready[c]]) - 0.5), c)):
+            row = head(col)
+            if row is None:
                 continue
-            row = queue[head]
-            heads[col] = head + 1
+            heads[col] += 1
             taken.add(int(ranked.ids[row]))
             picked.append(
                 {

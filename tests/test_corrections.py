@@ -230,7 +230,7 @@ def picks(found: Candidates, corrected: list[tuple[int, int]], n: int) -> list[t
     return [(p["id"], p["col"]) for p in select(found, done, n)]
 
 
-def test_select_takes_labels_in_turn_nearest_half_first_each_image_once():
+def test_select_takes_labels_in_turn_most_uncertain_first_each_image_once():
     found = candidates(
         [
             (1, 0, 0.50, 0),
@@ -244,7 +244,10 @@ def test_select_takes_labels_in_turn_nearest_half_first_each_image_once():
     )
     assert picks(found, [], 10) == [(1, 0), (5, 1), (6, 2), (2, 0), (4, 1), (3, 0)]
     assert picks(found, [], 2) == [(1, 0), (5, 1)]
-    assert picks(found, [(1, 0), (4, 1)], 3) == [(2, 0), (1, 1), (6, 2)]  # corrected pairs, not images
+    # corrected pairs, not images; label 1's next entry (0.51) is nearer 0.5 than label 0's (0.45)
+    assert picks(found, [(1, 0), (4, 1)], 3) == [(1, 1), (2, 0), (6, 2)]
+    unsure_last = candidates([(1, 0, 0.95, 0), (2, 1, 0.9, 0), (3, 2, 0.49, 0), (4, 3, 0.55, 1)])
+    assert picks(unsure_last, [], 2) == [(3, 2), (4, 3)]  # the most uncertain labels, not the first
     tie = candidates([(9, 0, 0.4, 0), (7, 0, 0.6, 0)])
     assert picks(tie, [], 1) == [(7, 0)]  # equally unsure: the lower id
     with pytest.raises(Exception, match="at least 1"):

@@ -20,7 +20,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 from vistag.synth.shapes import COLORS, ShapeSpec, shape_mask
 
@@ -206,8 +206,39 @@ def _lighting(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(canvas * factor[..., None], 0, 255)
 
 
+def _clutter(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Varied style: 1-4 thin strokes (lines or arcs, dark or in any colour) and maybe a soft dark
+    blot behind the shapes, so that thin or blurred dark marks do not read as a black shape."""
+    height, width = canvas.shape[:2]
+    side = min(width, height)
+    layer = Image.fromarray(np.round(canvas).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(layer)
+    for _ in range(int(rng.integers(1, 5))):
+        dark = rng.random() < 0.6
+        ink = tuple(int(v) for v in (rng.integers(0, 70, size=3) if dark else rng.integers(0, 256, size=3)))
+        stroke = max(1, round(side * rng.uniform(0.01, 0.035)))
+        x0, y0, x1, y1 = (float(v) for v in rng.uniform(0, 1, size=4) * (width, height, width, height))
+        if rng.random() < 0.5:
+            draw.line([(x0, y0), (x1, y1)], fill=ink, width=stroke)
+        else:
+            box = [min(x0, x1), min(y0, y1), max(x0, x1) + 2, max(y0, y1) + 2]
+            start = float(rng.uniform(0, 360))
+            draw.arc(box, start, start + float(rng.uniform(60, 300)), fill=ink, width=stroke)
+    out = np.asarray(layer, np.float32)
+    if rng.random() < 0.4:
+        yy, xx = _grid(height, width)
+        cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), side * rng.uniform(0.08, 0.25)
+        blot = np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r)))[..., None]
+        out = out * (1.0 - rng.uniform(0.3, 0.6) * blot)
+    return out
+
+
 def _degrade(img: Image.Image, side: int, rng: np.random.Generator) -> Image.Image:
-    """Varied style: random pixel noise, blur and an in-memory JPEG round trip."""
+    """Varied style: a global brightness change, random pixel noise, blur and an in-memory JPEG
+    round trip."""
+    if rng.random() < 0.5:
+        arr = np.asarray(img, np.float32) * rng.uniform(0.85, 1.12) * rng.uniform(0.97, 1.03, size=3)
+        img = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), "RGB")
     if rng.random() < 0.35:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.1) * side / 96))
     if rng.random() < 0.5:
@@ -245,6 +276,8 @@ def render(
         raise ValueError("need one fill colour per shape")
     background = _varied_background if style == "varied" else _poster_background
     canvas = background(colors, width, height, rng)
+    if style == "varied" and rng.random() < 0.5:
+        canvas = _clutter(canvas, rng)
     side = min(width, height)
     ox, oy = (width - side) / 2.0, (height - side) / 2.0
     for spec, col, (cx, cy, r) in zip(shapes, colors, _place(shapes, side, rng), strict=True):
