@@ -4,7 +4,8 @@ and a tiny random-weight OpenCLIP model.
 Used by the test-suite, the benchmarks, the offline demo and the script that trains the tiny test
 model in ``tests/fixtures/shapes-clip``. Everything is deterministic for a given seed.
 
-- :mod:`vistag.synth.shapes`: ``ShapeSpec``, ``draw``, ``caption``, ``label``, ``make_corpus``, ``LABELS``...
+- :mod:`vistag.synth.shapes`: ``ShapeSpec``, ``caption``, ``label``, ``LABELS``... and the classic renderer;
+  :mod:`vistag.synth.corpus`: ``draw`` and ``make_corpus`` in any style
 - :mod:`vistag.synth.styles`: renderer styles ``STYLES`` (``"classic"``, ``"varied"``, ``"poster"``),
   ``TRAIN_STYLES`` and ``HELD_OUT_STYLE`` (the style the test model never sees in training).
 - :mod:`vistag.synth.archives`: ``write_corpus`` (shapes, textures and bad files) and ``Corpus``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from vistag.synth import hostile
 from vistag.synth.archives import BAD_FILES, Corpus, write_corpus
+from vistag.synth.corpus import draw, make_corpus
 from vistag.synth.shapes import (
     COLORS,
     HELD_OUT,
@@ -25,9 +27,7 @@ from vistag.synth.shapes import (
     SIZES,
     ShapeSpec,
     caption,
-    draw,
     label,
-    make_corpus,
     random_spec,
     stretched,
 )

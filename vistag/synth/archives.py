@@ -7,7 +7,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from vistag.synth.shapes import make_corpus
+from vistag.synth.corpus import make_corpus
 
 #: File name -> content of the bad files ``write_corpus`` adds (each must be recorded as a failure).
 BAD_FILES = {

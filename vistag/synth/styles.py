@@ -1,7 +1,7 @@
 """Renderer styles for the synthetic shapes of :mod:`vistag.synth.shapes`.
 
 - ``"classic"``: the original renderer (grey-ish plain or noisy backgrounds), drawn by
-  :func:`vistag.synth.shapes.draw`; nothing here changes it.
+  :func:`vistag.synth.corpus.draw`; nothing here changes it.
 - ``"varied"``: the training distribution of the test model: backgrounds of any hue (always
   clearly different from the shape colours), plain, gradient, blotchy, grainy or an irregular
   patchwork; shapes of many
