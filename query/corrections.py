@@ -142,22 +142,20 @@ def from_keywords(catalog: Catalog, labels: Sequence[str]) -> list[dict[str, Any
     """Confirm each label of ``labels`` for every indexed image that has it among its own keywords
     (any case), with source ``keywords``; once per content and label. A content and label a
     person has corrected is left as the person decided. Returns what :func:`_record` returns."""
-    spelling = {check_label(name).lower(): check_label(name) for name in labels}
-    by_image = catalog.images_with_keywords(list(spelling))
-    if not by_image:
-        raise InputError(f"no indexed image has one of the labels among its keywords: {', '.join(labels)}")
+    from query.evaluate import keyword_truth  # the same matching as `eval --truth keywords`
+
+    truth = keyword_truth(catalog, [check_label(name) for name in labels])
     decided = {
-        (c["sha256"], c["label"].lower())
-        for c in catalog.corrections(list(spelling.values()))
-        if c["source"] == "person"
+        (c["sha256"], c["label"].lower()) for c in catalog.corrections(truth.names) if c["source"] == "person"
     }
     rows, seen = [], set()
-    for image in catalog.images(sorted(by_image)):
-        for word in sorted(by_image[image["id"]]):
-            key = (image["sha256"], word)
+    labels_of = dict(zip(truth.ids.tolist(), truth.labels, strict=True))
+    for image in catalog.images(truth.ids.tolist()):
+        for label in sorted(labels_of[image["id"]], key=str.lower):
+            key = (image["sha256"], label.lower())
             if image["sha256"] and key not in seen and key not in decided:
                 seen.add(key)
-                rows.append({"image": image, "label": spelling[word], "verdict": "yes", "source": "keywords"})
+                rows.append({"image": image, "label": label, "verdict": "yes", "source": "keywords"})
     return _record(catalog, rows)
 
 
