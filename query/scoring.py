@@ -160,9 +160,14 @@ def zero_shot_scores(
 ) -> np.ndarray:
     """(N, C) float64 cosine scores of (N, D) images, plus the ``evidence`` of corrections
     (:mod:`query.fewshot`), after negatives and parents."""
-    labels_t, negatives, owners = text
+    sims = xb @ text[0].T if evidence is None else evidence.scores(xb, text[0])
+    return structured(xb, sims, text, labels)
+
+
+def structured(xb: np.ndarray, sims: np.ndarray, text: TextSet, labels: Sequence[Label]) -> np.ndarray:
+    """(N, C) ``sims`` of (N, D) images to the labels after negatives and parents."""
+    _, negatives, owners = text
     negative = max_per_label(xb @ negatives.T, owners, len(labels)) if len(negatives) else None
-    sims = xb @ labels_t.T if evidence is None else evidence.scores(xb, labels_t)
     return apply_structure(sims, labels, negative)
 
 

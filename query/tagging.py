@@ -41,11 +41,10 @@ from query.scoring import (
     TextSet,
     run_dir,
     store_tags,
+    structured,
     zero_shot_scores,
 )
 from query.search import Searcher
-from query.text import max_per_label
-from query.vocab import apply_structure
 
 FULL_ROWS_MAX = (
     100_000_000  # tag rows a run stores without --store-top unless --store-all (about 15 min on SQLite)
@@ -113,20 +112,13 @@ def image_space_scores(
     calibration = fit_calibration(raw(sample))
     if evidence is not None:
         xs = xb[fixes.rows]
-        loo = _structured_sims(xs, text, config, evidence.add_without_self(xs, xs @ text[0].T, fixes.rows))
+        loo = structured(xs, evidence.add_without_self(xs, xs @ text[0].T, fixes.rows), text, config.labels)
         calibration = calibrate_on(calibration, loo[np.arange(len(fixes)), fixes.cols], fixes)
     if folder is not None:
         np.savez(folder / "calibration.npz", **calibration.to_arrays())
         if evidence is not None:
             evidence.save(folder / "evidence.npz")
     return CorpusScores(ids, raw, calibration, fixes)
-
-
-def _structured_sims(xs: np.ndarray, text: TextSet, config: TagConfig, sims: np.ndarray) -> np.ndarray:
-    """``sims`` (m, C) of images ``xs`` after negatives and parents, as :func:`zero_shot_scores`."""
-    labels_t, negatives, owners = text
-    negative = max_per_label(xs @ negatives.T, owners, len(config.labels)) if len(negatives) else None
-    return apply_structure(sims, config.labels, negative)
 
 
 def _params(
