@@ -47,7 +47,7 @@ from query.scoring import CorpusScores, Scored, TagConfig, TextSet, run_dir, sto
 from query.search import Searcher
 from query.tagruns import applied_runs
 from query.text import max_per_label
-from query.vocab import Label, apply_structure
+from query.vocab import Label, apply_structure, recorded_label
 from query.zlap import ZLaPInductive
 
 INDUCTIVE = "zlap-inductive"
@@ -199,10 +199,7 @@ def _force_new(catalog: Catalog, config: dict, scored: Scored) -> Scored:
 def _score_new(home, catalog, version, folder: Path, config: dict, ids: np.ndarray, xq: np.ndarray) -> Scored:  # noqa: ANN001
     stored = np.load(folder / "text.npz")
     text: TextSet = (stored["labels"], stored["negatives"], stored["owners"])
-    labels = [
-        Label(**{**x, "synonyms": tuple(x["synonyms"]), "negatives": tuple(x["negatives"])})
-        for x in config["vocabulary"]
-    ]
+    labels = [recorded_label(x) for x in config["vocabulary"]]
     if config["method"] in ("zeroshot", "fewshot"):
         scores = zero_shot_scores(xq, text, labels, Evidence.load(folder / "evidence.npz"))
         calibration = Calibration.from_arrays(dict(np.load(folder / "calibration.npz")))

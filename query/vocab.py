@@ -52,6 +52,14 @@ class Label:
     negatives: tuple[str, ...] = field(default=())
 
 
+def recorded_label(entry: str | dict[str, Any]) -> Label:
+    """A label as a tag run recorded it (``params["vocabulary"]``: a dict of its fields, lists for
+    tuples; older runs: its name)."""
+    if isinstance(entry, str):
+        return Label(entry)
+    return Label(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()})
+
+
 def named_templates(name: str) -> tuple[str, ...]:
     """``short`` (6 prompts), ``imagenet`` (CLIP's 80 ImageNet prompts), ``none`` ("{}"), or a file."""
     if name == "short":

@@ -79,7 +79,7 @@ class CorrectionMethods:
     def _review_config(self, labels: str | Sequence[str | Label] | None, method: str) -> TagConfig:
         from query.scoring import TagConfig
         from query.tagruns import tag_run
-        from query.vocab import SHORT_TEMPLATES, parse_vocabulary
+        from query.vocab import SHORT_TEMPLATES, parse_vocabulary, recorded_label
 
         if labels is not None:
             return TagConfig(tuple(parse_vocabulary(labels)), method, templates=SHORT_TEMPLATES)
@@ -87,15 +87,9 @@ class CorrectionMethods:
             params = tag_run(self.catalog, None)["params"]
         except NotFound:
             raise NotFound("no tag run yet: pass --labels, or run `vistag tag --labels ...` first") from None
-        vocabulary = tuple(_label(x) for x in params.get("vocabulary") or params["labels"])
+        vocabulary = tuple(recorded_label(x) for x in params.get("vocabulary") or params["labels"])
         templates = tuple(params.get("templates") or SHORT_TEMPLATES)
         return TagConfig(vocabulary, method, templates=templates)
-
-
-def _label(entry: str | dict[str, Any]) -> Label:
-    if isinstance(entry, str):
-        return Label(entry)
-    return Label(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()})
 
 
 def _listed(images: Image | Sequence[Image]) -> list[Image]:
