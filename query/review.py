@@ -125,17 +125,19 @@ def review(
 ) -> list[dict[str, Any]]:
     """Score the archive with ``config`` (zero-shot or ZLaP) and choose up to ``n`` images to review
     (:func:`select`); each ``id``, ``uri``, ``label``, ``confidence``, ``rank``."""
+    from query.learning import read_corrections
     from query.tagging import score_corpus
 
     if n < 1:
         raise InputError("-n must be at least 1")
     names = config.names
-    ids, cols, _ = catalog.correction_pairs(names)
-    scores = score_corpus(home, catalog, searcher, config)
+    fixes = read_corrections(catalog, names)  # read once: the scores use them, the choice skips them
+    scores = score_corpus(home, catalog, searcher, config, corrections=fixes)
+    corrected = (fixes.rows, fixes.cols)
     kept = Candidates.empty()
     for block in scores.chunks(confidence=False):
-        kept = most_uncertain(kept.join(top_entries(block)), (ids, cols), 2 * n)
-    picked = select(kept, (ids, cols), n)
+        kept = most_uncertain(kept.join(top_entries(block)), corrected, 2 * n)
+    picked = select(kept, corrected, n)
     uris = {row["id"]: row["uri"] for row in catalog.images([p["id"] for p in picked])}
     return [
         {
