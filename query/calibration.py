@@ -55,9 +55,11 @@ class Calibration:
     top_a: float = 1.0
     top_b: float = 0.0
 
+    def _base(self, scores: np.ndarray) -> np.ndarray:
+        return np.log(np.maximum(scores, EPS)) if self.log else np.asarray(scores, dtype=np.float64)
+
     def feature(self, scores: np.ndarray) -> np.ndarray:
-        s = np.log(np.maximum(scores, EPS)) if self.log else np.asarray(scores, dtype=np.float64)
-        return (s - self.mean) / self.std
+        return (self._base(scores) - self.mean) / self.std
 
     def apply(self, scores: np.ndarray) -> np.ndarray:
         """(N, C) scores -> (N, C) float64 confidences in (0, 1)."""
@@ -65,8 +67,7 @@ class Calibration:
 
     def logit_at(self, scores: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Per-label logits (before the global Platt) of ``scores`` (m, n) of labels ``cols`` (m, n)."""
-        s = np.log(np.maximum(scores, EPS)) if self.log else np.asarray(scores, dtype=np.float64)
-        return self.a[cols] * ((s - self.mean[cols]) / self.std[cols]) + self.b[cols]
+        return self.a[cols] * ((self._base(scores) - self.mean[cols]) / self.std[cols]) + self.b[cols]
 
     def apply_at(self, scores: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Confidences of picked entries: ``scores`` (m, n) of labels ``cols`` (m, n); equal to
