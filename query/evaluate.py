@@ -36,7 +36,7 @@ from query.learning import Corrections
 from query.scoring import Scored, TagConfig
 from query.search import Searcher
 from query.shots import evaluate_shots
-from query.tagging import score_corpus
+from query.tagging import load_corpus, score_corpus
 
 KEYWORDS = "keywords"  # --truth keywords: the images' own keywords are the truth
 
@@ -176,9 +176,15 @@ def evaluate(
         raise InputError(f"truth labels not in the label set: {', '.join(missing)}")
     about = {"source": truth.source, "images": len(truth.ids), "left_out": truth.left_out}
     out: dict[str, Any] = {"labels": names, "truth": about, "methods": {}}
+    loaded = load_corpus(home, catalog, searcher, config)  # the same vectors and texts for every method
     for method in methods:
         corpus = score_corpus(
-            home, catalog, searcher, replace(config, method=method), corrections=Corrections.none()
+            home,
+            catalog,
+            searcher,
+            replace(config, method=method),
+            corrections=Corrections.none(),
+            corpus=loaded,
         )
         position = {int(i): p for p, i in enumerate(corpus.ids.tolist())}
         missing_ids = [int(i) for i in truth.ids if int(i) not in position]
@@ -196,7 +202,7 @@ def evaluate(
     if shots:
 
         def score(cfg: TagConfig, fixes: Corrections) -> Any:
-            return score_corpus(home, catalog, searcher, cfg, corrections=fixes)
+            return score_corpus(home, catalog, searcher, cfg, corrections=fixes, corpus=loaded)
 
         found = evaluate_shots(score, truth.ids, truth.labels, names, config, methods, shots)
         out |= {"shots": found["shots"], "shots_test_images": found["test_images"]}

@@ -68,6 +68,20 @@ def encode_text(catalog: Catalog, searcher: Searcher, config: TagConfig) -> Text
     return encoder.encode_labels(config.labels, config.templates), negatives, owners
 
 
+# what scoring reads: the published version, the label (and negative) embeddings, ids (N,), vectors (N, D)
+Corpus = tuple[versions.IndexVersion, TextSet, np.ndarray, np.ndarray]
+
+
+def load_corpus(home: Home, catalog: Catalog, searcher: Searcher, config: TagConfig) -> Corpus:
+    """The published index version, ``config``'s text embeddings and every indexed image's vector."""
+    version = searcher.version()
+    text = encode_text(catalog, searcher, config)
+    ids, xb = corpus_matrix(home, catalog, version)
+    if not len(ids):
+        raise EmptyCorpus("no indexed images to tag: run `vistag index PATH` first")
+    return version, text, ids, xb
+
+
 def score_corpus(
     home: Home,
     catalog: Catalog,
@@ -75,19 +89,17 @@ def score_corpus(
     config: TagConfig,
     folder: Path | None = None,
     corrections: Corrections | None = None,
+    corpus: Corpus | None = None,
 ) -> CorpusScores:
     """Scores of every indexed image for ``config``'s labels, block by block; with ``folder``,
     also what later runs need to tag new images (label embeddings, calibration, ZLaP's
     inductive table). The calibration is fitted on :func:`query.calibration.sample_rows`.
 
     ``corrections`` (rows: image ids): the corrections used; by default the catalog's active
-    ones of the labels when ``config.corrections``, else none."""
+    ones of the labels when ``config.corrections``, else none. ``corpus``: what
+    :func:`load_corpus` returns for ``config``'s labels, when the caller scores it several times."""
     config.check()
-    version = searcher.version()
-    text = encode_text(catalog, searcher, config)
-    ids, xb = corpus_matrix(home, catalog, version)
-    if not len(ids):
-        raise EmptyCorpus("no indexed images to tag: run `vistag index PATH` first")
+    version, text, ids, xb = corpus or load_corpus(home, catalog, searcher, config)
     if corrections is None:
         corrections = read_corrections(catalog, config.names) if config.corrections else Corrections.none()
     fixes = corrections.at(ids)
