@@ -88,10 +88,13 @@ class ModelIdentity:
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")  # what OpenCLIP loads from a local-dir folder
 
 
-def parse_model_spec(model: str | None = None, pretrained: str | None = None) -> ModelSpec:
-    """Parse a model spec and pretrained tag; raise :class:`ModelLoadError` with a clear reason."""
-    import open_clip
-
+def parse_model_spec(
+    model: str | None = None, pretrained: str | None = None, known: ModelSpec | None = None
+) -> ModelSpec:
+    """Parse a model spec and pretrained tag; raise :class:`ModelLoadError` with a clear reason.
+    ``known``: a spec parsed before (the one an archive remembers); a built-in name and tag equal
+    to its own are taken as they are, without importing OpenCLIP (seconds, with torch) to look
+    them up again."""
     model = (model or DEFAULT_MODEL).strip()
     if model.startswith("local-dir:"):
         path = Path(model.removeprefix("local-dir:")).expanduser()
@@ -109,6 +112,15 @@ def parse_model_spec(model: str | None = None, pretrained: str | None = None) ->
             raise ModelLoadError(f"hf-hub spec must look like hf-hub:org/name, got {model!r}")
         return ModelSpec("hf-hub", repo, None)
     name = model.replace("/", "-")
+    if (
+        known is not None
+        and known.schema is None
+        and (name, pretrained) == (known.name, known.pretrained)
+        and (os.sep not in str(pretrained) or Path(str(pretrained)).is_file())  # a checkpoint may be gone
+    ):
+        return known
+    import open_clip
+
     if name not in open_clip.list_models():
         raise ModelLoadError(f"unknown OpenCLIP model {model!r} (see open_clip.list_models())")
     return ModelSpec(None, name, _parse_pretrained(name, pretrained))

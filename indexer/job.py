@@ -26,15 +26,8 @@ from indexer.reindex import ReindexPlan, plan_reindex
 from pipeline import shards
 from pipeline.entries import known_lines
 from pipeline.inputs import FileEntry, expand_inputs
-from pipeline.job import (
-    DEFAULT_CHUNK_SIZE,
-    KNOWN_HASHES_FILE,
-    PipelineConfig,
-    check_gpu_decode,
-    run_config,
-    write_worklist,
-)
 from pipeline.runners import check_beam_args
+from pipeline.worklist import DEFAULT_CHUNK_SIZE, write_worklist
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +89,8 @@ def run_index(
     engine, device = engines.check(config.engine, config.device)  # an engine that cannot run: no home made
     config = replace(config, engine=engine, device=device)
     if config.gpu_decode:  # refused before any work, like the engine
+        from pipeline.job import check_gpu_decode
+
         check_gpu_decode(True, pick_device(device))
     home.ensure()
     with WriterLock(home.lock_path):
@@ -155,14 +150,17 @@ def archive_model(home: Home, config: IndexConfig) -> ModelSpec:
     """The run's model: ``config.model``, else the one the home remembers (else, for a home made by
     an older vistag, the published index's), else the default; never a default over the archive's."""
     model, pretrained = config.model, config.pretrained
+    known = None
     if model is None:
         model, remembered = home.settings.model, home.settings.pretrained
         if model is None:
             with contextlib.suppress(IndexNotFound):
                 published = versions.current_version(home).identity
                 model, remembered = published.model, published.pretrained
+        elif remembered is not None:  # parsed when it was remembered
+            known = ModelSpec(None, model, remembered)
         pretrained = pretrained or remembered
-    return parse_model_spec(model, pretrained)
+    return parse_model_spec(model, pretrained, known)
 
 
 def model_change(home: Home, identity: ModelIdentity) -> str | None:
@@ -226,6 +224,10 @@ def _embed(
     work: Sequence[FileEntry],
     folder: str,
 ) -> None:
+    # the Beam job (and with RunInference, torch) is imported only for a run with work to do: a
+    # nightly re-index of an unchanged archive does without both (seconds of imports)
+    from pipeline.job import KNOWN_HASHES_FILE, PipelineConfig, run_config
+
     worklist = write_worklist(folder, work)
     known_file = shards.join(folder, KNOWN_HASHES_FILE)
     shards.write_text(known_file, known_lines(catalog.described_hashes(model_id)))

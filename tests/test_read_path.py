@@ -153,3 +153,48 @@ def test_a_damaged_hit_table_is_reported(home_copy):
         fh.write(b"X")
     with Archive(home) as archive, pytest.raises(DamagedState, match="hits-uris.bin"):
         archive.search("a photo of a red circle", k=5)
+
+
+LOADED = """
+import json, sys
+from vistag.cli import main
+code = main(sys.argv[1:])
+heavy = [m for m in ("torch", "open_clip", "apache_beam.ml") if m in sys.modules]
+print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
+"""
+
+
+def test_an_unchanged_reindex_imports_neither_torch_nor_runinference(home_copy):
+    """A nightly re-index of an unchanged archive has nothing to embed: it builds no model and
+    imports neither torch nor Beam's RunInference (seconds of imports on every run)."""
+    home, corpus = home_copy
+    run = subprocess.run(
+        [sys.executable, "-c", LOADED, "index", str(corpus.root), "--home", str(home), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    result = json.loads(run.stderr.strip().splitlines()[-1])
+    plan = json.loads(run.stdout)["plan"]
+    assert (plan["new"], plan["changed"], plan["unchanged"]) == (0, 0, len(corpus.good) + len(corpus.bad))
+    assert result == {"code": 0, "heavy": []}
+
+
+def test_a_remembered_model_name_is_not_looked_up_again():
+    """The spec an archive remembers was checked when it was stored: taking it again needs no
+    OpenCLIP import; any other name or tag is still checked against OpenCLIP's lists."""
+    code = """
+import sys
+from core.errors import ModelLoadError
+from core.models import ModelSpec, parse_model_spec
+known = ModelSpec(None, "ViT-B-32", "laion2b_s34b_b79k")
+assert parse_model_spec("ViT-B-32", "laion2b_s34b_b79k", known) is known
+print("open_clip" in sys.modules)
+try:
+    parse_model_spec("ViT-B-32", "no-such-tag", known)
+except ModelLoadError as err:
+    print("open_clip" in sys.modules, "no-such-tag" in str(err))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert run.stdout.split() == ["False", "True", "True"], run.stderr
