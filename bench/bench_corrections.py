@@ -59,14 +59,25 @@ class Synthetic:
     """Features (N, D), text (C, D), labels (N,), the kNN graph, and the product's scoring."""
 
     def __init__(self, n: int, classes: int, dim: int, seed: int) -> None:
+        x, _, t, y, _ = bench_zlap.synth(n, 0, classes, dim, seed)
+        self.setup(x, t, y, [f"class {i}" for i in range(classes)])
+
+    @classmethod
+    def of(cls, x: np.ndarray, t: np.ndarray, y: np.ndarray, names: list[str]) -> Synthetic:
+        """Another corpus: (N, D) vectors, (C, D) label embeddings, (N,) true label positions."""
+        data = cls.__new__(cls)
+        data.setup(x, t, y, names)
+        return data
+
+    def setup(self, x: np.ndarray, t: np.ndarray, y: np.ndarray, names: list[str]) -> None:
         import faiss
 
-        self.x, _, self.t, self.y, _ = bench_zlap.synth(n, 0, classes, dim, seed)
+        self.x, self.t, self.y = np.ascontiguousarray(x, np.float32), np.asarray(t, np.float32), y
         D, I = faiss.knn(self.x, self.x, GRAPH_K, metric=faiss.METRIC_INNER_PRODUCT)
-        self.graph = KnnGraph(np.arange(n, dtype=np.int64), D.astype(np.float32), I.astype(np.int64))
-        self.text = (self.t, np.zeros((0, dim), np.float32), np.zeros(0, np.int64))
-        self.config = TagConfig(tuple(Label(f"class {i}") for i in range(classes)))
-        self.labels = [{f"class {c}"} for c in self.y.tolist()]
+        self.graph = KnnGraph(np.arange(len(x), dtype=np.int64), D.astype(np.float32), I.astype(np.int64))
+        self.text = (self.t, np.zeros((0, x.shape[1]), np.float32), np.zeros(0, np.int64))
+        self.config = TagConfig(tuple(Label(name) for name in names))
+        self.labels = [{names[c]} for c in self.y.tolist()]
 
     def score(self, method: str, fixes: Corrections) -> CorpusScores:
         config = TagConfig(self.config.labels, method=method)
@@ -95,6 +106,7 @@ def synthetic(args: argparse.Namespace) -> None:
         table[n] = {m: top1_and_ece(data.score(m, fixes), test, data.y)[0] for m in METHODS}
     print_shots(table)
     review(data, args.review)
+    review_uncertain(data)
 
 
 def print_shots(table: dict[int, dict[str, float]]) -> None:
@@ -127,6 +139,40 @@ def review(data: Synthetic, count: int) -> None:
         )
 
 
+def review_uncertain(data: Synthetic, per_label: int = 2, looks: int = 8) -> None:
+    """People answer ``review``'s questions until each label has ``per_label`` confirmed images
+    (at most ``looks`` questions per label): per label, the images with the label among their 3
+    best, least certain first (confidence nearest 0.5, of ZLaP without corrections), confirmed
+    when the label is true, else rejected. Top-1 of each method without and with those
+    corrections, on the images never asked about."""
+    scored = data.score("zlap", Corrections.none()).rows(slice(None))
+    top3 = np.argsort(-scored.scores, axis=1)[:, :3]
+    asked: set[int] = set()
+    rows, cols, verdict = [], [], []
+    for c in range(len(data.config.labels)):
+        candidates = [i for i in np.flatnonzero((top3 == c).any(axis=1)).tolist() if i not in asked]
+        candidates.sort(key=lambda i: abs(scored.confidence[i, c] - 0.5))
+        got = 0
+        for i in candidates[:looks]:
+            if got == per_label:
+                break
+            asked.add(i)
+            rows.append(i), cols.append(c), verdict.append(bool(data.y[i] == c))
+            got += int(data.y[i] == c)
+    fixes = Corrections(np.array(rows, np.int64), np.array(cols, np.int64), np.array(verdict, bool))
+    rest = np.array(sorted(set(range(len(data.y))) - asked), np.int64)
+    counts = fixes.counts()
+    print(
+        f"review of the least certain images until {per_label} confirmed per label (at most {looks} "
+        f"questions a label): {counts['confirmed']} confirmed, {counts['rejected']} rejected; top-1 on the "
+        f"other {len(rest)} images:"
+    )
+    for method in METHODS:
+        before = top1_and_ece(data.score(method, Corrections.none()), rest, data.y)[0]
+        after = top1_and_ece(data.score(method, fixes), rest, data.y)[0]
+        print(f"  {method:9} {before:.3f} -> {after:.3f} (x{after / before:.3f})")
+
+
 def shapes(args: argparse.Namespace) -> None:
     from vistag import Archive, synth
 
@@ -142,6 +188,7 @@ def shapes(args: argparse.Namespace) -> None:
         with Archive(Path(tmp) / "home") as archive:
             archive.index([Path(tmp) / "archive"], model=args.model)
             report = archive.evaluate(str(truth), list(synth.LABELS), methods=METHODS, shots=SHOTS)
+            data = shapes_features(archive, truth)
     shots = report["shots"]
     print(
         f"shapes corpus: {args.images} images, style {style.get('style', 'classic')}, 48 labels, {report['shots_test_images']} test images"
@@ -153,6 +200,23 @@ def shapes(args: argparse.Namespace) -> None:
             f"{n}: " + ", ".join(f"{m} {row[m]['ece']:.3f}" for m in METHODS) for n, row in shots.items()
         )
     )
+    review_uncertain(data)
+
+
+def shapes_features(archive: Any, truth: Path) -> Synthetic:
+    """An indexed shapes archive as vectors, label embeddings and each image's one true label."""
+    from query.evaluate import read_truth
+    from query.tagging import load_corpus
+    from query.vocab import SHORT_TEMPLATES
+    from vistag import synth
+
+    names = list(synth.LABELS)
+    config = archive._tag_config(names, "zeroshot", 1, 0.5, SHORT_TEMPLATES, {})  # noqa: SLF001
+    _, text, ids, xb = load_corpus(archive.home, archive.catalog, archive.searcher, config)
+    found = read_truth(str(truth), archive.catalog)
+    rows = np.searchsorted(ids, found.ids)
+    y = np.array([names.index(next(iter(labels))) for labels in found.labels])
+    return Synthetic.of(xb[rows], text[0], y, names)
 
 
 def scale(args: argparse.Namespace) -> None:

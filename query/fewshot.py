@@ -16,8 +16,9 @@ Without corrections both are exactly the zero-shot scores.
 
 **The weight w is chosen per run from the corrections themselves**, as Tip-Adapter tunes its
 weight on held-out shots: each confirmed image of a label with at least two confirmed images is
-scored without its own key (leave-self-out), and w is the value of ``GRID`` (the smallest of the
-best) under which most of them get their confirmed label as the top label. How much image
+scored without its own key (leave-self-out), and w is the value of ``GRID`` under which most of
+them get their confirmed label as the top label, kept only when it beats w = 0 clearly
+(:func:`query.learning.choose_by_checks`). How much image
 evidence is worth next to the text differs a lot between models (on the synthetic gap features it
 lifts top-1 from 0.20 to 0.9; on the shapes model it lowers it: ``docs/benchmarks.md``). With
 fewer than ``MIN_CHECKS`` such images the default (``DEFAULT``) is used. Leave-self-out scores
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from query.learning import Corrections
+from query.learning import Corrections, choose_by_checks
 
 GRID = {"mean": (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0), "cache": (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)}
 DEFAULT = {"mean": 0.1, "cache": 0.2}  # w when the corrections cannot choose (cosine scale)
@@ -176,7 +177,8 @@ def build_evidence(
 
 def choose_weight(evidence: Evidence, xb: np.ndarray, labels_t: np.ndarray) -> float:
     """w of ``GRID`` under which the most confirmed images (of labels with two or more) top-score
-    their label leave-self-out; the smallest of the best; ``DEFAULT`` below ``MIN_CHECKS`` checks."""
+    their label leave-self-out (:func:`query.learning.choose_by_checks`); ``DEFAULT`` below
+    ``MIN_CHECKS`` checks."""
     confirmed = evidence.sign > 0
     counts = np.bincount(evidence.cols[confirmed], minlength=evidence.n_cols)
     checks = np.flatnonzero(confirmed & (counts[evidence.cols] >= 2))
@@ -185,7 +187,5 @@ def choose_weight(evidence: Evidence, xb: np.ndarray, labels_t: np.ndarray) -> f
     rows = evidence.rows[checks]
     sims = (xb[rows] @ labels_t.T).astype(np.float64)
     unit = evidence.add_without_self(xb[rows], np.zeros_like(sims), rows)  # the evidence at w = 1
-    hits = [
-        int(((sims + w * unit).argmax(axis=1) == evidence.cols[checks]).sum()) for w in GRID[evidence.kernel]
-    ]
-    return float(GRID[evidence.kernel][int(np.argmax(hits))])
+    grid = GRID[evidence.kernel]
+    return choose_by_checks(grid, [(sims + w * unit).argmax(axis=1) == evidence.cols[checks] for w in grid])

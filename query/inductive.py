@@ -16,15 +16,11 @@ solved in threads, as many as fit ``SOLVE_MEMORY`` (:func:`solve_workers`). The 
 dropped once solved; structure (negatives, parents) and calibration are applied per block of
 images by :class:`query.scoring.CorpusScores`.
 
-People's corrections are seed nodes: label c's right-hand side is ``e_c + w * (sum of e_i over
-images i confirmed for c - sum over images rejected for c)``; without corrections (or with w = 0)
-the solve is exactly the reference's. w is ``SEED_PER_WEIGHT`` times the prototype weight that the
-corrections choose for themselves leave-self-out (:func:`query.fewshot.choose_weight`): seeds
-count when a label's confirmed images predict each other better than the text does, and not when
-they do not (the shapes model; ``docs/benchmarks.md``). Leave-self-out scores of a seeded pair (for calibrating on the
-corrections) subtract the seed's own contribution ``w (L^-1)_ii``, with ``(L^-1)_ii`` taken to
-second order, ``1 + sum_j L_ij^2`` (the series ``sum_t (alpha Wn)^t``; its third-order term is
-below alpha^3 = 0.027).
+People's corrections are seed nodes beside the text nodes, with a weight ZLaP chooses for itself
+on the corrections, leave-self-out (:mod:`query.zlap_seeds`). Leave-self-out scores of a seeded
+pair (for calibrating on the corrections) subtract the seed's own contribution ``w (L^-1)_ii``,
+with ``(L^-1)_ii`` taken to second order, ``1 + sum_j L_ij^2`` (the series ``sum_t (alpha
+Wn)^t``; its third-order term is below alpha^3 = 0.027).
 """
 
 from __future__ import annotations
@@ -41,19 +37,18 @@ from indexer.catalog import Catalog
 from indexer.graph import KnnGraph
 from indexer.home import Home
 from query.calibration import Calibration, fit_calibration, sample_rows
-from query.fewshot import Evidence, build_evidence
+from query.fewshot import Evidence
 from query.learning import Corrections, calibrate_on, force, read_corrections
 from query.scoring import CorpusScores, Scored, TagConfig, TextSet, run_dir, store_tags, zero_shot_scores
 from query.search import Searcher
 from query.tagruns import applied_runs
-from query.text import max_per_label
-from query.vocab import Label, apply_structure, recorded_label
-from query.zlap import ZLaPInductive
+from query.vocab import recorded_label
+from query.zlap import Seeds, ZLaPInductive
+from query.zlap_seeds import seeds_for, structured
 
 INDUCTIVE = "zlap-inductive"
 SOLVE_CHUNK = 32  # labels per block solve (the reference solves them one by one)
 SOLVE_MEMORY = 16 << 30  # most bytes of CG blocks solved at once (also at most 1/8 of the RAM)
-SEED_PER_WEIGHT = 1.0  # seed weight per unit of the prototype weight chosen leave-self-out
 
 
 def solve_workers(n_nodes: int, chunk: int = SOLVE_CHUNK) -> int:
@@ -81,13 +76,6 @@ def leave_self_out(
     return d, i
 
 
-def _structured(raw: np.ndarray, text: TextSet, labels: Sequence[Label]) -> np.ndarray:
-    """Propagated (N, C+M) scores of labels then negatives -> (N, C) label scores after structure."""
-    n_labels = len(labels)
-    negative = max_per_label(raw[:, n_labels:], text[2], n_labels) if raw.shape[1] > n_labels else None
-    return apply_structure(raw[:, :n_labels], labels, negative)
-
-
 def fit_zlap(
     graph: KnnGraph,
     xb: np.ndarray,
@@ -112,24 +100,30 @@ def fit_zlap(
     model = ZLaPInductive(config.k, config.gamma, config.alpha, chunk=SOLVE_CHUNK, workers=workers)
     fixes = fixes if fixes is not None else Corrections.none()
     sample = sample_rows(len(graph.ids))
-    seeds = _seeds(xb, fixes, text, sample)
+    chosen: list[Seeds | None] = []
+
+    def seeds(built: ZLaPInductive) -> Seeds | None:  # on the built graph, before the solve
+        chosen.append(seeds_for(built, fixes, text, config.labels))
+        return chosen[0]
+
     propagated = model.fit_predict(xb, nodes, knn=graph.first(k), dtype=np.float32, seeds=seeds)  # (N, C+M)
-    self_weight = _self_weight(model, fixes.rows) if seeds is not None else None
+    seeded = chosen[0]
+    self_weight = _self_weight(model, fixes.rows) if seeded is not None else None
     model.drop_graph()  # solved: sparse scoring needs only the table
 
     def raw(rows: slice | np.ndarray) -> np.ndarray:
-        return _structured(propagated[rows], text, config.labels)
+        return structured(propagated[rows], text, config.labels)
 
     calibration = fit_calibration(raw(sample), log=True)
     if len(fixes):  # leave-self-out scores of the corrected pairs: without their own seed
         alone = propagated[fixes.rows].astype(np.float64)
-        if seeds is not None:
-            alone[np.arange(len(fixes)), fixes.cols] -= seeds[2] * self_weight
-        loo = _structured(alone, text, config.labels)[np.arange(len(fixes)), fixes.cols]
+        if seeded is not None:
+            alone[np.arange(len(fixes)), fixes.cols] -= seeded[2] * self_weight
+        loo = structured(alone, text, config.labels)[np.arange(len(fixes)), fixes.cols]
         calibration = calibrate_on(calibration, loo, fixes)
     if folder is not None:
         xs = xb[sample]
-        inductive = _structured(
+        inductive = structured(
             model.scores(xs, sparse=True, knn=leave_self_out(graph, k, sample)), text, config.labels
         )
         table = {"pseudo_labels": model.pseudo_labels_, "pseudo_scores": model.pseudo_scores_}
@@ -141,18 +135,6 @@ def fit_zlap(
             **replace(fit_calibration(inductive, log=True), **top).to_arrays(),
         )
     return CorpusScores(graph.ids, raw, calibration, fixes)
-
-
-def _seeds(
-    xb: np.ndarray, fixes: Corrections, text: TextSet, sample: slice | np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Seed nodes ``(rows, cols, weights)`` of ``fixes``: +w confirmed, -w rejected, w from the
-    leave-self-out check (module docstring); None without corrections or when w is 0."""
-    evidence = build_evidence("zeroshot", xb, fixes, text[0], sample)
-    weight = 0.0 if evidence is None else SEED_PER_WEIGHT * evidence.weight
-    if weight <= 0:
-        return None
-    return fixes.rows, fixes.cols, np.where(fixes.verdict, weight, -weight)
 
 
 def _self_weight(model: ZLaPInductive, rows: np.ndarray) -> np.ndarray:
@@ -216,6 +198,6 @@ def _score_new(home, catalog, version, folder: Path, config: dict, ids: np.ndarr
         gamma=config["gamma"],
         alpha=config["alpha"],
     )
-    scores = _structured(model.scores(xq, sparse=True), text, labels)
+    scores = structured(model.scores(xq, sparse=True), text, labels)
     calibration = Calibration.from_arrays(dict(np.load(folder / "calibration-inductive.npz")))
     return Scored(ids, scores, calibration.apply(scores))

@@ -18,6 +18,7 @@ without their own evidence (leave-self-out) so that a pair does not vouch for it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -130,3 +131,20 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
         if inside.any():
             total += inside.sum() * abs(correct[inside].mean() - confidence[inside].mean())
     return float(total / len(confidence))
+
+
+def choose_by_checks(grid: Sequence[float], right: Sequence[np.ndarray]) -> float:
+    """The value of ``grid`` (``grid[0]`` = 0: no image evidence) under which the most checks come
+    out right (``right[k]``: (n,) bool per check under ``grid[k]``; the smallest of the best),
+    kept only when it beats 0 by a sign test at two standard deviations over the checks that
+    change (b right only with it, c only without: ``b - c >= 2 sqrt(b + c)``); else 0.
+
+    People's corrections are not a random sample: ``review`` asks about the images the tagger is
+    least sure of, and on those (hard, alike) images evidence from the others can look better
+    than it is for the archive. On the shapes model, a weight chosen by the best count alone, 113
+    against 109 of 153 reviewed checks, cut ZLaP's top-1 on the other images from 0.84 to 0.69."""
+    hits = [int(np.sum(r)) for r in right]
+    best = int(np.argmax(hits))
+    b = int(np.sum(right[best] & ~right[0]))
+    c = int(np.sum(right[0] & ~right[best]))
+    return float(grid[best]) if best and b - c >= 2.0 * np.sqrt(b + c) else float(grid[0])

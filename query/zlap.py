@@ -54,6 +54,8 @@ from query.zlap_solve import (
     solve_blocks,
 )
 
+Seeds = tuple[np.ndarray, np.ndarray, np.ndarray]  # (rows, cols, weights) of labelled images
+
 __all__ = [
     "SolveInfo",
     "ZLaPConvergenceWarning",
@@ -181,14 +183,16 @@ class ZLaPInductive:
         *,
         knn: KnnPair | None = None,
         dtype: type | np.dtype = np.float64,
-        seeds: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        seeds: Seeds | Callable[[ZLaPInductive], Seeds | None] | None = None,
     ) -> np.ndarray:
         """:meth:`fit`, and return the transductive scores of U from the same solves.
 
         ``seeds``: labelled images beside the text nodes, ``(rows, cols, weights)`` (n,) each:
         class ``cols[j]``'s right-hand side gets ``weights[j]`` at image ``rows[j]`` of U (an
         extension, not in the reference; see :func:`query.zlap_solve.seeded_rhs`). None (the
-        default) solves exactly the reference's ``L f = e_c``; the table reflects the seeds.
+        default) solves exactly the reference's ``L f = e_c``; the table reflects the seeds. A
+        function of the model with its graph built may return them (to choose seed weights on the
+        graph, with :meth:`solve`).
 
         One pass of C block solves gives both the sparse table (whatever
         ``precompute_sparse`` says) and ``F = (L^-1)[image rows, text columns]``, i.e. what
@@ -203,9 +207,32 @@ class ZLaPInductive:
         def consume(c0: int, c1: int, x: np.ndarray) -> None:
             out[:, c0:c1] = x[n_cls:]
 
+        if callable(seeds):
+            seeds = seeds(self)
         rhs = None if seeds is None else seeded_rhs(self.graph_.L.shape[0], n_cls, *seeds)
         self._precompute_sparse(consume, rhs)
         return out
+
+    def solve(
+        self,
+        n_rhs: int,
+        make_rhs: Callable[[int, int], np.ndarray],
+        consume: Callable[[int, int, np.ndarray], None],
+    ) -> SolveInfo:
+        """Solve ``L X = B`` on the built graph with this model's solver settings (see
+        :func:`query.zlap_solve.solve_blocks` for ``make_rhs`` and ``consume``)."""
+        return solve_blocks(
+            self.graph_.L,
+            n_rhs,
+            make_rhs,
+            consume,
+            solver=self.solver,
+            tol=self.tol,
+            maxiter=self.maxiter,
+            chunk=self.chunk,
+            workers=self.workers,
+            permuted=self._permuted(),
+        )
 
     def _build(self, unlabeled_feats: np.ndarray, text_feats: np.ndarray, knn: KnnPair | None) -> None:
         check_solver(self.solver, self.tol, self.maxiter, self.chunk)

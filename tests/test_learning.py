@@ -11,9 +11,9 @@ import pytest
 
 from indexer.catalog_tags import REJECTED_RANK
 from indexer.graph import GRAPH_K, KnnGraph
-from query import fewshot
+from query import fewshot, zlap_seeds
 from query.inductive import fit_zlap
-from query.learning import Corrections, calibrate_on, expected_calibration_error
+from query.learning import Corrections, calibrate_on, choose_by_checks, expected_calibration_error
 from query.scoring import TagConfig, store_tags
 from query.shots import draw, evaluate_shots, held_out_rows, parse_shots
 from query.tagging import image_space_scores
@@ -112,6 +112,64 @@ def test_zlap_seeds_raise_accuracy_on_gap_data():
         scores = fit_zlap(graph_of(x), x, text_set(t), config(6, "zlap"), None, fixes=fixes).raw(test)
         accs.append((scores.argmax(1) == y[test]).mean())
     assert accs[1] >= accs[0] + 0.05, accs
+
+
+def test_zlaps_own_check_scores_each_checked_image_exactly_without_its_seeds():
+    """The check's scores of a checked image at weight w are what a solve with every seed but
+    the image's own gives it: compared with real solves at three weights."""
+    x, t, y = gap_data(200)
+    labels, names = [{f"c{v}"} for v in y.tolist()], [f"c{i}" for i in range(6)]
+    rows, cols = draw(labels, names, 3)
+    verdict = np.ones(len(rows), bool)
+    verdict[::4] = False  # some seeds rejected
+    fixes = Corrections(rows, cols, verdict)
+    checks = zlap_seeds.checks_of(fixes)
+    assert len(checks) == len(fixes)  # 3 per label: every pair can check
+    model = ZLaPInductive(solver="direct")
+    model._build(x, t, None)  # noqa: SLF001 - the graph the check solves on
+    base, pull = zlap_seeds.check_scores(model, fixes, checks)
+    for w in (0.0, 0.5, 2.0):
+        for k, j in enumerate(checks[:6].tolist()):
+            others = fixes.rows != fixes.rows[j]
+            seeds = (fixes.rows[others], fixes.cols[others], np.where(fixes.verdict[others], w, -w))
+            alone = ZLaPInductive(solver="direct").fit_predict(x, t, seeds=seeds)[fixes.rows[j]]
+            np.testing.assert_allclose(base[k] + w * pull[k], alone, rtol=1e-6, atol=1e-9)
+
+
+def test_zlaps_seed_weight_follows_what_the_corrections_say():
+    names = [f"c{i}" for i in range(6)]
+    x, t, y = gap_data(600)
+    rows, cols = draw([{f"c{v}"} for v in y.tolist()], names, 4)
+    model = ZLaPInductive()
+    model._build(x, t, None)  # noqa: SLF001
+    assert (
+        zlap_seeds.choose_weight(
+            model, Corrections.confirmed(rows, cols), text_set(t), config(6, "zlap").labels
+        )
+        > 0
+    )
+    x, t, y = gap_data(600, gap=0.0, s_txt=0.0, s_img=4.0)  # exact text, images mostly noise
+    rows, cols = draw([{f"c{v}"} for v in y.tolist()], names, 4)
+    model = ZLaPInductive()
+    model._build(x, t, None)  # noqa: SLF001
+    fixes = Corrections.confirmed(rows, cols)
+    assert zlap_seeds.choose_weight(model, fixes, text_set(t), config(6, "zlap").labels) == 0.0
+    scored = fit_zlap(graph_of(x), x, text_set(t), config(6, "zlap"), None, fixes=fixes)
+    plain = fit_zlap(graph_of(x), x, text_set(t), config(6, "zlap"), None)
+    assert np.array_equal(scored.raw(slice(None)), plain.raw(slice(None)))  # w = 0: the faithful solve
+
+
+def test_a_weight_is_kept_only_when_it_beats_none_clearly():
+    grid = (0.0, 0.5, 1.0)
+    none = np.array([True] * 60 + [False] * 40)
+    slightly = none.copy()
+    slightly[60:66] = True  # +6 of 100, 6 changed: 6 >= 2 sqrt(6)
+    assert choose_by_checks(grid, [none, slightly, none]) == 0.5
+    mixed = none.copy()
+    mixed[60:70], mixed[:6] = True, False  # +10 -6: 4 < 2 sqrt(16)
+    assert choose_by_checks(grid, [none, mixed, none]) == 0.0
+    assert choose_by_checks(grid, [none, none, none]) == 0.0  # a tie keeps no evidence
+    assert choose_by_checks(grid, [none, slightly, slightly]) == 0.5  # the smallest of the best
 
 
 # ------------------------------------------------------------------------------------- image-space evidence
