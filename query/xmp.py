@@ -23,6 +23,10 @@ from indexer.database import chunks
 from query.tagruns import tag_run
 
 WRITTEN, DECLINED = "written", "declined"
+HIERARCHIES = {  # field -> its separator, and who reads it as one
+    "lr:hierarchicalSubject": ("|", "Lightroom and darktable"),
+    "digiKam:TagsList": ("/", "digiKam and immich"),
+}
 STATUSES = ("created", "updated", "unchanged", "failed", "skipped")
 MAX_SIDECAR_BYTES = 16 * 2**20
 CHUNK = 1000  # images whose tags and records are read at once
@@ -59,6 +63,7 @@ class XmpResult:
     run_id: int
     dry_run: bool
     images: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def totals(self) -> dict[str, int]:
         counts = Counter(r["status"] for r in self.images)
@@ -66,7 +71,8 @@ class XmpResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "dry_run": self.dry_run, "images": self.images} | {
-            "totals": self.totals()
+            "totals": self.totals(),
+            "warnings": self.warnings,
         }
 
 
@@ -114,13 +120,28 @@ def label_paths(vocabulary: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str,
 
 
 def wanted_keywords(labels: Sequence[str], paths: Mapping[str, tuple[str, ...]]) -> dict[str, list[str]]:
-    """field -> keywords of ``labels`` (best first): flat, ``|``- and ``/``-joined paths."""
+    """field -> keywords of ``labels`` (best first): flat, ``|``- and ``/``-joined paths. A path
+    with a name holding a field's separator is left out of that field (see :func:`split_warnings`)."""
     full = [paths.get(label, (label,)) for label in labels]
-    return {
-        "dc:subject": list(labels),
-        "lr:hierarchicalSubject": ["|".join(p) for p in full],
-        "digiKam:TagsList": ["/".join(p) for p in full],
-    }
+    out: dict[str, list[str]] = {"dc:subject": list(labels)}
+    for name, (sep, _) in HIERARCHIES.items():
+        out[name] = [sep.join(p) for p in full if not any(sep in part for part in p)]
+    return out
+
+
+def split_warnings(labels: Sequence[str], paths: Mapping[str, tuple[str, ...]]) -> list[str]:
+    """One line per label whose path holds a hierarchy field's separator: such a keyword would be
+    read as a tag hierarchy (``b/w`` as ``b`` > ``w``), so it is left out of that field."""
+    out = []
+    for label in labels:
+        path = paths.get(label, (label,))
+        for name, (sep, readers) in HIERARCHIES.items():
+            if any(sep in part for part in path):
+                out.append(
+                    f"label {label!r} holds {sep!r}, which {readers} read as a tag hierarchy: "
+                    f"not written to {name}"
+                )
+    return out
 
 
 def selected_images(catalog: Catalog, paths: Sequence[str]) -> list[dict[str, Any]]:
@@ -143,7 +164,9 @@ def write_xmp(catalog: Catalog, config: XmpConfig) -> XmpResult:
     config.check()
     run = tag_run(catalog, config.run)
     paths = label_paths(run["params"].get("vocabulary") or [])
-    result = XmpResult(run["id"], config.dry_run)
+    result = XmpResult(
+        run["id"], config.dry_run, warnings=split_warnings(run["params"].get("labels") or [], paths)
+    )
     targets = _targets(selected_images(catalog, config.paths), config.sidecar_name)
     for chunk in chunks(targets, CHUNK):
         labels = _chosen_labels(catalog, run["id"], [t["id"] for t in chunk], config)

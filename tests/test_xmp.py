@@ -396,3 +396,27 @@ def test_many_and_odd_keywords_are_written_in_order(tmp_path):
     sidecars.replace_file(str(path), sidecars.with_keywords(sidecars.EMPTY_PACKET, {"dc:subject": keywords}))
     assert _exiftool(path)["Subject"] == keywords
     assert [p.name for p in tmp_path.iterdir()] == ["photo.jpg.xmp"]  # no temporary file left
+
+
+@needs_exiftool
+def test_a_label_holding_a_hierarchy_separator_stays_out_of_that_field_with_a_warning(cli, tmp_path):
+    """``b/w`` in digiKam:TagsList would be read as a tag ``b`` with a child ``w`` (digiKam, immich),
+    ``a|b`` in lr:hierarchicalSubject likewise (Lightroom): each is left out of that field only."""
+    from vistag import synth
+
+    synth.make_corpus(tmp_path / "images", 3, seed=7, image_sizes=(48,))
+    home = tmp_path / "home"
+    labels = "red/orange circle,blue|green square"
+    assert cli("index", tmp_path / "images", "--home", home, "--model", SHAPES_MODEL).code == 0
+    assert cli("tag", "--home", home, "--labels", labels, "--min-confidence", "0").code == 0
+    out = cli("write-xmp", "--home", home, "--json", "--top", "2", "--min-confidence", "0")
+    assert out.code == 0, out.err
+    warnings = out.json()["warnings"]
+    assert len(warnings) == 2 and "not written to digiKam:TagsList" in warnings[0], warnings
+    assert "'blue|green square'" in warnings[1] and "lr:hierarchicalSubject" in warnings[1]
+    assert out.err.count("warning: label") == 2
+    for image in _images(tmp_path / "images"):
+        got = _exiftool(Path(str(image) + ".xmp"))
+        assert sorted(got["Subject"]) == ["blue|green square", "red/orange circle"]
+        assert got["HierarchicalSubject"] == ["red/orange circle"]
+        assert got["TagsList"] == ["blue|green square"]

@@ -280,6 +280,8 @@ def cmd_write_xmp(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
         sidecar_name=args.sidecar_name,
         dry_run=args.dry_run,
     )
+    for line in result.warnings:  # on stderr with --json too: scripts read stdout
+        print(printable(f"warning: {line}"), file=sys.stderr)
     if args.json:
         print_json(result.to_dict())
         return 0
