@@ -319,18 +319,7 @@ class ZLaPInductive:
             if also is not None:
                 also(c0, c1, x)
 
-        self.info_["fit"] = solve_blocks(
-            lap,
-            n_cls,
-            onehot_rhs(n) if rhs is None else rhs,
-            consume,
-            solver=self.solver,
-            tol=self.tol,
-            maxiter=self.maxiter,
-            chunk=self.chunk,
-            workers=self.workers,
-            permuted=self._permuted(),
-        )
+        self.info_["fit"] = self.solve(n_cls, onehot_rhs(n) if rhs is None else rhs, consume)
         self.pseudo_labels_, self.pseudo_scores_ = best_id, best_val
 
     def _query_edges(self, q: np.ndarray, knn: KnnPair | None) -> tuple[np.ndarray, np.ndarray]:
@@ -397,18 +386,7 @@ class ZLaPInductive:
         def consume(c0: int, c1: int, x: np.ndarray) -> None:
             out[c0:c1] = x[:n_cls].T
 
-        self.info_["scores"] = solve_blocks(
-            lap,
-            n_q,
-            make,
-            consume,
-            solver=self.solver,
-            tol=self.tol,
-            maxiter=self.maxiter,
-            chunk=self.chunk,
-            workers=self.workers,
-            permuted=self._permuted(),
-        )
+        self.info_["scores"] = self.solve(n_q, make, consume)
         return out
 
 
