@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from core.errors import InputError
 from indexer import schema as t
-from indexer.database import chunks
+from indexer.database import chunks, writing
 
 VERDICTS = ("yes", "no")
 SOURCES = ("person", "keywords")
@@ -52,7 +52,7 @@ class CorrectionQueries:
         c = t.corrections
         now = time.time()
         out = []
-        with self.engine.begin() as conn:
+        with writing("corrections"), self.engine.begin() as conn:
             for row in rows:
                 label = " ".join(str(row["label"]).split())
                 active = _active(conn, row["sha256"], label)
@@ -77,7 +77,7 @@ class CorrectionQueries:
         """Withdraw the active corrections among ``ids``; returns those withdrawn, ascending."""
         c = t.corrections
         done: list[int] = []
-        with self.engine.begin() as conn:
+        with writing("withdrawals"), self.engine.begin() as conn:
             for chunk in chunks(sorted({int(i) for i in ids})):
                 active = c.c.id.in_(chunk) & c.c.withdrawn.is_(None)
                 done.extend(int(i) for i in conn.execute(sa.select(c.c.id).where(active)).scalars())

@@ -3,6 +3,7 @@ SQLAlchemy backend (SQLite file by default, ``postgresql+psycopg://`` at scale).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Iterator, Sequence
@@ -12,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from core.errors import CatalogError, InputError
+from core.errors import CatalogError, InputError, LockHeld
 from indexer.schema import HEAD_REVISION
 
 CHUNK = 500
@@ -31,6 +32,24 @@ def parse_db_url(url: str) -> sa.URL:
     return parsed
 
 
+BUSY_TIMEOUT_S = 30.0  # how long a SQLite write waits for another writer's transaction
+
+
+@contextlib.contextmanager
+def writing(what: str) -> Iterator[None]:
+    """Turn SQLite's "database is locked" (another process held its write transaction for longer
+    than ``BUSY_TIMEOUT_S``) into :class:`LockHeld`, naming ``what`` could not be written."""
+    try:
+        yield
+    except sa.exc.OperationalError as err:
+        if "locked" not in str(err.orig).lower():
+            raise
+        raise LockHeld(
+            f"cannot write {what}: the catalog is busy (another vistag run has been writing to it for "
+            f"over {BUSY_TIMEOUT_S:.0f} s); try again when it ends"
+        ) from None
+
+
 def engine(url: str) -> Engine:
     parsed = parse_db_url(url)
     try:
@@ -45,7 +64,7 @@ def engine(url: str) -> Engine:
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 

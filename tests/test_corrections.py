@@ -98,6 +98,30 @@ def test_confirm_reject_list_and_withdraw(cli, home):
     assert twice == {"withdrawn": [], "already": [active[0]["id"]]}
 
 
+def test_a_busy_catalog_is_a_one_line_error_and_nothing_is_written(cli, home, monkeypatch):
+    """Another process holding SQLite's write lock longer than the busy timeout (a long index
+    transaction): confirm and withdraw fail with exit 5 and a sentence, not a database traceback."""
+    import sqlite3
+
+    from indexer import database
+
+    a = indexed(home)[0]
+    assert cli("confirm", a["id"], "--label", "red", "--home", home).code == 0
+    monkeypatch.setattr(database, "BUSY_TIMEOUT_S", 0.2)
+    other = sqlite3.connect(home / "catalog.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the write lock, as an index run's transaction holds it
+    try:
+        busy = cli("reject", a["id"], "--label", "red", "--home", home)
+        assert busy.code == 5 and "catalog is busy" in busy.err and "Traceback" not in busy.err, busy.err
+        assert len(busy.err.strip().splitlines()) == 1
+        withdraw = cli("corrections", "--withdraw", 1, "--home", home)
+        assert withdraw.code == 5 and "cannot write withdrawals" in withdraw.err
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert [(r["label"], r["verdict"]) for r in listed(cli, home)] == [("red", "yes")]
+
+
 def test_every_input_is_checked_before_anything_is_written(cli, home, made, tmp_path):
     good = indexed(home)[0]
     stray = tmp_path / "not-indexed.jpg"
