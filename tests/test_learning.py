@@ -12,8 +12,15 @@ import pytest
 from indexer.catalog_tags import REJECTED_RANK
 from indexer.graph import GRAPH_K, KnnGraph
 from query import fewshot, zlap_seeds
+from query.calibration import Calibration
 from query.inductive import fit_zlap
-from query.learning import Corrections, calibrate_on, choose_by_checks, expected_calibration_error
+from query.learning import (
+    Corrections,
+    beats_as_is,
+    calibrate_on,
+    choose_by_checks,
+    expected_calibration_error,
+)
 from query.scoring import TagConfig, store_tags
 from query.shots import draw, evaluate_shots, held_out_rows, parse_shots
 from query.tagging import image_space_scores
@@ -306,6 +313,19 @@ def test_calibration_from_corrections_lowers_ece():
     assert e1 < 0.5 * e0, (e0, e1)
     few = Corrections(fixes.rows[:15], fixes.cols[:15], fixes.verdict[:15])  # too few: unchanged
     assert calibrate_on(plain.calibration, np.zeros(15), few) is plain.calibration
+
+
+def test_a_curve_fitted_on_corrections_is_used_only_when_it_predicts_them_better():
+    rng = np.random.default_rng(3)
+    z = rng.normal(0.0, 3.0, 2000)
+    right = rng.random(2000) < 1 / (1 + np.exp(-z))  # sigmoid(z) is already the truth
+    assert not beats_as_is(z, right)
+    off = rng.random(2000) < 1 / (1 + np.exp(-(0.3 * z - 1.0)))  # overconfident and too high
+    assert beats_as_is(z, off)
+    cal = Calibration(False, np.zeros(1), np.ones(1), np.ones(1), np.zeros(1))  # logit = score
+    fixes = Corrections(np.arange(2000), np.zeros(2000, np.int64), right)
+    kept = calibrate_on(cal, z, fixes)
+    assert (kept.top_a, kept.top_b) == (cal.top_a, cal.top_b)
 
 
 def test_ece_is_the_weighted_gap_per_bin():
