@@ -126,10 +126,10 @@ def beats_as_is(z: np.ndarray, verdict: np.ndarray, folds: int = CV_FOLDS) -> bo
     """Whether a Platt curve fitted on the corrected pairs predicts their verdicts from the logits
     ``z`` (n,) better than ``sigmoid(z)`` as it is: a lower Brier score (mean squared error of the
     confidence, a proper score that a few extreme mistakes cannot dominate as they do the
-    log-loss) on held-out pairs, ``folds``-fold (seeded). The pseudo-label calibration can already be right where corrections cannot improve
-    it: ZLaP's seeded scores on the synthetic features, where a curve fitted on 300 reviewed
-    pairs (most with low scores, rejected) raised the error of the other images' top-1
-    confidences from 0.054 to 0.089 (``docs/benchmarks.md``)."""
+    log-loss) on held-out pairs, ``folds``-fold (seeded). The pseudo-label calibration can
+    already be right where corrections cannot improve it: ZLaP's seeded scores on the synthetic
+    features, where a curve fitted on 300 reviewed pairs (most with low scores, rejected) raised
+    the error of the other images' top-1 confidences from 0.054 to 0.089 (``docs/benchmarks.md``)."""
     z, y = np.asarray(z, np.float64), np.asarray(verdict, bool)
     order = np.random.default_rng(0).permutation(len(z))
     held = np.empty(len(z))
