@@ -209,8 +209,12 @@ def add_read_routes(app: FastAPI, service: Service) -> None:
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+# what a write can answer beyond ERRORS: no or a wrong token, and another writer holding the catalog
+WRITE_ERRORS = ERRORS | {c: {"model": ErrorOut} for c in (401, 403, 409)}
+
+
 def add_write_routes(app: FastAPI, service: Service) -> None:
-    codes = ERRORS | {c: {"model": ErrorOut} for c in (401, 403, 409)}
+    codes = WRITE_ERRORS
 
     @app.post(
         "/api/tag",
@@ -236,7 +240,7 @@ def add_write_routes(app: FastAPI, service: Service) -> None:
 
 
 def add_correction_routes(app: FastAPI, service: Service) -> None:
-    codes = ERRORS | {c: {"model": ErrorOut} for c in (401, 403)}
+    codes = WRITE_ERRORS  # 409: a busy catalog (LockHeld)
 
     @app.post(
         "/api/images/{image_id}/corrections",
