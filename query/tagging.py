@@ -100,14 +100,18 @@ def score_corpus(
     :func:`load_corpus` returns for ``config``'s labels, when the caller scores it several times."""
     config.check()
     version, text, ids, xb = corpus or load_corpus(home, catalog, searcher, config)
-    if corrections is None:
-        corrections = read_corrections(catalog, config.names) if config.corrections else Corrections.none()
-    fixes = corrections.at(ids)
+    fixes = (corrections_of(catalog, config) if corrections is None else corrections).at(ids)
     if folder is not None:
         np.savez(folder / "text.npz", labels=text[0], negatives=text[1], owners=text[2])
     if config.method == "zlap":
         return fit_zlap(knn_graph(version, ids, xb), xb, text, config, folder, fixes=fixes)
     return image_space_scores(ids, xb, text, config, fixes, folder)
+
+
+def corrections_of(catalog: Catalog, config: TagConfig) -> Corrections:
+    """The corrections a run with ``config`` uses: the catalog's active ones of its labels, or none
+    with ``corrections`` off (rows are image ids)."""
+    return read_corrections(catalog, config.names) if config.corrections else Corrections.none()
 
 
 def image_space_scores(
@@ -175,7 +179,7 @@ def tag_corpus(
             f"storing every score would write {rows:,} tag rows ({rows // len(config.labels):,} images x "
             f"{len(config.labels):,} labels): pass --store-top N to keep each image's N best, or --store-all"
         )
-    fixes = read_corrections(catalog, config.names) if config.corrections else Corrections.none()
+    fixes = corrections_of(catalog, config)
     params = _params(config, version, where, fixes)
     cuts = [max(config.min_confidence, (config.thresholds or {}).get(n, 0.0)) for n in config.names]
     with recovery.writer(home, catalog):  # one writer per home: a run found running under the lock is dead
