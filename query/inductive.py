@@ -44,7 +44,7 @@ from query.search import Searcher
 from query.tagruns import applied_runs
 from query.vocab import recorded_label
 from query.zlap import Seeds, ZLaPInductive
-from query.zlap_seeds import seeds_for, structured
+from query.zlap_seeds import propagated_scores, seeds_for
 
 INDUCTIVE = "zlap-inductive"
 SOLVE_CHUNK = 32  # labels per block solve (the reference solves them one by one)
@@ -112,18 +112,18 @@ def fit_zlap(
     model.drop_graph()  # solved: sparse scoring needs only the table
 
     def raw(rows: slice | np.ndarray) -> np.ndarray:
-        return structured(propagated[rows], text, config.labels)
+        return propagated_scores(propagated[rows], text, config.labels)
 
     calibration = fit_calibration(raw(sample), log=True)
     if len(fixes):  # leave-self-out scores of the corrected pairs: without their own seed
         alone = propagated[fixes.rows].astype(np.float64)
         if seeded is not None:
             alone[np.arange(len(fixes)), fixes.cols] -= seeded[2] * self_weight
-        loo = structured(alone, text, config.labels)[np.arange(len(fixes)), fixes.cols]
+        loo = propagated_scores(alone, text, config.labels)[np.arange(len(fixes)), fixes.cols]
         calibration = calibrate_on(calibration, loo, fixes)
     if folder is not None:
         xs = xb[sample]
-        inductive = structured(
+        inductive = propagated_scores(
             model.scores(xs, sparse=True, knn=leave_self_out(graph, k, sample)), text, config.labels
         )
         table = {"pseudo_labels": model.pseudo_labels_, "pseudo_scores": model.pseudo_scores_}
@@ -198,6 +198,6 @@ def _score_new(home, catalog, version, folder: Path, config: dict, ids: np.ndarr
         gamma=config["gamma"],
         alpha=config["alpha"],
     )
-    scores = structured(model.scores(xq, sparse=True), text, labels)
+    scores = propagated_scores(model.scores(xq, sparse=True), text, labels)
     calibration = Calibration.from_arrays(dict(np.load(folder / "calibration-inductive.npz")))
     return Scored(ids, scores, calibration.apply(scores))

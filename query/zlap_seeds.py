@@ -43,7 +43,7 @@ SEED = 0
 Seeds = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def structured(raw: np.ndarray, text: TextSet, labels: Sequence[Label]) -> np.ndarray:
+def propagated_scores(raw: np.ndarray, text: TextSet, labels: Sequence[Label]) -> np.ndarray:
     """Propagated (N, C+M) scores of labels then negatives -> (N, C) label scores after structure."""
     n_labels = len(labels)
     negative = max_per_label(raw[:, n_labels:], text[2], n_labels) if raw.shape[1] > n_labels else None
@@ -81,7 +81,7 @@ def choose_weight(model: Any, fixes: Corrections, text: TextSet, labels: Sequenc
         return DEFAULT
     base, pull = check_scores(model, fixes, checks)
     want, cols = fixes.verdict[checks], fixes.cols[checks]
-    right = [(structured(base + w * pull, text, labels).argmax(axis=1) == cols) == want for w in GRID]
+    right = [(propagated_scores(base + w * pull, text, labels).argmax(axis=1) == cols) == want for w in GRID]
     return choose_by_checks(GRID, right)
 
 
