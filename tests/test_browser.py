@@ -248,6 +248,24 @@ def test_keyword_facet_and_date_range_filter_the_results(facet_home, tmp_path, b
     assert not severe, severe
 
 
+def _check_detail_metadata(driver: object, image: dict) -> None:
+    """The details show the date taken (UTC, as stored) and keywords the API gives, and leave out
+    the photo metadata the image has none of."""
+    import time
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, WAIT_S).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#detail-meta dd"))
+    names = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#detail-meta dt")]  # type: ignore[attr-defined]
+    values = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#detail-meta dd")]  # type: ignore[attr-defined]
+    shown = dict(zip(names, values, strict=True))
+    taken = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(image["taken"])) if image["taken"] else None
+    assert shown.get("taken") == taken and shown.get("keywords") == (", ".join(image["keywords"]) or None)
+    assert image["keywords"] or taken is None  # the facet corpus: e.jpg alone has neither
+    assert not {"camera", "lens", "place"} & set(shown) and shown["path"] == image["uri"]
+
+
 def test_details_confirm_reject_add_and_withdraw_corrections(facet_home, tmp_path, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -270,6 +288,7 @@ def test_details_confirm_reject_add_and_withdraw_corrections(facet_home, tmp_pat
         image_id = card.get_attribute("data-id")
         card.click()
         wait.until(EC.visibility_of_element_located((By.ID, "detail")))
+        _check_detail_metadata(browser, server.get(f"/api/images/{image_id}").json())
         first, second = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#detail-tags li[data-label]"))[
             :2
         ]

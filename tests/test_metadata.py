@@ -294,3 +294,37 @@ def test_the_listing_says_which_sidecars_are_surely_absent_so_a_reindex_need_not
     image = uris.from_path(str(tmp_path / "a.jpg"))
     assert sidecar_state(image).startswith("full:")
     assert sidecar_state(image, listing.may_exist) == ""  # no stat where the listing knows
+
+
+@needs_exiftool
+def test_an_images_details_carry_its_metadata_in_the_api_and_over_http(cli, meta_home):
+    from devkit.http import http_request
+    from tests.helpers import thread_server
+    from vistag import Archive
+    from vistag.http import ServiceConfig, create_app
+
+    home, photos = meta_home
+    with Archive(home) as archive:
+        a = archive.describe(photos / "trip/a.jpg")
+        assert a["uri"] == str(photos / "trip/a.jpg") and a["status"] == "indexed"
+        assert (a["camera"], a["lens"]) == ("Canon EOS R5", "RF24-70mm F2.8 L IS USM")
+        assert (a["lat"], a["lon"]) == pytest.approx(PARIS, abs=1e-6)
+        assert a["taken"] == pytest.approx(1556704800.0)  # 2019-05-01 10:00:00, no offset: UTC
+        assert a["keywords"] == ["alpha", "shared word"] and a["corrections"] == []
+        plain = archive.describe(str(photos / "side/c.jpg"))  # no EXIF, a sidecar keyword
+        assert archive.describe(plain["id"]) == plain and plain["keywords"] == ["sidefull"]
+        assert all(plain[k] is None for k in ("taken", "camera", "lens", "lat", "lon"))
+        with thread_server(create_app(archive, ServiceConfig())) as port:
+            detail = http_request(port, "GET", f"/api/images/{a['id']}").json()
+    assert {k: detail[k] for k in a} == a
+    assert detail["tags"] == [] and detail["thumbnail"] == f"/api/images/{a['id']}/thumbnail"
+    shown = cli("explain", photos / "trip/a.jpg", "--home", home)
+    assert shown.code == 0, shown.err
+    assert shown.out.splitlines()[:5] == [
+        f"image     {a['id']}  {photos / 'trip/a.jpg'}",
+        "taken     2019-05-01 10:00:00",
+        "camera    Canon EOS R5 / RF24-70mm F2.8 L IS USM",
+        "place     48.85660, 2.35220",
+        "keywords  alpha, shared word",
+    ]
+    assert "no tags for this image yet" in shown.out

@@ -274,8 +274,24 @@ class Archive(CorrectionMethods):
 
     def explain(self, image: int | str | os.PathLike[str], top: int = 5) -> list[dict[str, Any]]:
         """An indexed image's best labels in every label set applied: score, confidence, method."""
-        image_id = self.searcher.image_id(image)
-        row = self.catalog.image(image_id)
+        image_id = self._indexed_row(image)["id"]
+        from query.tagruns import explain
+
+        return explain(self.catalog, self.searcher.version().identity.key, image_id, top)
+
+    def describe(self, image: int | str | os.PathLike[str]) -> dict[str, Any]:
+        """What the archive knows of an indexed image (an id, path or uri): ``id``, ``uri``,
+        ``status``, ``sha256``, ``size``, ``mtime``, ``width``, ``height``, ``taken`` (date taken,
+        seconds since the epoch), ``camera``, ``lens``, ``lat``, ``lon`` (None where unknown),
+        ``keywords`` (sorted) and ``corrections`` (the active ones of its content, as
+        :meth:`corrections` lists them). Its tags: :meth:`explain`."""
+        row = self._indexed_row(image)
+        fixed = self.catalog.corrections(contents=[row["sha256"]]) if row["sha256"] else []
+        return self.catalog.details(row) | {"corrections": fixed}
+
+    def _indexed_row(self, image: int | str | os.PathLike[str]) -> dict[str, Any]:
+        """The catalog row of an indexed image; :class:`NotFound` naming why for one that is not."""
+        row = self.catalog.image(self.searcher.image_id(image))
         if row["status"] == "failed":
             failure = self.catalog.last_failure(row["uri"])
             why = f"{failure['stage']}: {failure['reason']}" if failure else "no reason recorded"
@@ -284,9 +300,7 @@ class Archive(CorrectionMethods):
             raise NotFound(
                 f"{row['uri']} is {row['status']}: it left the archive (no longer in a listed folder)"
             )
-        from query.tagruns import explain
-
-        return explain(self.catalog, self.searcher.version().identity.key, image_id, top)
+        return row
 
     def _tag_config(self, labels, method, top, min_confidence, templates, zlap) -> TagConfig:  # noqa: ANN001
         from query.scoring import TagConfig

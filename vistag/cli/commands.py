@@ -202,6 +202,8 @@ def cmd_explain(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
     if args.json:
         print_json(rows)
         return 0
+    for line in _detail_lines(archive.describe(args.image)):
+        print(printable(line))
     if not rows:
         print("no tags for this image yet (run `vistag tag`)")
     for r in rows:
@@ -213,6 +215,25 @@ def cmd_explain(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
             )
         )
     return 0
+
+
+def _detail_lines(image: dict[str, Any]) -> list[str]:
+    """An image's photo metadata and corrections as ``name  value`` lines (unknown ones left out)."""
+    taken = image["taken"]
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(taken)) if taken is not None else None
+    has_place = image["lat"] is not None and image["lon"] is not None
+    fixed = [
+        f"{'confirmed' if c['verdict'] == 'yes' else 'rejected'} {c['label']}" for c in image["corrections"]
+    ]
+    lines = [
+        ("image", f"{image['id']}  {image['uri']}"),
+        ("taken", when),
+        ("camera", " / ".join(v for v in (image["camera"], image["lens"]) if v) or None),
+        ("place", f"{image['lat']:.5f}, {image['lon']:.5f}" if has_place else None),
+        ("keywords", ", ".join(image["keywords"]) or None),
+        ("corrected", ", ".join(fixed) or None),
+    ]
+    return [f"{name:<10}{value}" for name, value in lines if value is not None]
 
 
 def cmd_untag(archive: Any, args: argparse.Namespace, _: list[str]) -> int:

@@ -68,6 +68,14 @@ class ImageOut(BaseModel):
     mtime: float | None
     width: int | None
     height: int | None
+    taken: float | None = Field(
+        description="EXIF date taken, seconds since the epoch (a time without an offset read as UTC)"
+    )
+    camera: str | None = Field(description="camera make and model")
+    lens: str | None
+    lat: float | None = Field(description="GPS latitude, decimal degrees (south negative)")
+    lon: float | None = Field(description="GPS longitude, decimal degrees (west negative)")
+    keywords: list[str] = Field(description="keywords people gave it (embedded or in its XMP sidecar)")
     tags: list[TagOut]
     corrections: list[CorrectionOut] = Field(description="the active corrections of the image's content")
     thumbnail: str

@@ -194,9 +194,16 @@ function metaRows(image) {
     ["size", image.width && image.height ? `${image.width} × ${image.height} px` : "unknown"],
     ["bytes", image.size != null ? image.size.toLocaleString() : "unknown"],
     ["modified", image.mtime ? new Date(image.mtime * 1000).toLocaleString() : "unknown"],
+    // the camera's clock as recorded: a time without an offset is stored as UTC, so shown as UTC
+    ["taken", image.taken != null ? new Date(image.taken * 1000).toISOString().slice(0, 19).replace("T", " ") : null],
+    ["camera", image.camera],
+    ["lens", image.lens],
+    ["place", image.lat != null && image.lon != null ? `${image.lat.toFixed(5)}, ${image.lon.toFixed(5)}` : null],
+    ["keywords", image.keywords && image.keywords.length ? image.keywords.join(", ") : null],
     ["sha256", image.sha256 || ""],
   ];
-  return rows.flatMap(([key, value]) => [el("dt", { textContent: key }), el("dd", { textContent: value })]);
+  return rows.filter(([, value]) => value != null)  // unknown photo metadata is left out
+    .flatMap(([key, value]) => [el("dt", { textContent: key }), el("dd", { textContent: value })]);
 }
 
 function moreLikeThis() {
