@@ -3,8 +3,8 @@ XMP sidecars: camera (make and model), lens, GPS position, and the keywords peop
 
 Keywords come from embedded XMP ``dc:subject`` and ``lr:hierarchicalSubject`` (each path and its
 leaf), IPTC ``Keywords``, and the sidecars of a local file in both conventions (``photo.jpg.xmp``,
-``photo.xmp``; see :mod:`core.sidecars`). They are kept in lower case (filters match them
-case-insensitively), at most :data:`MAX_KEYWORDS` of :data:`MAX_KEYWORD_CHARS` characters each.
+``photo.xmp``; see :mod:`core.sidecars`). They keep their spelling (filters, facets and
+truths match them case-insensitively), at most :data:`MAX_KEYWORDS` of :data:`MAX_KEYWORD_CHARS` characters each.
 
 Metadata never fails an image: a block Exiv2 cannot parse, a garbled value or an unreadable
 sidecar only leaves its fields empty.
@@ -30,8 +30,8 @@ _HIERARCHIES = {"Xmp.lr.hierarchicalSubject": "|", "Xmp.digiKam.TagsList": "/"}
 @dataclass(frozen=True)
 class PhotoMeta:
     """What the catalog keeps of a photo's metadata: ``camera`` ("Make Model"), ``lens``, ``lat``
-    and ``lon`` (decimal degrees, south and west negative), ``keywords`` (lower case, file order,
-    no repeats) and ``sidecars`` (the state of its sidecars when read, see :func:`sidecar_state`)."""
+    and ``lon`` (decimal degrees, south and west negative), ``keywords`` (as spelt, file order,
+    no repeats in any case) and ``sidecars`` (the state of its sidecars when read, see :func:`sidecar_state`)."""
 
     camera: str | None = None
     lens: str | None = None
@@ -175,7 +175,8 @@ def keyword_forms(by_field: Mapping[str, Sequence[str]]) -> set[str]:
     one-level path, reads the same as a flat keyword, which a person may hold on their own: the
     flat field decides for it."""
     return set(
-        clean_keywords(
+        keyword_key(w)
+        for w in clean_keywords(
             v
             for f, values in by_field.items()
             if f in sidecars.FIELDS
@@ -186,13 +187,19 @@ def keyword_forms(by_field: Mapping[str, Sequence[str]]) -> set[str]:
 
 
 def clean_keywords(words: Iterable[str]) -> tuple[str, ...]:
-    """``words`` stripped, lower-cased, cut to :data:`MAX_KEYWORD_CHARS`, without empties and
-    repeats, at most :data:`MAX_KEYWORDS` of them, in order."""
-    out: dict[str, None] = {}
+    """``words`` with runs of white space made one space, cut to :data:`MAX_KEYWORD_CHARS`, without
+    empties and repeats in any case (the first spelling stays), at most :data:`MAX_KEYWORDS` of
+    them, in order. The catalog matches them lower-case (:func:`keyword_key`)."""
+    out: dict[str, str] = {}
     for word in words:
-        text = " ".join(str(word).replace("\x00", " ").split()).lower()[:MAX_KEYWORD_CHARS]
-        if text and text not in out:
-            out[text] = None
+        text = " ".join(str(word).replace("\x00", " ").split())[:MAX_KEYWORD_CHARS]
+        if text and keyword_key(text) not in out:
+            out[keyword_key(text)] = text
             if len(out) >= MAX_KEYWORDS:
                 break
-    return tuple(out)
+    return tuple(out.values())
+
+
+def keyword_key(word: str) -> str:
+    """What a keyword is matched by (filters, facets, ``eval --truth keywords``): lower case."""
+    return word.lower()

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from indexer import schema as t
+from indexer.catalog_meta import shown_keyword
 
 _INDEXED = t.images.c.status == "indexed"
 
@@ -37,8 +38,10 @@ class FacetQueries:
 def _keyword_counts(limit: int) -> sa.Select:
     k, i = t.image_keywords, t.images
     count = sa.func.count(k.c.image_id)
+    # one entry per key, in the spelling that sorts first ("Beach" before "beach"); a click filters
+    # by it, which matches every spelling
     return (
-        sa.select(k.c.keyword, count)
+        sa.select(sa.func.min(shown_keyword()), count)
         .join(i, i.c.id == k.c.image_id)
         .where(_INDEXED)
         .group_by(k.c.keyword)

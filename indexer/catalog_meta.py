@@ -11,6 +11,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from core.photometa import keyword_key
 from indexer import schema as t
 from indexer.database import chunks, insert_many
 
@@ -67,18 +68,19 @@ class MetaQueries:
     engine: Engine
 
     def replace_keywords(self, by_uri: Mapping[str, Sequence[str]]) -> None:
-        """Set the keywords of the images ``by_uri`` names (uri -> lower-case keywords), replacing
-        the ones they had (one transaction per chunk of images)."""
+        """Set the keywords of the images ``by_uri`` names (uri -> keywords as spelt), replacing
+        the ones they had (one transaction per chunk of images); a repeat in another case is left
+        out (the first spelling stays)."""
         k, i = t.image_keywords, t.images
         for chunk in chunks(list(by_uri)):
             with self.engine.begin() as conn:
                 ids = dict(conn.execute(sa.select(i.c.uri, i.c.id).where(i.c.uri.in_(chunk))).all())
                 conn.execute(k.delete().where(k.c.image_id.in_(list(ids.values()))))
                 rows = [
-                    {"image_id": ids[uri], "keyword": word}
+                    {"image_id": ids[uri], "keyword": key, "display": word}
                     for uri in chunk
                     if uri in ids
-                    for word in dict.fromkeys(by_uri[uri])
+                    for key, word in _spellings(by_uri[uri]).items()
                 ]
                 if rows:
                     insert_many(conn, k, rows)
@@ -90,17 +92,17 @@ class MetaQueries:
         return {key: row[key] for key in DETAIL_FIELDS} | {"keywords": self.keywords(int(row["id"]))}
 
     def keywords(self, image_id: int) -> list[str]:
-        """The keywords of one image, sorted."""
+        """The keywords of one image as spelt, sorted in any case."""
         k = t.image_keywords
-        query = sa.select(k.c.keyword).where(k.c.image_id == image_id).order_by(k.c.keyword)
+        query = sa.select(shown_keyword()).where(k.c.image_id == image_id).order_by(k.c.keyword)
         with self.engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
     def images_with_keywords(self, words: Sequence[str]) -> dict[int, set[str]]:
-        """Indexed image id -> which of ``words`` (compared lower-case) are among its keywords, for
-        the images that have at least one of them."""
+        """Indexed image id -> which of ``words`` (lower-cased: :func:`keyword_key`) are among its
+        keywords, for the images that have at least one of them."""
         k, i = t.image_keywords, t.images
-        wanted = sorted({w.lower() for w in words})
+        wanted = sorted({keyword_key(w) for w in words})
         out: dict[int, set[str]] = {}
         with self.engine.connect() as conn:
             for chunk in chunks(wanted):
@@ -121,5 +123,19 @@ class MetaQueries:
         if camera is not None:  # autoescape: % and _ in the text are plain characters
             conds.append(sa.func.lower(i.c.camera).contains(camera.lower(), autoescape=True))
         if keyword is not None:
-            conds.append(i.c.id.in_(sa.select(k.c.image_id).where(k.c.keyword == keyword.lower())))
+            conds.append(i.c.id.in_(sa.select(k.c.image_id).where(k.c.keyword == keyword_key(keyword))))
         return conds
+
+
+def shown_keyword() -> sa.ColumnElement[str]:
+    """A keyword as spelt in the image (as its lower-case key in rows from before that was kept)."""
+    k = t.image_keywords
+    return sa.func.coalesce(k.c.display, k.c.keyword)
+
+
+def _spellings(words: Sequence[str]) -> dict[str, str]:
+    """key (:func:`keyword_key`) -> the first spelling of it among ``words``."""
+    out: dict[str, str] = {}
+    for word in words:
+        out.setdefault(keyword_key(word), word)
+    return out

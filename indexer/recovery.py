@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from core.faults import crash_point
-from core.photometa import keyword_forms
+from core.photometa import keyword_forms, keyword_key
 from indexer import check
 from indexer.catalog import Catalog
 from indexer.home import Home
@@ -160,5 +160,5 @@ def people_keywords(catalog: Catalog, by_uri: dict[str, list[str]]) -> dict[str,
     out = {}
     for uri, words in by_uri.items():
         mine = keyword_forms(written[uri]) if uri in written else set()
-        out[uri] = [w for w in words if w not in mine]
+        out[uri] = [w for w in words if keyword_key(w) not in mine]
     return out

@@ -26,7 +26,7 @@ from sqlalchemy import (
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
-HEAD_REVISION = "0008"  # the newest migration in migrations/versions (a test checks it is Alembic's head)
+HEAD_REVISION = "0009"  # the newest migration in migrations/versions (a test checks it is Alembic's head)
 
 models = Table(
     "models",
@@ -184,13 +184,15 @@ duplicate_members = Table(
     Index("ix_duplicate_members_sha256", "sha256"),
 )
 
-# the keywords people gave an image (embedded IPTC and XMP, its sidecars), lower case; replaced
+# the keywords people gave an image (embedded IPTC and XMP, its sidecars): matched lower case
+# (keyword), shown as first spelt in the image (display; NULL in rows from before 0009); replaced
 # whenever its metadata is read
 image_keywords = Table(
     "image_keywords",
     metadata,
     Column("image_id", Id, ForeignKey("images.id"), nullable=False),
     Column("keyword", Text, nullable=False),
+    Column("display", Text),
     PrimaryKeyConstraint("image_id", "keyword", name="pk_image_keywords"),
     Index("ix_image_keywords_keyword", "keyword"),
 )

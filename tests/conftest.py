@@ -141,7 +141,7 @@ FACET_PHOTOS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "c.jpg": (("Beach", "City"), "2021:07:20 10:00:00"),
     "d.jpg": (("City",), "2022:08:01 10:00:00"),
     "e.jpg": ((), None),
-    "f.jpg": (("Beach",), "2023:01:01 10:00:00"),
+    "f.jpg": (("beach",), "2023:01:01 10:00:00"),  # another spelling of the same keyword
 }
 FACET_MTIME = 1514887200.0  # 2018-01-02 10:00 UTC
 FACET_LABELS = ["a cat", "a dog", "a tree", "a car"]

@@ -123,13 +123,13 @@ def test_the_catalog_keeps_camera_lens_position_and_keywords_of_every_source(met
     a = stored(home, photos / "trip/a.jpg")
     assert a["camera"] == "Canon EOS R5" and a["lens"] == "RF24-70mm F2.8 L IS USM"
     assert a["lat"] == pytest.approx(PARIS[0], abs=1e-6) and a["lon"] == pytest.approx(PARIS[1], abs=1e-6)
-    assert a["keywords"] == ["alpha", "shared word"]
+    assert a["keywords"] == ["Alpha", "Shared Word"]
     b = stored(home, photos / "trip/b.jpg")
     assert b["camera"] == "NIKON CORPORATION NIKON Z 6" and b["lens"] is None
     assert b["lon"] == pytest.approx(LONDON[1], abs=1e-6)  # west: negative
-    assert b["keywords"] == ["beach", "lyon", "places|france|lyon"]
-    assert stored(home, photos / "side/c.jpg")["keywords"] == ["sidefull"]
-    assert stored(home, photos / "side/d.jpg")["keywords"] == ["ann", "people|ann"]
+    assert b["keywords"] == ["Beach", "Lyon", "Places|France|Lyon"]
+    assert stored(home, photos / "side/c.jpg")["keywords"] == ["SideFull"]
+    assert stored(home, photos / "side/d.jpg")["keywords"] == ["Ann", "People|Ann"]
     e = stored(home, photos / "side/e.jpg")  # a damaged EXIF and XMP block: indexed, no metadata
     assert e == {"camera": None, "lens": None, "lat": None, "lon": None, "status": "indexed", "keywords": []}
 
@@ -199,16 +199,16 @@ def test_refresh_metadata_fills_older_images_and_a_changed_sidecar_is_read_again
     out = cli("index", photos, "--home", home, "--refresh-metadata", "--json")
     assert out.code == 0 and out.json()["embedded"] == 0 and out.json()["plan"]["refresh"] == len(TAGS)
     a = stored(home, photos / "trip/a.jpg")
-    assert a["camera"] == "Canon EOS R5" and a["keywords"] == ["alpha", "shared word"]
-    assert stored(home, photos / "side/d.jpg")["keywords"] == ["ann", "people|ann"]
+    assert a["camera"] == "Canon EOS R5" and a["keywords"] == ["Alpha", "Shared Word"]
+    assert stored(home, photos / "side/d.jpg")["keywords"] == ["Ann", "People|Ann"]
 
     sidecar = photos / "side/d.xmp"  # a person retags d in Lightroom
     sidecar.write_bytes(xmp_packet("dc:subject", "Retagged"))
     os.utime(sidecar, ns=(sidecar.stat().st_mtime_ns + 10**9,) * 2)
     out = cli("index", photos, "--home", home, "--json")
     assert out.code == 0 and out.json()["embedded"] == 0 and out.json()["plan"]["refresh"] == 1
-    assert stored(home, photos / "side/d.jpg")["keywords"] == ["retagged"]
-    assert search_names(cli, home, photos, "--keyword", "retagged") == {"side/d.jpg"}
+    assert stored(home, photos / "side/d.jpg")["keywords"] == ["Retagged"]
+    assert search_names(cli, home, photos, "--keyword", "retagged") == {"side/d.jpg"}  # any case
 
 
 def test_a_catalog_at_0006_is_upgraded_in_place(tmp_path):
@@ -235,11 +235,40 @@ def test_a_catalog_at_0006_is_upgraded_in_place(tmp_path):
         catalog.close()
 
 
+def test_keywords_of_a_catalog_at_0008_show_lower_case_until_read_again(tmp_path):
+    from tests.helpers import catalog_at_revision
+
+    url = catalog_at_revision(
+        tmp_path / "old.db",
+        "0008",
+        [
+            "INSERT INTO images (uri, status, sidecars, updated) VALUES ('/p/a.jpg', 'indexed', '', 0)",
+            "INSERT INTO images (uri, status, sidecars, updated) VALUES ('/p/b.jpg', 'indexed', '', 0)",
+            "INSERT INTO image_keywords (image_id, keyword) VALUES (1, 'grandma')",
+        ],
+    )
+    catalog = Catalog(url)
+    try:  # images with keywords are read again by --refresh-metadata, the others are not
+        assert {u: s["sidecars"] for u, s in catalog.image_states().items()} == {
+            "/p/a.jpg": None,
+            "/p/b.jpg": "",
+        }
+        assert catalog.keywords(1) == ["grandma"] and catalog.images_with_keywords(["Grandma"]) == {
+            1: {"grandma"}
+        }
+        catalog.replace_keywords({"/p/a.jpg": ["Grandma"]})  # its metadata read again
+        assert catalog.keywords(1) == ["Grandma"] and catalog.images_with_keywords(["GRANDMA"]) == {
+            1: {"grandma"}
+        }
+    finally:
+        catalog.close()
+
+
 def test_damaged_or_odd_metadata_leaves_fields_empty_and_keywords_are_bounded():
     assert read_metadata(b"not an image at all", "/nowhere/x.jpg").keywords == ()
     assert read_metadata(corrupt_exif(jpeg(1)), "gs://bucket/x.jpg").camera is None
     words = clean_keywords([" A  b ", "a B", "", "x" * 300, *(f"k{i}" for i in range(1000))])
-    assert words[0] == "a b" and words[1] == "x" * 200 and len(words) == MAX_KEYWORDS
+    assert words[0] == "A b" and words[1] == "x" * 200 and len(words) == MAX_KEYWORDS  # "a B" repeats it
 
 
 def test_metadata_filters_in_sql_on_every_backend_and_across_the_antimeridian(db_url):
@@ -258,8 +287,11 @@ def test_metadata_filters_in_sql_on_every_backend_and_across_the_antimeridian(db
             [{"uri": u, "status": "indexed", "camera": c, "lat": la, "lon": lo} for u, c, la, lo in rows],
             run_id,
         )
-        catalog.replace_keywords({"/p/fiji.jpg": ["beach", "island"], "/p/paris.jpg": ["city"]})
+        catalog.replace_keywords({"/p/fiji.jpg": ["Beach", "beach", "Île"], "/p/paris.jpg": ["city"]})
         ids = {r["uri"]: r["id"] for r in catalog.images()}
+        assert catalog.keywords(ids["/p/fiji.jpg"]) == ["Beach", "Île"]  # as first spelt
+        shown = [(f["value"], f["count"]) for f in catalog.facets(None, 3, 10)["keywords"]]
+        assert shown == [("Beach", 1), ("city", 1), ("Île", 1)]
 
         def found(**kw: object) -> set[str]:
             hits = set(catalog.matching_ids(ImageFilter(**kw)).tolist())
@@ -267,7 +299,8 @@ def test_metadata_filters_in_sql_on_every_backend_and_across_the_antimeridian(db
 
         assert found(camera="canon") == {"/p/fiji.jpg", "/p/none.jpg"}
         assert found(camera="100%") == {"/p/samoa.jpg"} and found(camera="_") == set()
-        assert found(keyword="Beach") == {"/p/fiji.jpg"} and found(keyword="beac") == set()
+        assert found(keyword="bEACH") == {"/p/fiji.jpg"} and found(keyword="beac") == set()
+        assert found(keyword="île") == {"/p/fiji.jpg"}  # lower-cased in Python, not by the database
         assert found(near=(-17.7, 179.95, 30.0)) == {"/p/fiji.jpg", "/p/samoa.jpg"}  # 16 km across 180°
         assert found(near=(-17.7, 179.95, 8.0)) == {"/p/fiji.jpg"}
         assert found(near=(*PARIS, 1.0), keyword="city") == {"/p/paris.jpg"}
@@ -310,9 +343,9 @@ def test_an_images_details_carry_its_metadata_in_the_api_and_over_http(cli, meta
         assert (a["camera"], a["lens"]) == ("Canon EOS R5", "RF24-70mm F2.8 L IS USM")
         assert (a["lat"], a["lon"]) == pytest.approx(PARIS, abs=1e-6)
         assert a["taken"] == pytest.approx(1556704800.0)  # 2019-05-01 10:00:00, no offset: UTC
-        assert a["keywords"] == ["alpha", "shared word"] and a["corrections"] == []
+        assert a["keywords"] == ["Alpha", "Shared Word"] and a["corrections"] == []
         plain = archive.describe(str(photos / "side/c.jpg"))  # no EXIF, a sidecar keyword
-        assert archive.describe(plain["id"]) == plain and plain["keywords"] == ["sidefull"]
+        assert archive.describe(plain["id"]) == plain and plain["keywords"] == ["SideFull"]
         assert all(plain[k] is None for k in ("taken", "camera", "lens", "lat", "lon"))
         with thread_server(create_app(archive, ServiceConfig())) as port:
             detail = http_request(port, "GET", f"/api/images/{a['id']}").json()
@@ -325,6 +358,6 @@ def test_an_images_details_carry_its_metadata_in_the_api_and_over_http(cli, meta
         "taken     2019-05-01 10:00:00",
         "camera    Canon EOS R5 / RF24-70mm F2.8 L IS USM",
         "place     48.85660, 2.35220",
-        "keywords  alpha, shared word",
+        "keywords  Alpha, Shared Word",
     ]
     assert "no tags for this image yet" in shown.out
