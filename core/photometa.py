@@ -1,6 +1,10 @@
 """Photo metadata the catalog keeps, read through pyexiv2 (Exiv2) from an image's bytes and from its
 XMP sidecars: camera (make and model), lens, GPS position, and the keywords people gave it.
 
+Camera, lens and position come from the first of: the local file's sidecars (``photo.jpg.xmp``,
+then ``photo.xmp``: where Lightroom and darktable write a geotag or a raw file's camera, and a
+position a person corrected), the file's EXIF, the file's own XMP.
+
 Keywords come from embedded XMP ``dc:subject`` and ``lr:hierarchicalSubject`` (each path and its
 leaf), IPTC ``Keywords``, and the sidecars of a local file in both conventions (``photo.jpg.xmp``,
 ``photo.xmp``; see :mod:`core.sidecars`). They keep their spelling (filters, facets and
@@ -12,6 +16,7 @@ sidecar only leaves its fields empty.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,18 +50,66 @@ def read_metadata(data: bytes, uri: str) -> PhotoMeta:
     """The :class:`PhotoMeta` of image bytes ``data`` found at ``uri`` (its sidecars are read when
     ``uri`` is local); empty fields where nothing usable was found."""
     exif, iptc, xmp = _embedded(data)
-    camera = _join(_text(exif.get("Exif.Image.Make")), _text(exif.get("Exif.Image.Model")))
-    lens = _text(exif.get("Exif.Photo.LensModel")) or _text(exif.get("Exif.Canon.LensModel"))
+    local = not uris.is_remote(uri)
+    side = _sidecar_packets(uri) if local else []
+    # camera, lens and position: a sidecar's first (what a person set in Lightroom or darktable, and
+    # the only place a raw file's editor writes), then the file's EXIF, then its own XMP
+    sources = [*((_xmp_camera(p), _xmp_lens(p), _xmp_position(p)) for p in side)]
+    sources += [(_exif_camera(exif), _exif_lens(exif), _exif_position(exif))]
+    sources += [(_xmp_camera(xmp), _xmp_lens(xmp), _xmp_position(xmp))]
+    camera = next((c for c, _, _ in sources if c), None)
+    lens = next((x for _, x, _ in sources if x), None)
+    lat, lon = next((p for _, _, p in sources if p is not None), (None, None))
+    found = list(_xmp_keywords(xmp)) + _values(iptc.get("Iptc.Application2.Keywords"))
+    for packet in side:
+        found += list(_xmp_keywords(packet))
+    return PhotoMeta(camera, lens, lat, lon, clean_keywords(found), sidecar_state(uri) if local else "")
+
+
+def _exif_camera(exif: dict[str, Any]) -> str | None:
+    return _join(_text(exif.get("Exif.Image.Make")), _text(exif.get("Exif.Image.Model")))
+
+
+def _exif_lens(exif: dict[str, Any]) -> str | None:
+    return _text(exif.get("Exif.Photo.LensModel")) or _text(exif.get("Exif.Canon.LensModel"))
+
+
+def _exif_position(exif: dict[str, Any]) -> tuple[float, float] | None:
     lat = _degrees(exif.get("Exif.GPSInfo.GPSLatitude"), exif.get("Exif.GPSInfo.GPSLatitudeRef"), 90)
     lon = _degrees(exif.get("Exif.GPSInfo.GPSLongitude"), exif.get("Exif.GPSInfo.GPSLongitudeRef"), 180)
-    found = list(_xmp_keywords(xmp)) + _values(iptc.get("Iptc.Application2.Keywords"))
-    state = ""
-    if not uris.is_remote(uri):
-        state = sidecar_state(uri)
-        found += _sidecar_keywords(uri)
-    if lat is None or lon is None:
-        lat = lon = None
-    return PhotoMeta(camera, lens, lat, lon, clean_keywords(found), state)
+    return None if lat is None or lon is None else (lat, lon)
+
+
+def _xmp_camera(xmp: dict[str, Any]) -> str | None:
+    return _join(_text(xmp.get("Xmp.tiff.Make")), _text(xmp.get("Xmp.tiff.Model")))
+
+
+def _xmp_lens(xmp: dict[str, Any]) -> str | None:
+    return _text(xmp.get("Xmp.exifEX.LensModel")) or _text(xmp.get("Xmp.aux.Lens"))
+
+
+def _xmp_position(xmp: dict[str, Any]) -> tuple[float, float] | None:
+    lat = _xmp_degrees(xmp.get("Xmp.exif.GPSLatitude"), "NS", 90)
+    lon = _xmp_degrees(xmp.get("Xmp.exif.GPSLongitude"), "EW", 180)
+    return None if lat is None or lon is None else (lat, lon)
+
+
+def _xmp_degrees(value: Any, directions: str, limit: float) -> float | None:
+    """Decimal degrees of an XMP GPS coordinate, ``DDD,MM,SSk`` or ``DDD,MM.mmk`` (k one of
+    ``directions``, the second one negative); None when malformed or beyond ``limit``."""
+    text = str(value).strip().upper() if isinstance(value, str) else ""
+    if len(text) < 2 or text[-1] not in directions:
+        return None
+    try:
+        parts = [float(p) for p in text[:-1].split(",")]
+    except ValueError:
+        return None
+    if not 1 <= len(parts) <= 3 or any(not math.isfinite(p) or p < 0 for p in parts):
+        return None
+    degrees = sum(p / 60**i for i, p in enumerate(parts))
+    if degrees > limit:
+        return None
+    return -degrees if text[-1] == directions[1] else degrees
 
 
 def _embedded(data: bytes) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -125,18 +178,18 @@ def _xmp_keywords(fields: dict[str, Any]) -> Iterable[str]:
             yield path
 
 
-def _sidecar_keywords(uri: str) -> list[str]:
-    """Keywords of the local image's sidecars (both conventions); unreadable ones give none."""
-    found: list[str] = []
+def _sidecar_packets(uri: str) -> list[dict[str, Any]]:
+    """The XMP properties of the local image's sidecars (``photo.jpg.xmp``, then ``photo.xmp``);
+    an unreadable or oversized one gives none."""
+    found: list[dict[str, Any]] = []
     for path in sidecar_paths(uri):
         try:
             if os.path.getsize(path) > MAX_SIDECAR_BYTES:
                 continue
             with open(path, "rb") as fh:
-                fields = sidecars.read_keywords(fh.read())
+                found.append(sidecars.read_xmp(fh.read()))
         except Exception:  # vanished, unreadable, not XMP
             continue
-        found += list(_xmp_keywords({sidecars.FIELDS[f][0]: v for f, v in fields.items()}))
     return found
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from core.errors import SidecarError
 
@@ -75,6 +76,18 @@ def _read(image) -> dict[str, list[str]]:  # noqa: ANN001
         value = found.get(key, [])
         out[field] = [value] if isinstance(value, str) else [str(v) for v in value]
     return out
+
+
+def read_xmp(data: bytes) -> dict[str, Any]:
+    """Every property of the XMP packet ``data`` (bytes of a sidecar), Exiv2 key -> text or list;
+    :class:`SidecarError` when it is not a parsable XMP sidecar."""
+    image = _open(data)
+    try:
+        return dict(image.read_xmp() or {})
+    except RuntimeError as err:
+        raise SidecarError(f"damaged XMP ({_first_line(err)})") from None
+    finally:
+        image.close()
 
 
 def read_keywords(data: bytes) -> dict[str, list[str]]:

@@ -361,3 +361,50 @@ def test_an_images_details_carry_its_metadata_in_the_api_and_over_http(cli, meta
         "keywords  Alpha, Shared Word",
     ]
     assert "no tags for this image yet" in shown.out
+
+
+@needs_exiftool
+def test_camera_lens_and_position_from_xmp_a_persons_sidecar_first(tmp_path):
+    """Lightroom and darktable write a raw file's geotag and camera into its sidecar: read there
+    first, then the file's EXIF, then the file's own XMP (each written here by exiftool)."""
+    sydney, lima = (-33.8568, 151.2153), (-12.0464, -77.0428)
+    for seed, name in enumerate(("side.jpg", "both.jpg", "embedded.jpg")):
+        (tmp_path / name).write_bytes(jpeg(seed))
+
+    def exiftool(*args: object) -> None:
+        subprocess.run([EXIFTOOL, "-q", *map(str, args)], check=True)
+
+    geotag = [f"-XMP-exif:GPSLatitude={sydney[0]}", f"-XMP-exif:GPSLongitude={sydney[1]}"]
+    exiftool("-o", tmp_path / "side.xmp", *geotag, "-XMP-tiff:Make=FUJIFILM", "-XMP-tiff:Model=X-T4",
+             "-XMP-exifEX:LensModel=XF35mmF1.4 R", tmp_path / "side.jpg")  # fmt: skip
+    exiftool("-overwrite_original", "-Make=Canon", "-Model=Canon EOS R5", f"-GPSLatitude={PARIS[0]}",
+             "-GPSLatitudeRef=N", f"-GPSLongitude={PARIS[1]}", "-GPSLongitudeRef=E", tmp_path / "both.jpg")  # fmt: skip
+    (tmp_path / "blank.jpg").write_bytes(jpeg(9))  # (from both.jpg, exiftool would copy its EXIF position)
+    exiftool("-o", tmp_path / "both.jpg.xmp", *geotag, tmp_path / "blank.jpg")  # a corrected position
+    exiftool("-overwrite_original", f"-XMP-exif:GPSLatitude={lima[0]}", f"-XMP-exif:GPSLongitude={lima[1]}",
+             tmp_path / "embedded.jpg")  # fmt: skip
+
+    def read(name: str):  # noqa: ANN202
+        path = tmp_path / name
+        return read_metadata(path.read_bytes(), path.as_uri())
+
+    side, both, embedded = read("side.jpg"), read("both.jpg"), read("embedded.jpg")
+    assert (side.camera, side.lens) == ("FUJIFILM X-T4", "XF35mmF1.4 R")
+    assert (side.lat, side.lon) == pytest.approx(sydney, abs=1e-5)  # exiftool writes 33,51.408S
+    assert both.camera == "Canon EOS R5" and (both.lat, both.lon) == pytest.approx(sydney, abs=1e-5)
+    assert (embedded.lat, embedded.lon) == pytest.approx(lima, abs=1e-5) and embedded.camera is None
+    (tmp_path / "both.jpg.xmp").unlink()
+    assert (read("both.jpg").lat, read("both.jpg").lon) == pytest.approx(PARIS, abs=1e-6)
+
+
+def test_xmp_gps_coordinates_parse_or_are_left_out():
+    from core.photometa import _xmp_degrees
+
+    assert _xmp_degrees("48,51.396N", "NS", 90) == pytest.approx(48.8566)
+    assert _xmp_degrees("2,21,7.92W", "EW", 180) == pytest.approx(-2.3522)
+    assert _xmp_degrees("12.5s", "NS", 90) == -12.5
+    for bad in ("48,51.396", "91,0N", "181,0E", "a,bN", "nan,0N", "-3,0N", "1,2,3,4N", "", None, ["1N"]):
+        assert (
+            _xmp_degrees(bad, "NS" if "E" not in str(bad) else "EW", 90 if "E" not in str(bad) else 180)
+            is None
+        ), bad
