@@ -124,12 +124,15 @@ class WriteShardFn(beam.DoFn):
         self._tag = tag
         self._images = beam.metrics.Metrics.counter(NAMESPACE, "images_written")
         self._shards = beam.metrics.Metrics.counter(NAMESPACE, "shards_written")
+        # the read stage's counter of the same name: a query by name sums both steps
+        self._late_failed = beam.metrics.Metrics.counter(NAMESPACE, "images_failed")
 
     def process(self, element: tuple[ChunkMeta, PredictionResult]) -> Iterable[None]:
         meta, result = element
         inference = result.inference
         if isinstance(inference, Embedded):  # rows the handler could not decode become failures
             meta, inference = late_failures(meta, inference.failed), inference.xb
+            self._late_failed.inc(len(result.inference.failed))
         dim = self._identity.embed_dim
         xb = np.asarray(inference, dtype=np.float32).reshape(-1, dim)
         embedded = sum(1 for r in meta.rows if r["row"] >= 0)

@@ -358,3 +358,29 @@ def test_index_on_cuda_decodes_jpegs_on_the_gpu_by_default(tmp_path, corpus, tin
             runs[device] = _catalog(archive)
     assert sum(shipped) == sum(nvjpeg_candidate(p.read_bytes()) for p in corpus.good) > 0
     _same_catalog(runs["cpu"], runs["cuda"])
+
+
+def test_late_failures_are_counted_with_the_read_stages_failures_in_the_beam_metric(tmp_path):
+    """A row neither the device nor the CPU decoded at inference is stored as a failure and counted
+    in ``images_failed`` (summed over the steps), not lost from the run's figures."""
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.ml.inference.base import PredictionResult
+
+    from pipeline import shards
+    from pipeline.handler import Embedded
+    from pipeline.stages import NAMESPACE, WriteShardFn, shard_name
+
+    identity = ModelIdentity("tiny", None, 4, {"size": 32})
+    rows = tuple({"uri": f"/p/{c}.jpg", "sha256": c * 64, "row": i} for i, c in enumerate("abc"))
+    meta = ChunkMeta(0, rows, ({"uri": "/p/x.jpg", "stage": "read", "reason": "gone"},))
+    done = PredictionResult(None, Embedded(np.ones((2, 4), np.float32), ((1, "truncated"),)), None)
+    pipeline = beam.Pipeline()
+    _ = pipeline | beam.Create([(meta, done)]) | beam.ParDo(WriteShardFn(str(tmp_path), identity, "t"))
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE).with_name("images_failed"))
+    assert sum(c.committed for c in counters["counters"]) == 1
+    shard = shards.read_shard(str(tmp_path), shard_name("t", 0))
+    assert [m["uri"] for m in shard.meta] == ["/p/a.jpg", "/p/c.jpg"]
+    assert {f["uri"] for f in shard.failures} == {"/p/x.jpg", "/p/b.jpg"}
