@@ -471,7 +471,7 @@ def test_eval_shots_table(small_archive, cli):
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    reason="issue 16, open: on the held-out style the shapes model's image space makes the text's "
+    reason="issue 16, blocked on this criterion: on the held-out style the shapes model's image space makes the text's "
     "errors (zlap 0.788 with and without 2 shots; a logistic regression on ALL the truth images "
     "reaches only 0.878 in-sample), so 2 images per label cannot add 5 points; see docs/benchmarks.md",
     strict=False,
