@@ -66,7 +66,7 @@ META_COLUMNS = (
     ("lens", "string"),
     ("lat", "float64"),
     ("lon", "float64"),
-    ("keywords", "string"),  # a JSON array of lower-case keywords
+    ("keywords", "string"),  # a JSON array of keywords as spelt (lower-case in shards before 0009)
     ("sidecars", "string"),  # the state of the image's sidecars when read (core.photometa.sidecar_state)
 )
 FAILURE_COLUMNS = (("uri", "string"), ("stage", "string"), ("reason", "string"))
