@@ -16,8 +16,8 @@ sidecar only leaves its fields empty.
 
 from __future__ import annotations
 
-import math
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -29,6 +29,7 @@ MAX_KEYWORDS = 500
 MAX_KEYWORD_CHARS = 200
 MAX_TEXT_CHARS = 200  # camera and lens
 MAX_SIDECAR_BYTES = 16 * 2**20
+_XMP_COORDINATE = re.compile(r"\d{1,3}(\.\d+)?(,\d{1,2}(\.\d+)?){0,2}[NSEW]")  # DDD,MM,SSk / DDD,MM.mmk
 _HIERARCHIES = {"Xmp.lr.hierarchicalSubject": "|", "Xmp.digiKam.TagsList": "/"}
 
 
@@ -97,14 +98,11 @@ def _xmp_position(xmp: dict[str, Any]) -> tuple[float, float] | None:
 def _xmp_degrees(value: Any, directions: str, limit: float) -> float | None:
     """Decimal degrees of an XMP GPS coordinate, ``DDD,MM,SSk`` or ``DDD,MM.mmk`` (k one of
     ``directions``, the second one negative); None when malformed or beyond ``limit``."""
-    text = str(value).strip().upper() if isinstance(value, str) else ""
-    if len(text) < 2 or text[-1] not in directions:
+    text = value.strip().upper() if isinstance(value, str) else ""
+    if not _XMP_COORDINATE.fullmatch(text) or text[-1] not in directions:
         return None
-    try:
-        parts = [float(p) for p in text[:-1].split(",")]
-    except ValueError:
-        return None
-    if not 1 <= len(parts) <= 3 or any(not math.isfinite(p) or p < 0 for p in parts):
+    parts = [float(p) for p in text[:-1].split(",")]
+    if any(p >= 60 for p in parts[1:]):  # minutes and seconds
         return None
     degrees = sum(p / 60**i for i, p in enumerate(parts))
     if degrees > limit:
@@ -254,5 +252,6 @@ def clean_keywords(words: Iterable[str]) -> tuple[str, ...]:
 
 
 def keyword_key(word: str) -> str:
-    """What a keyword is matched by (filters, facets, ``eval --truth keywords``): lower case."""
-    return word.lower()
+    """What a keyword is matched by (filters, facets, ``eval --truth keywords``): lower case, at
+    most :data:`MAX_KEYWORD_CHARS` characters (lower-casing may lengthen a text: ``İ``)."""
+    return word.lower()[:MAX_KEYWORD_CHARS]

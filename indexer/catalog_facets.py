@@ -25,7 +25,9 @@ class FacetQueries:
         the tag filter matches); ``taken``: {min, max} seconds since the epoch of the indexed images'
         dates taken (else modification times), None each without images."""
         with self.engine.connect() as conn:
-            keywords = conn.execute(_keyword_counts(limit)).all()
+            top = conn.execute(_keyword_counts(limit)).all()
+            spelt = _spellings(conn, [key for key, _ in top])
+            keywords = [(spelt.get(key, key), n) for key, n in top]
             tags = conn.execute(_tag_counts(run_id, ranks, limit)).all() if run_id is not None else []
             low, high = conn.execute(_taken_range()).one()
         return {
@@ -36,18 +38,38 @@ class FacetQueries:
 
 
 def _keyword_counts(limit: int) -> sa.Select:
+    """(key, images) of the ``limit`` most common keys (one entry for every spelling of a keyword:
+    a click filters by it, which matches them all)."""
     k, i = t.image_keywords, t.images
     count = sa.func.count(k.c.image_id)
-    # one entry per key, in the spelling that sorts first ("Beach" before "beach"); a click filters
-    # by it, which matches every spelling
     return (
-        sa.select(sa.func.min(shown_keyword()), count)
+        sa.select(k.c.keyword, count)
         .join(i, i.c.id == k.c.image_id)
         .where(_INDEXED)
         .group_by(k.c.keyword)
         .order_by(count.desc(), k.c.keyword)
         .limit(limit)
     )
+
+
+def _spellings(conn: sa.Connection, keys: list[str]) -> dict[str, str]:
+    """key -> its most common spelling among indexed images (ties: the first in code point order,
+    whatever the database's collation)."""
+    k, i = t.image_keywords, t.images
+    if not keys:
+        return {}
+    word = shown_keyword()
+    query = (
+        sa.select(k.c.keyword, word, sa.func.count())
+        .join(i, i.c.id == k.c.image_id)
+        .where(_INDEXED, k.c.keyword.in_(keys))
+        .group_by(k.c.keyword, word)
+    )
+    best: dict[str, tuple[int, str]] = {}
+    for key, spelling, n in conn.execute(query):
+        if key not in best or (-n, spelling) < (-best[key][0], best[key][1]):
+            best[key] = (int(n), spelling)
+    return {key: spelling for key, (_, spelling) in best.items()}
 
 
 def _tag_counts(run_id: int, ranks: int, limit: int) -> sa.Select:

@@ -131,8 +131,9 @@ class WriteShardFn(beam.DoFn):
         meta, result = element
         inference = result.inference
         if isinstance(inference, Embedded):  # rows the handler could not decode become failures
-            meta, inference = late_failures(meta, inference.failed), inference.xb
-            self._late_failed.inc(len(result.inference.failed))
+            late = late_failures(meta, inference.failed)
+            self._late_failed.inc(len(late.failures) - len(meta.failures))
+            meta, inference = late, inference.xb
         dim = self._identity.embed_dim
         xb = np.asarray(inference, dtype=np.float32).reshape(-1, dim)
         embedded = sum(1 for r in meta.rows if r["row"] >= 0)

@@ -244,6 +244,13 @@ def test_keyword_facet_and_date_range_filter_the_results(facet_home, tmp_path, b
         wait.until(lambda d: "tag=" not in d.current_url)
         assert not browser.find_element(By.ID, "active-filters").is_displayed()
 
+        browser.get(f"http://127.0.0.1:{server.port}/#q=a+photo&keyword=beach")  # typed in another case
+        wait.until(lambda d: len(_shown(d)) == 4)
+        beach = '#facet-keywords [data-value="Beach"]'
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, beach).get_attribute("aria-pressed") == "true")
+        browser.find_element(By.CSS_SELECTOR, beach).click()  # so a click removes it
+        wait.until(lambda d: "keyword=" not in d.current_url and len(_shown(d)) == len(FACET_PHOTOS))
+
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe
 
@@ -260,7 +267,7 @@ def _check_detail_metadata(driver: object, image: dict) -> None:
     names = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#detail-meta dt")]  # type: ignore[attr-defined]
     values = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#detail-meta dd")]  # type: ignore[attr-defined]
     shown = dict(zip(names, values, strict=True))
-    taken = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(image["taken"])) if image["taken"] else None
+    taken = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(image["taken"])) if image["taken"] else None
     assert shown.get("taken") == taken and shown.get("keywords") == (", ".join(image["keywords"]) or None)
     assert image["keywords"] or taken is None  # the facet corpus: e.jpg alone has neither
     assert not {"camera", "lens", "place"} & set(shown) and shown["path"] == image["uri"]

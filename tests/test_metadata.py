@@ -235,24 +235,26 @@ def test_a_catalog_at_0006_is_upgraded_in_place(tmp_path):
         catalog.close()
 
 
-def test_keywords_of_a_catalog_at_0008_show_lower_case_until_read_again(tmp_path):
+def test_a_catalog_at_0008_marks_images_with_keywords_or_sidecars_to_be_read_again(tmp_path):
     from tests.helpers import catalog_at_revision
 
+    states = {"a": "", "b": "", "c": "full:10:20", "d": None}  # a has a keyword, c a sidecar
     url = catalog_at_revision(
         tmp_path / "old.db",
         "0008",
         [
-            "INSERT INTO images (uri, status, sidecars, updated) VALUES ('/p/a.jpg', 'indexed', '', 0)",
-            "INSERT INTO images (uri, status, sidecars, updated) VALUES ('/p/b.jpg', 'indexed', '', 0)",
+            *(
+                f"INSERT INTO images (uri, status, sidecars, updated) VALUES ('/p/{n}.jpg', 'indexed', "
+                f"{'NULL' if v is None else repr(v)}, 0)"
+                for n, v in states.items()
+            ),
             "INSERT INTO image_keywords (image_id, keyword) VALUES (1, 'grandma')",
         ],
     )
     catalog = Catalog(url)
-    try:  # images with keywords are read again by --refresh-metadata, the others are not
-        assert {u: s["sidecars"] for u, s in catalog.image_states().items()} == {
-            "/p/a.jpg": None,
-            "/p/b.jpg": "",
-        }
+    try:
+        after = {u[3]: s["sidecars"] for u, s in catalog.image_states().items()}
+        assert after == {"a": "stale", "b": "", "c": "stale", "d": None}
         assert catalog.keywords(1) == ["grandma"] and catalog.images_with_keywords(["Grandma"]) == {
             1: {"grandma"}
         }
@@ -262,6 +264,31 @@ def test_keywords_of_a_catalog_at_0008_show_lower_case_until_read_again(tmp_path
         }
     finally:
         catalog.close()
+
+
+@needs_exiftool
+def test_a_stale_sidecar_state_makes_the_next_index_read_the_metadata_again(cli, tmp_path, tiny_model):
+    """What migration 0009 leaves for images with keywords or sidecars: a plain re-index reads
+    them again (no embedding) and restores spelling and XMP fields; the others are left alone."""
+    photos, home = tmp_path / "photos", tmp_path / "home"
+    write_photos(photos)
+    assert cli("index", photos, "--home", home, "--model", tiny_model).code == 0
+    from vistag import Archive
+
+    with Archive(home) as archive, archive.catalog.engine.begin() as conn:  # as 0009 leaves older rows
+        conn.execute(sa.text("UPDATE image_keywords SET keyword = lower(keyword), display = NULL"))
+        conn.execute(sa.text("UPDATE images SET sidecars = 'stale' WHERE uri LIKE '%/side/c.jpg'"))
+        conn.execute(sa.text("UPDATE images SET sidecars = 'stale' WHERE uri LIKE '%/trip/a.jpg'"))
+    assert stored(home, photos / "trip/a.jpg")["keywords"] == ["alpha", "shared word"]
+    out = cli("index", photos, "--home", home, "--json")
+    assert out.code == 0 and out.json()["embedded"] == 0 and out.json()["plan"]["refresh"] == 2, out.out
+    assert stored(home, photos / "trip/a.jpg")["keywords"] == ["Alpha", "Shared Word"]
+    assert stored(home, photos / "side/c.jpg")["keywords"] == ["SideFull"]
+    assert stored(home, photos / "trip/b.jpg")["keywords"] == [
+        "beach",
+        "lyon",
+        "places|france|lyon",
+    ]  # not read
 
 
 def test_damaged_or_odd_metadata_leaves_fields_empty_and_keywords_are_bounded():
@@ -292,6 +319,12 @@ def test_metadata_filters_in_sql_on_every_backend_and_across_the_antimeridian(db
         assert catalog.keywords(ids["/p/fiji.jpg"]) == ["Beach", "Île"]  # as first spelt
         shown = [(f["value"], f["count"]) for f in catalog.facets(None, 3, 10)["keywords"]]
         assert shown == [("Beach", 1), ("city", 1), ("Île", 1)]
+        catalog.replace_keywords({"/p/samoa.jpg": ["beach"], "/p/none.jpg": ["bEach"]})
+        shown = [(f["value"], f["count"]) for f in catalog.facets(None, 3, 10)["keywords"]]
+        assert shown == [("Beach", 3), ("city", 1), ("Île", 1)]  # a tie of spellings: code point order
+        catalog.replace_keywords({"/p/none.jpg": ["beach"]})
+        assert catalog.facets(None, 3, 1)["keywords"] == [{"value": "beach", "count": 3}]  # the most common
+        catalog.replace_keywords({"/p/samoa.jpg": [], "/p/none.jpg": []})
 
         def found(**kw: object) -> set[str]:
             hits = set(catalog.matching_ids(ImageFilter(**kw)).tolist())
@@ -355,7 +388,7 @@ def test_an_images_details_carry_its_metadata_in_the_api_and_over_http(cli, meta
     assert shown.code == 0, shown.err
     assert shown.out.splitlines()[:5] == [
         f"image     {a['id']}  {photos / 'trip/a.jpg'}",
-        "taken     2019-05-01 10:00:00",
+        "taken     2019-05-01 10:00:00 UTC",  # no offset recorded: the camera's clock
         "camera    Canon EOS R5 / RF24-70mm F2.8 L IS USM",
         "place     48.85660, 2.35220",
         "keywords  Alpha, Shared Word",
@@ -403,7 +436,8 @@ def test_xmp_gps_coordinates_parse_or_are_left_out():
     assert _xmp_degrees("48,51.396N", "NS", 90) == pytest.approx(48.8566)
     assert _xmp_degrees("2,21,7.92W", "EW", 180) == pytest.approx(-2.3522)
     assert _xmp_degrees("12.5s", "NS", 90) == -12.5
-    for bad in ("48,51.396", "91,0N", "181,0E", "a,bN", "nan,0N", "-3,0N", "1,2,3,4N", "", None, ["1N"]):
+    bad_values = ("48,51.396", "91,0N", "181,0E", "a,bN", "nan,0N", "-3,0N", "1,2,3,4N", "48,75N", "1_0N", "")
+    for bad in (*bad_values, "48,30,60N", None, ["1N"]):
         assert (
             _xmp_degrees(bad, "NS" if "E" not in str(bad) else "EW", 90 if "E" not in str(bad) else 180)
             is None

@@ -220,7 +220,7 @@ def cmd_explain(archive: Any, args: argparse.Namespace, _: list[str]) -> int:
 def _detail_lines(image: dict[str, Any]) -> list[str]:
     """An image's photo metadata and corrections as ``name  value`` lines (unknown ones left out)."""
     taken = image["taken"]
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(taken)) if taken is not None else None
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(taken)) if taken is not None else None
     has_place = image["lat"] is not None and image["lon"] is not None
     fixed = [
         f"{'confirmed' if c['verdict'] == 'yes' else 'rejected'} {c['label']}" for c in image["corrections"]

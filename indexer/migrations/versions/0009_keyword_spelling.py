@@ -1,7 +1,9 @@
 """Keywords keep the spelling people gave them (``display``) beside the lower-case key they are
-matched by. Rows from before have none: they show lower-case until their metadata is read again,
-which ``vistag index --refresh-metadata`` does for the images with keywords (their metadata is
-marked as never read).
+matched by, and camera, lens and position are also read from XMP (sidecars first). Rows from
+before have no spelling: they show lower-case until their metadata is read again. The images with
+keywords or a sidecar get a sidecar state no listing gives (``STALE``), so the next
+``vistag index`` reads their metadata again by itself (a read, no embedding); the others keep
+theirs.
 
 Revision ID: 0009
 Revises: 0008
@@ -15,10 +17,15 @@ down_revision = "0008"
 branch_labels = None
 depends_on = None
 
+STALE = "stale"  # never a state core.photometa.sidecar_state gives: the sidecars count as changed
+
 
 def upgrade() -> None:
     op.add_column("image_keywords", sa.Column("display", sa.Text))
-    op.execute("UPDATE images SET sidecars = NULL WHERE id IN (SELECT image_id FROM image_keywords)")
+    op.execute(
+        f"UPDATE images SET sidecars = '{STALE}' WHERE (sidecars IS NOT NULL AND sidecars <> '')"
+        " OR id IN (SELECT image_id FROM image_keywords)"
+    )
 
 
 def downgrade() -> None:

@@ -194,8 +194,9 @@ function metaRows(image) {
     ["size", image.width && image.height ? `${image.width} × ${image.height} px` : "unknown"],
     ["bytes", image.size != null ? image.size.toLocaleString() : "unknown"],
     ["modified", image.mtime ? new Date(image.mtime * 1000).toLocaleString() : "unknown"],
-    // the camera's clock as recorded: a time without an offset is stored as UTC, so shown as UTC
-    ["taken", image.taken != null ? new Date(image.taken * 1000).toISOString().slice(0, 19).replace("T", " ") : null],
+    // in UTC, as the date filters read dates: a time recorded with its offset is converted, one
+    // without is stored as UTC (so it shows the camera's clock)
+    ["taken", image.taken != null ? `${new Date(image.taken * 1000).toISOString().slice(0, 19).replace("T", " ")} UTC` : null],
     ["camera", image.camera],
     ["lens", image.lens],
     ["place", image.lat != null && image.lon != null ? `${image.lat.toFixed(5)}, ${image.lon.toFixed(5)}` : null],

@@ -52,8 +52,15 @@ function onFacetClick(event) {
   if (!item) return;
   const { kind, value } = item.dataset;
   if (kind === "tag") ensureTagOption(value);
-  $(kind).value = $(kind).value === value ? "" : value;
+  $(kind).value = facetChosen(kind, value) ? "" : value;
   refresh();
+}
+
+// whether the facet (kind, value) is the filter in force: keywords match in any case, as the
+// server's keyword filter does (a typed "beach" is the "Beach" facet)
+function facetChosen(kind, value) {
+  const current = $(kind).value.trim();
+  return kind === "keyword" ? current.toLowerCase() === value.toLowerCase() : current === value;
 }
 
 // the filters in force (from the inputs, which follow the URL), each with a button removing it
@@ -71,7 +78,7 @@ function showActiveFilters() {
   $("active-filters").replaceChildren(...chips);
   $("active-filters").hidden = !active.length;
   for (const item of document.querySelectorAll(".facet-item")) {
-    item.setAttribute("aria-pressed", String($(item.dataset.kind).value === item.dataset.value));
+    item.setAttribute("aria-pressed", String(facetChosen(item.dataset.kind, item.dataset.value)));
   }
 }
 
