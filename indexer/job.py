@@ -12,7 +12,7 @@ from typing import Any
 
 from core import engines
 from core.decode import DEFAULT_MAX_PIXELS
-from core.errors import DamagedIndex, EmptyCorpus, IndexNotFound, PipelineError
+from core.errors import DamagedIndex, EmptyCorpus, IndexNotFound, InputError, PipelineError
 from core.faults import crash_point
 from core.models import ModelIdentity, ModelSpec, model_identity, parse_model_spec, pick_device
 from indexer import build, check, faiss_gpu, vectors, versions
@@ -51,7 +51,9 @@ class IndexConfig:
     index_storage: str = "auto"  # "auto", "memory" or "ondisk" (see indexer.choice)
     shards_root: str | None = None
     dry_run: bool = False
-    refresh_metadata: bool = False  # read unchanged images again for what the catalog keeps of them
+    # read unchanged images again for what the catalog keeps of them: True those it does not
+    # describe yet, "all" every one (after an upgrade that reads more)
+    refresh_metadata: bool | str = False
     progress: bool = False
     beam_args: tuple[str, ...] = field(default_factory=tuple)
     engine: str | None = None  # auto, torch or openvino; None: $VISTAG_ENGINE, else auto
@@ -104,6 +106,8 @@ def run_index(
 
 
 def _run_locked(home: Home, catalog: Catalog, config: IndexConfig) -> IndexResult:
+    if config.refresh_metadata not in (False, True, "all"):
+        raise InputError(f'refresh_metadata must be False, True or "all", not {config.refresh_metadata!r}')
     faiss_on_gpu = faiss_gpu.use_gpu()  # a bad VISTAG_FAISS_GPU stops the run before any work
     check_beam_args(config.beam_args)  # so do unknown Beam options,
     listing = expand_inputs(config.inputs)  # and missing inputs, before any model work

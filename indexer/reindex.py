@@ -74,15 +74,19 @@ class ReindexPlan:
 
 
 def plan_reindex(
-    listing: Listing, states: Mapping[str, Mapping[str, Any]], known: Collection[str], refresh: bool = False
+    listing: Listing,
+    states: Mapping[str, Mapping[str, Any]],
+    known: Collection[str],
+    refresh: bool | str = False,
 ) -> ReindexPlan:
     """Compare ``listing`` with catalog ``states`` (uri -> id, sha256, size, mtime, status, phash,
     sidecars).
 
     ``known`` holds the sha256 of content already embedded with the run's model. ``refresh``:
     unchanged indexed images the catalog does not describe yet (no perceptual hash or photo
-    metadata: indexed by an older vistag) are read again for it, without being embedded again.
-    Unchanged images whose sidecars changed since their metadata was read are read again too.
+    metadata: indexed by an older vistag) are read again for it, without being embedded again;
+    ``refresh="all"``: every unchanged indexed image is. Unchanged images whose sidecars changed
+    since their metadata was read are read again too.
     """
     new, changed, reembed, unchanged, again = [], [], [], [], []
     for entry in listing.entries:
@@ -114,10 +118,12 @@ def plan_reindex(
 
 
 def _undescribed(
-    uri: str, state: Mapping[str, Any], refresh: bool, may_exist: Callable[[str], bool] | None = None
+    uri: str, state: Mapping[str, Any], refresh: bool | str, may_exist: Callable[[str], bool] | None = None
 ) -> bool:
     """Whether an unchanged indexed image must be read again for its description: never described
-    (with ``refresh``), or its sidecars changed since its metadata was read."""
+    (with ``refresh``), any (with ``refresh="all"``), or its sidecars changed since it was read."""
+    if refresh == "all":
+        return True
     read = state.get("sidecars")
     if read is None:
         return refresh

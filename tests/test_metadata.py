@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
+from core.errors import InputError
 from core.photometa import MAX_KEYWORDS, clean_keywords, read_metadata
 from indexer.catalog import Catalog
 from tests.helpers import search_names
@@ -442,3 +443,22 @@ def test_xmp_gps_coordinates_parse_or_are_left_out():
             _xmp_degrees(bad, "NS" if "E" not in str(bad) else "EW", 90 if "E" not in str(bad) else 180)
             is None
         ), bad
+
+
+@needs_exiftool
+def test_refresh_metadata_all_reads_every_unchanged_image_again_without_embedding(cli, tmp_path, tiny_model):
+    photos, home = tmp_path / "photos", tmp_path / "home"
+    write_photos(photos)
+    assert cli("index", photos, "--home", home, "--model", tiny_model).code == 0
+    from vistag import Archive
+
+    with Archive(home) as archive, archive.catalog.engine.begin() as conn:  # described, but without GPS
+        conn.execute(sa.text("UPDATE images SET lat = NULL, lon = NULL"))
+    out = cli("index", photos, "--home", home, "--refresh-metadata", "--json")
+    assert out.code == 0 and out.json()["plan"]["refresh"] == 0  # every image is described
+    assert stored(home, photos / "trip/a.jpg")["lat"] is None
+    out = cli("index", photos, "--home", home, "--refresh-metadata-all", "--json")
+    assert out.code == 0 and out.json()["embedded"] == 0 and out.json()["plan"]["refresh"] == len(TAGS)
+    assert stored(home, photos / "trip/a.jpg")["lat"] == pytest.approx(PARIS[0], abs=1e-6)
+    with Archive(home) as archive, pytest.raises(InputError, match="refresh_metadata"):
+        archive.index([photos], refresh_metadata="everything")

@@ -42,7 +42,7 @@ def cmd_index(archive: Any, args: argparse.Namespace, extra: list[str]) -> int:
         "latency_target_ms": args.latency_target,
         "index_storage": args.index_storage,
         "dry_run": args.dry_run,
-        "refresh_metadata": args.refresh_metadata,
+        "refresh_metadata": "all" if args.refresh_metadata_all else args.refresh_metadata,
         "progress": not args.no_progress and not args.json and sys.stderr.isatty(),
         "beam_args": beam_args(args, extra),
     }

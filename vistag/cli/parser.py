@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
         "indexed by an older vistag) again, without embedding them again",
     )
     p.add_argument(
+        "--refresh-metadata-all", action="store_true", help="read every unchanged image's metadata again"
+    )
+    p.add_argument(
         "--change-db",
         action="store_true",
         help="move this home to the catalog database given by "
