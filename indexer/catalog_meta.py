@@ -98,6 +98,16 @@ class MetaQueries:
         with self.engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
+    def keywords_by_image(self) -> dict[int, list[str]]:
+        """Image id -> its keywords as spelt, sorted in any case, for every image that has any."""
+        k = t.image_keywords
+        out: dict[int, list[str]] = {}
+        query = sa.select(k.c.image_id, shown_keyword()).order_by(k.c.image_id, k.c.keyword)
+        with self.engine.connect() as conn:
+            for image_id, word in conn.execute(query):
+                out.setdefault(int(image_id), []).append(word)
+        return out
+
     def images_with_keywords(self, words: Sequence[str]) -> dict[int, set[str]]:
         """Indexed image id -> which of ``words`` (lower-cased: :func:`keyword_key`) are among its
         keywords, for the images that have at least one of them."""

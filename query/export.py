@@ -13,7 +13,11 @@ import numpy as np
 from core.errors import InputError
 from indexer.catalog import Catalog, ImageFilter
 
-COLUMNS = ("id", "uri", "status", "sha256", "size", "mtime", "width", "height", "tags")
+FILE_COLUMNS = ("id", "uri", "status", "sha256", "size", "mtime", "width", "height")
+PHOTO_COLUMNS = ("taken", "camera", "lens", "lat", "lon")
+# the photo metadata after tags, so the first nine columns stay where they were
+COLUMNS = (*FILE_COLUMNS, "tags", *PHOTO_COLUMNS, "keywords")
+LIST_COLUMNS = ("tags", "keywords")  # a JSON list in one CSV column
 FORMATS = ("json", "csv", "npz")
 TEXT_FORMATS = ("json", "csv")
 
@@ -22,8 +26,10 @@ def export_rows(
     catalog: Catalog, tag_run: int | None = None, where: ImageFilter | None = None
 ) -> list[dict[str, Any]]:
     """One dict per non-deleted image (with ``where``: per indexed image that passes it), with
-    ``tags``: [{label, score, confidence, rank, method}] best first."""
+    ``tags``: [{label, score, confidence, rank, method}] best first, its photo metadata (None where
+    unknown) and ``keywords`` (as spelt, sorted in any case)."""
     passing = set(catalog.matching_ids(where).tolist()) if where else None
+    keywords = catalog.keywords_by_image()
     by_image: dict[int, list[dict[str, Any]]] = {}
     for tag in catalog.tags(tag_run):
         by_image.setdefault(tag["image_id"], []).append(
@@ -33,7 +39,11 @@ def export_rows(
     for image in catalog.images(status=None):
         if image["status"] == "deleted" or (passing is not None and image["id"] not in passing):
             continue
-        rows.append({c: image[c] for c in COLUMNS if c != "tags"} | {"tags": by_image.get(image["id"], [])})
+        tags = by_image.get(image["id"], [])
+        rows.append(
+            {c: image[c] for c in (*FILE_COLUMNS, *PHOTO_COLUMNS)}
+            | {"tags": tags, "keywords": keywords.get(image["id"], [])}
+        )
     return rows
 
 
@@ -47,7 +57,7 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow(row | {"tags": json.dumps(row["tags"])})
+        writer.writerow(row | {c: json.dumps(row[c], ensure_ascii=False) for c in LIST_COLUMNS})
     return buf.getvalue()
 
 

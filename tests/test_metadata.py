@@ -462,3 +462,34 @@ def test_refresh_metadata_all_reads_every_unchanged_image_again_without_embeddin
     assert stored(home, photos / "trip/a.jpg")["lat"] == pytest.approx(PARIS[0], abs=1e-6)
     with Archive(home) as archive, pytest.raises(InputError, match="refresh_metadata"):
         archive.index([photos], refresh_metadata="everything")
+
+
+@needs_exiftool
+def test_export_carries_each_images_photo_metadata_and_keywords_in_json_and_csv(cli, meta_home, tmp_path):
+    import csv
+    import json
+
+    home, photos = meta_home
+    rows = {r["uri"]: r for r in cli("export", "--home", home, "--format", "json").json()}
+    a, e = rows[str(photos / "trip/a.jpg")], rows[str(photos / "side/e.jpg")]
+    assert (a["camera"], a["lens"], a["keywords"]) == (
+        "Canon EOS R5",
+        "RF24-70mm F2.8 L IS USM",
+        ["Alpha", "Shared Word"],
+    )
+    assert (a["lat"], a["lon"]) == pytest.approx(PARIS, abs=1e-6) and a["taken"] == pytest.approx(
+        1556704800.0
+    )
+    assert {k: e[k] for k in ("taken", "camera", "lens", "lat", "lon", "keywords")} == {
+        "taken": None, "camera": None, "lens": None, "lat": None, "lon": None, "keywords": []
+    }  # fmt: skip
+    assert cli("export", "--home", home, "--format", "csv", "-o", tmp_path / "out.csv").code == 0
+    with open(tmp_path / "out.csv", encoding="utf-8", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0])[:9] == ["id", "uri", "status", "sha256", "size", "mtime", "width", "height", "tags"]
+    b = next(r for r in table if r["uri"] == str(photos / "trip/b.jpg"))
+    assert (
+        json.loads(b["keywords"]) == ["Beach", "Lyon", "Places|France|Lyon"]
+        and b["camera"] == "NIKON CORPORATION NIKON Z 6"
+    )
+    assert float(b["lon"]) == pytest.approx(LONDON[1], abs=1e-6) and json.loads(b["tags"]) == []
