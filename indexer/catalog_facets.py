@@ -20,19 +20,21 @@ class FacetQueries:
     engine: Engine
 
     def facets(self, run_id: int | None, ranks: int, limit: int) -> dict[str, Any]:
-        """``keywords`` and ``tags``: [{value, count}] of at most ``limit`` each, most images first
-        (ties by value); a tag is a label of tag run ``run_id`` among an image's ``ranks`` best (as
+        """``keywords``, ``tags`` and ``cameras``: [{value, count}] of at most ``limit`` each, most
+        images first (ties by value); a tag is a label of tag run ``run_id`` among an image's ``ranks`` best (as
         the tag filter matches); ``taken``: {min, max} seconds since the epoch of the indexed images'
         dates taken (else modification times), None each without images."""
         with self.engine.connect() as conn:
             top = conn.execute(_keyword_counts(limit)).all()
             spelt = _spellings(conn, [key for key, _ in top])
             keywords = [(spelt.get(key, key), n) for key, n in top]
+            cameras = conn.execute(_camera_counts(limit)).all()
             tags = conn.execute(_tag_counts(run_id, ranks, limit)).all() if run_id is not None else []
             low, high = conn.execute(_taken_range()).one()
         return {
             "keywords": [{"value": word, "count": int(n)} for word, n in keywords],
             "tags": [{"value": label, "count": int(n)} for label, n in tags],
+            "cameras": [{"value": camera, "count": int(n)} for camera, n in cameras],
             "taken": {"min": _seconds(low), "max": _seconds(high)},
         }
 
@@ -70,6 +72,14 @@ def _spellings(conn: sa.Connection, keys: list[str]) -> dict[str, str]:
         if key not in best or (-n, spelling) < (-best[key][0], best[key][1]):
             best[key] = (int(n), spelling)
     return {key: spelling for key, (_, spelling) in best.items()}
+
+
+def _camera_counts(limit: int) -> sa.Select:
+    """(camera, images) of the ``limit`` most common cameras (make and model) of indexed images."""
+    camera = t.images.c.camera
+    count = sa.func.count()
+    query = sa.select(camera, count).where(_INDEXED, camera.is_not(None)).group_by(camera)
+    return query.order_by(count.desc(), camera).limit(limit)
 
 
 def _tag_counts(run_id: int, ranks: int, limit: int) -> sa.Select:

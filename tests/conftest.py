@@ -143,13 +143,15 @@ FACET_PHOTOS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "e.jpg": ((), None),
     "f.jpg": (("beach",), "2023:01:01 10:00:00"),  # another spelling of the same keyword
 }
+FACET_CAMERAS = {"a.jpg": "Canon EOS R5", "b.jpg": "Canon EOS R5", "d.jpg": "NIKON Z 6"}  # EXIF Model only
 FACET_MTIME = 1514887200.0  # 2018-01-02 10:00 UTC
 FACET_LABELS = ["a cat", "a dog", "a tree", "a car"]
 
 
 @pytest.fixture(scope="session")
 def facet_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> tuple[Path, Path]:
-    """(home, photos): 6 photos with keywords and dates taken (FACET_PHOTOS), indexed and tagged
+    """(home, photos): 6 photos with keywords and dates taken (FACET_PHOTOS), three with a camera
+    (FACET_CAMERAS), indexed and tagged
     with FACET_LABELS (3 best each); shared: tests copy it before changing anything."""
     import subprocess
 
@@ -169,6 +171,7 @@ def facet_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> tup
         pixels = np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(path, "JPEG", quality=90)
         args = [f"-Keywords={w}" for w in words] + ([f"-DateTimeOriginal={taken}"] if taken else [])
+        args += [f"-Model={FACET_CAMERAS[name]}"] if name in FACET_CAMERAS else []
         if args:
             subprocess.run([exiftool, "-q", "-overwrite_original", *args, str(path)], check=True)
         if taken is None:

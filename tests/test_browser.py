@@ -244,6 +244,14 @@ def test_keyword_facet_and_date_range_filter_the_results(facet_home, tmp_path, b
         wait.until(lambda d: "tag=" not in d.current_url)
         assert not browser.find_element(By.ID, "active-filters").is_displayed()
 
+        canon = '#facet-cameras [data-value="Canon EOS R5"]'
+        browser.find_element(By.CSS_SELECTOR, canon).click()
+        wait.until(lambda d: "camera=" in d.current_url and len(_shown(d)) == 2)
+        assert {Path(u).name for u in _shown(browser)} == {"a.jpg", "b.jpg"}
+        assert "camera: Canon EOS R5" in browser.find_element(By.ID, "active-filters").text
+        browser.find_element(By.CSS_SELECTOR, canon).click()
+        wait.until(lambda d: "camera=" not in d.current_url and len(_shown(d)) == len(FACET_PHOTOS))
+
         browser.get(f"http://127.0.0.1:{server.port}/#q=a+photo&keyword=beach")  # typed in another case
         wait.until(lambda d: len(_shown(d)) == 4)
         beach = '#facet-keywords [data-value="Beach"]'

@@ -26,6 +26,13 @@ def test_facets_count_keywords_and_tags_as_the_filters_match(facet_home, tmp_pat
             {"value": "City", "count": 2},
             {"value": "Alpha", "count": 1},
         ]
+        assert facets["cameras"] == [
+            {"value": "Canon EOS R5", "count": 2},
+            {"value": "NIKON Z 6", "count": 1},
+        ]
+        for facet in facets["cameras"]:  # the count is what the camera filter passes
+            value = facet["value"].replace(" ", "+")
+            assert len(server.search(f"q=photo&k=50&camera={value}")["hits"]) == facet["count"]
         taken = [_epoch(t) for _, t in FACET_PHOTOS.values() if t]
         assert facets["taken"] == {"min": FACET_MTIME, "max": max(taken)}
         assert facets["tag_run"] == server.get("/api/labels").json()["tag_run"] is not None
@@ -45,5 +52,6 @@ def test_facets_of_an_archive_without_a_tag_run_or_keywords(indexed_home, tmp_pa
     home = Path(shutil.copytree(indexed_home[0], tmp_path / "home"))
     with running_server(home) as server:
         facets = server.get("/api/facets").json()
-    assert facets["keywords"] == [] and facets["tags"] == [] and facets["tag_run"] is None
+    assert facets["keywords"] == [] and facets["tags"] == [] and facets["cameras"] == []
+    assert facets["tag_run"] is None
     assert facets["taken"]["min"] <= facets["taken"]["max"]

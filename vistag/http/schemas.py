@@ -131,6 +131,7 @@ class FacetsOut(BaseModel):
     tag_run: int | None
     keywords: list[FacetOut] = Field(description="the most common keywords, most images first")
     tags: list[FacetOut] = Field(description=f"labels of the latest tag run among images' {HIT_TAGS} best")
+    cameras: list[FacetOut] = Field(description="the most common cameras (make and model), most images first")
     taken: TakenRangeOut
 
 

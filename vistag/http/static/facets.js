@@ -4,15 +4,18 @@
 // from the server is put in the page as text.
 "use strict";
 
-const FILTER_IDS = ["tag", "keyword", "prefix", "since", "until"];
-const FILTER_NAMES = { tag: "tag", keyword: "keyword", prefix: "folder", since: "taken from", until: "taken to" };
-const FACET_LISTS = { keyword: "facet-keywords", tag: "facet-tags" };
+const FILTER_IDS = ["tag", "keyword", "camera", "prefix", "since", "until"];
+const FILTER_NAMES = { tag: "tag", keyword: "keyword", camera: "camera", prefix: "folder", since: "taken from", until: "taken to" };
+const FACET_LISTS = { keyword: "facet-keywords", tag: "facet-tags", camera: "facet-cameras" };
+const EMPTY_FACET = { tag: "no tag run yet", keyword: "none", camera: "none recorded" };
+const ANY_CASE = new Set(["keyword", "camera"]);  // filters the server matches in any case
 
 async function loadFacets() {
   try {
     const facets = await api("/api/facets");
     renderFacetList("keyword", facets.keywords);
     renderFacetList("tag", facets.tags);
+    renderFacetList("camera", facets.cameras);
     setDateBounds(facets.taken);
   } catch {
     for (const kind of Object.keys(FACET_LISTS)) renderFacetList(kind, []);
@@ -23,7 +26,7 @@ async function loadFacets() {
 function renderFacetList(kind, items) {
   const list = $(FACET_LISTS[kind]);
   if (!items.length) {
-    list.replaceChildren(el("li", { className: "facet-empty", textContent: kind === "tag" ? "no tag run yet" : "none" }));
+    list.replaceChildren(el("li", { className: "facet-empty", textContent: EMPTY_FACET[kind] }));
     return;
   }
   list.replaceChildren(...items.map(({ value, count }) => el("li", {}, [
@@ -56,11 +59,11 @@ function onFacetClick(event) {
   refresh();
 }
 
-// whether the facet (kind, value) is the filter in force: keywords match in any case, as the
-// server's keyword filter does (a typed "beach" is the "Beach" facet)
+// whether the facet (kind, value) is the filter in force: keywords and cameras match in any case,
+// as the server's filters do (a typed "beach" is the "Beach" facet)
 function facetChosen(kind, value) {
   const current = $(kind).value.trim();
-  return kind === "keyword" ? current.toLowerCase() === value.toLowerCase() : current === value;
+  return ANY_CASE.has(kind) ? current.toLowerCase() === value.toLowerCase() : current === value;
 }
 
 // the filters in force (from the inputs, which follow the URL), each with a button removing it
