@@ -11,7 +11,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -438,11 +438,13 @@ class Catalog(TagQueries, DuplicateQueries, XmpQueries, MetaQueries, FacetQuerie
             count, max_id, updated = conn.execute(query).one()
         return f"{model_id}:{count}:{max_id}:{updated!r}"
 
-    def images_touched(self, run_id: int) -> list[int]:
-        """Ids of indexed images that run ``run_id`` added or re-read (new, changed, moved)."""
-        query = sa.select(t.images.c.id).where(t.images.c.last_run == run_id, t.images.c.status == "indexed")
+    def images_touched(self, run_id: int, described: Collection[str] = ()) -> list[int]:
+        """Ids of indexed images that run ``run_id`` added or re-read (new, changed, moved), but
+        those at the uris ``described`` (unchanged images whose metadata alone it read again)."""
+        i = t.images
+        query = sa.select(i.c.id, i.c.uri).where(i.c.last_run == run_id, i.c.status == "indexed")
         with self.engine.connect() as conn:
-            return sorted(int(x) for x in conn.execute(query).scalars())
+            return sorted(int(x) for x, uri in conn.execute(query) if uri not in described)
 
     def add_failures(self, rows: Sequence[dict[str, str]], run_id: int) -> None:
         now = time.time()

@@ -295,6 +295,9 @@ def test_a_stale_sidecar_state_makes_the_next_index_read_the_metadata_again(cli,
 def test_damaged_or_odd_metadata_leaves_fields_empty_and_keywords_are_bounded():
     assert read_metadata(b"not an image at all", "/nowhere/x.jpg").keywords == ()
     assert read_metadata(corrupt_exif(jpeg(1)), "gs://bucket/x.jpg").camera is None
+    from core.photometa import MAX_TEXT_CHARS, _join
+
+    assert len(_join("M" * 150, "X " * 150)) <= MAX_TEXT_CHARS  # what the camera filter accepts
     words = clean_keywords([" A  b ", "a B", "", "x" * 300, *(f"k{i}" for i in range(1000))])
     assert words[0] == "A b" and words[1] == "x" * 200 and len(words) == MAX_KEYWORDS  # "a B" repeats it
 
@@ -325,6 +328,12 @@ def test_metadata_filters_in_sql_on_every_backend_and_across_the_antimeridian(db
         assert shown == [("Beach", 3), ("city", 1), ("Île", 1)]  # a tie of spellings: code point order
         catalog.replace_keywords({"/p/none.jpg": ["beach"]})
         assert catalog.facets(None, 3, 1)["keywords"] == [{"value": "beach", "count": 3}]  # the most common
+        cameras = [(f["value"], f["count"]) for f in catalog.facets(None, 3, 10)["cameras"]]
+        assert cameras == [("Canon EOS R5", 1), ("Canon PowerShot", 1), ("Sony ILCE-7M3 100%", 1)]
+        more = [("/p/a.jpg", "NIKON Z 6"), ("/p/b.jpg", "Nikon Z 6"), ("/p/c.jpg", "NIKON Z 6")]
+        catalog.upsert_images([{"uri": u, "status": "indexed", "camera": c} for u, c in more], run_id)
+        assert catalog.facets(None, 3, 1)["cameras"] == [{"value": "NIKON Z 6", "count": 3}]  # in any case
+        catalog.upsert_images([{"uri": u, "status": "deleted"} for u, _ in more], run_id)
         catalog.replace_keywords({"/p/samoa.jpg": [], "/p/none.jpg": []})
 
         def found(**kw: object) -> set[str]:
@@ -493,3 +502,30 @@ def test_export_carries_each_images_photo_metadata_and_keywords_in_json_and_csv(
         and b["camera"] == "NIKON CORPORATION NIKON Z 6"
     )
     assert float(b["lon"]) == pytest.approx(LONDON[1], abs=1e-6) and json.loads(b["tags"]) == []
+
+
+@needs_exiftool
+def test_reading_metadata_again_leaves_the_tags_of_unchanged_images_alone(tmp_path, tiny_model):
+    """--refresh-metadata-all and a changed sidecar describe unchanged images again: their tags
+    (here ZLaP's, which tagging them as new would replace with zlap-inductive ones) stay."""
+    from vistag import Archive
+
+    photos = tmp_path / "photos"
+    write_photos(photos)
+    with Archive(tmp_path / "home") as archive:
+        archive.index([photos], model=tiny_model, batch_size=8)
+        run = archive.tag(["a cat", "a dog", "a car"], method="zlap", top=2).run_id
+        before = sorted(
+            (r["image_id"], r["label"], r["method"], r["score"]) for r in archive.catalog.tags(run)
+        )
+        sidecar = photos / "side/d.xmp"
+        sidecar.write_bytes(xmp_packet("dc:subject", "Retagged"))
+        os.utime(sidecar, ns=(sidecar.stat().st_mtime_ns + 10**9,) * 2)
+        changed = archive.index([photos])
+        everything = archive.index([photos], refresh_metadata="all")
+        after = sorted(
+            (r["image_id"], r["label"], r["method"], r["score"]) for r in archive.catalog.tags(run)
+        )
+    assert len(changed.plan.refresh) == 1 and len(everything.plan.refresh) == len(TAGS)
+    assert changed.tag_runs == everything.tag_runs == () and after == before
+    assert {m for _, _, m, _ in after} == {"zlap"}

@@ -114,7 +114,8 @@ class Archive(CorrectionMethods):
             if result.run_id is None or not (result.embedded or result.reused):
                 return result
             searcher = Searcher(self.home, catalog, self.device, engine=self.engine)
-            touched = catalog.images_touched(result.run_id)
+            # images only described again (--refresh-metadata, a changed sidecar) keep their tags
+            touched = catalog.images_touched(result.run_id, {e.uri for e in result.plan.refresh})
             return replace(result, tag_runs=tuple(tag_new_images(self.home, catalog, searcher, touched)))
 
         return run_index(self.home, config, then=tag_new)
