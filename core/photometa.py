@@ -140,10 +140,11 @@ def _text(value: Any) -> str | None:
 
 
 def _join(make: str | None, model: str | None) -> str | None:
-    """ "Make Model", without the make twice when the model repeats it (``Canon`` ``Canon EOS R5``)."""
+    """ "Make Model", without the make twice when the model repeats it (``Canon`` ``Canon EOS R5``),
+    at most :data:`MAX_TEXT_CHARS` characters (what the ``camera`` filter accepts)."""
     if make and model and model.lower().startswith(make.lower()):
         return model
-    return " ".join(p for p in (make, model) if p) or None
+    return " ".join(p for p in (make, model) if p)[:MAX_TEXT_CHARS].strip() or None
 
 
 def _degrees(value: Any, ref: Any, limit: float) -> float | None:

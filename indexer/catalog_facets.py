@@ -3,6 +3,7 @@ tags of indexed images, with counts, and the range of their dates taken."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,7 +29,7 @@ class FacetQueries:
             top = conn.execute(_keyword_counts(limit)).all()
             spelt = _spellings(conn, [key for key, _ in top])
             keywords = [(spelt.get(key, key), n) for key, n in top]
-            cameras = conn.execute(_camera_counts(limit)).all()
+            cameras = _camera_counts(conn, limit)
             tags = conn.execute(_tag_counts(run_id, ranks, limit)).all() if run_id is not None else []
             low, high = conn.execute(_taken_range()).one()
         return {
@@ -67,19 +68,30 @@ def _spellings(conn: sa.Connection, keys: list[str]) -> dict[str, str]:
         .where(_INDEXED, k.c.keyword.in_(keys))
         .group_by(k.c.keyword, word)
     )
+    return _most_common(conn.execute(query))
+
+
+def _most_common(rows: Iterable[tuple[str, str, int]]) -> dict[str, str]:
+    """key -> the spelling with the most images among ``rows`` (key, spelling, images); ties: the
+    first in code point order, whatever the database's collation."""
     best: dict[str, tuple[int, str]] = {}
-    for key, spelling, n in conn.execute(query):
+    for key, spelling, n in rows:
         if key not in best or (-n, spelling) < (-best[key][0], best[key][1]):
             best[key] = (int(n), spelling)
     return {key: spelling for key, (_, spelling) in best.items()}
 
 
-def _camera_counts(limit: int) -> sa.Select:
-    """(camera, images) of the ``limit`` most common cameras (make and model) of indexed images."""
+def _camera_counts(conn: sa.Connection, limit: int) -> list[tuple[str, int]]:
+    """(camera, images) of the ``limit`` most common cameras (make and model) of indexed images,
+    in any case (``NIKON Z 6`` from EXIF and ``Nikon Z 6`` from a sidecar are one), each in its
+    most common spelling."""
     camera = t.images.c.camera
-    count = sa.func.count()
-    query = sa.select(camera, count).where(_INDEXED, camera.is_not(None)).group_by(camera)
-    return query.order_by(count.desc(), camera).limit(limit)
+    key, count = sa.func.lower(camera), sa.func.count()
+    found = sa.select(key, count).where(_INDEXED, camera.is_not(None)).group_by(key)
+    top = conn.execute(found.order_by(count.desc(), key).limit(limit)).all()
+    spelt = sa.select(key, camera, count).where(_INDEXED, key.in_([k for k, _ in top])).group_by(key, camera)
+    best = _most_common(conn.execute(spelt)) if top else {}
+    return [(best.get(k, k), int(n)) for k, n in top]
 
 
 def _tag_counts(run_id: int, ranks: int, limit: int) -> sa.Select:

@@ -90,6 +90,12 @@ def run_index(
     under the same lock afterwards (tagging the new images), and its result is returned."""
     engine, device = engines.check(config.engine, config.device)  # an engine that cannot run: no home made
     config = replace(config, engine=engine, device=device)
+    if not (
+        config.refresh_metadata is True
+        or config.refresh_metadata is False
+        or config.refresh_metadata == "all"
+    ):
+        raise InputError(f'refresh_metadata must be False, True or "all", not {config.refresh_metadata!r}')
     if config.gpu_decode:  # refused before any work, like the engine
         from pipeline.job import check_gpu_decode
 
@@ -106,8 +112,6 @@ def run_index(
 
 
 def _run_locked(home: Home, catalog: Catalog, config: IndexConfig) -> IndexResult:
-    if config.refresh_metadata not in (False, True, "all"):
-        raise InputError(f'refresh_metadata must be False, True or "all", not {config.refresh_metadata!r}')
     faiss_on_gpu = faiss_gpu.use_gpu()  # a bad VISTAG_FAISS_GPU stops the run before any work
     check_beam_args(config.beam_args)  # so do unknown Beam options,
     listing = expand_inputs(config.inputs)  # and missing inputs, before any model work

@@ -191,7 +191,9 @@ def add_read_routes(app: FastAPI, service: Service) -> None:
         return service.labels()
 
     @app.get(
-        "/api/facets", response_model=FacetsOut, summary="Common keywords and tags, range of dates taken"
+        "/api/facets",
+        response_model=FacetsOut,
+        summary="Common keywords, tags and cameras, range of dates taken",
     )
     def facets() -> dict[str, Any]:
         return service.facets()

@@ -1,4 +1,4 @@
-// vistag web page, filter facets: the most common keywords and tags with their counts (a click
+// vistag web page, filter facets: the most common keywords, tags and cameras with their counts (a click
 // toggles the filter), the range of dates taken on the date inputs, and the active filters, each
 // removable. Loaded after app.js, whose $, el, ensureTagOption and refresh it uses; every value
 // from the server is put in the page as text.
