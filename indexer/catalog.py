@@ -11,7 +11,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from indexer import schema as t
 from indexer.catalog_corrections import CorrectionQueries
 from indexer.catalog_duplicates import DuplicateQueries
 from indexer.catalog_facets import FacetQueries
-from indexer.catalog_meta import MetaQueries, bounding_box, within
+from indexer.catalog_meta import FILE_FIELDS, PHOTO_FIELDS, MetaQueries, bounding_box, within
 from indexer.catalog_tags import TagQueries
 from indexer.catalog_xmp import XmpQueries
 from indexer.database import WRITER_LOCK_KEY, chunks, insert_many, parse_db_url
@@ -337,6 +337,13 @@ class Catalog(TagQueries, DuplicateQueries, XmpQueries, MetaQueries, FacetQuerie
         if row is None:
             raise NotFound(f"no image {id_or_uri!r} in the catalog")
         return dict(row)
+
+    def details(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """What a person reads about the image of a catalog ``row`` (:meth:`image`): its file and
+        photo metadata (None where unknown), its keywords and its content's active corrections."""
+        fixed = self.corrections(contents=[row["sha256"]]) if row["sha256"] else []
+        fields = {key: row[key] for key in (*FILE_FIELDS, *PHOTO_FIELDS)}
+        return fields | {"keywords": self.keywords(int(row["id"])), "corrections": fixed}
 
     def counts(self) -> dict[str, int]:
         query = sa.select(t.images.c.status, sa.func.count()).group_by(t.images.c.status)

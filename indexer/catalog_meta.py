@@ -17,11 +17,10 @@ from indexer.database import chunks, insert_many
 
 EARTH_RADIUS_KM = 6371.0088  # the mean radius (IUGG)
 KM_PER_DEGREE = math.pi * EARTH_RADIUS_KM / 180
-#: The ``images`` columns of :meth:`MetaQueries.details`, in order.
-DETAIL_FIELDS = (
-    "id", "uri", "status", "sha256", "size", "mtime", "width", "height",
-    "taken", "camera", "lens", "lat", "lon",
-)  # fmt: skip
+#: What a person reads of an image's row (``Catalog.details``, ``export``): its file, then its
+#: photo metadata (date taken, camera, lens, position).
+FILE_FIELDS = ("id", "uri", "status", "sha256", "size", "mtime", "width", "height")
+PHOTO_FIELDS = ("taken", "camera", "lens", "lat", "lon")
 
 
 def distance_km(lat1: float, lon1: float, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
@@ -84,12 +83,6 @@ class MetaQueries:
                 ]
                 if rows:
                     insert_many(conn, k, rows)
-
-    def details(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        """What a person reads about the image of a catalog ``row`` (:meth:`Catalog.image`): its file
-        and photo metadata (:data:`DETAIL_FIELDS`: date taken, camera, lens, position, None where
-        unknown) and its keywords."""
-        return {key: row[key] for key in DETAIL_FIELDS} | {"keywords": self.keywords(int(row["id"]))}
 
     def keywords(self, image_id: int) -> list[str]:
         """The keywords of one image as spelt, sorted in any case."""

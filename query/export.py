@@ -12,11 +12,10 @@ import numpy as np
 
 from core.errors import InputError
 from indexer.catalog import Catalog, ImageFilter
+from indexer.catalog_meta import FILE_FIELDS, PHOTO_FIELDS
 
-FILE_COLUMNS = ("id", "uri", "status", "sha256", "size", "mtime", "width", "height")
-PHOTO_COLUMNS = ("taken", "camera", "lens", "lat", "lon")
 # the photo metadata after tags, so the first nine columns stay where they were
-COLUMNS = (*FILE_COLUMNS, "tags", *PHOTO_COLUMNS, "keywords")
+COLUMNS = (*FILE_FIELDS, "tags", *PHOTO_FIELDS, "keywords")
 LIST_COLUMNS = ("tags", "keywords")  # a JSON list in one CSV column
 FORMATS = ("json", "csv", "npz")
 TEXT_FORMATS = ("json", "csv")
@@ -41,7 +40,7 @@ def export_rows(
             continue
         tags = by_image.get(image["id"], [])
         rows.append(
-            {c: image[c] for c in (*FILE_COLUMNS, *PHOTO_COLUMNS)}
+            {c: image[c] for c in (*FILE_FIELDS, *PHOTO_FIELDS)}
             | {"tags": tags, "keywords": keywords.get(image["id"], [])}
         )
     return rows

@@ -286,9 +286,7 @@ class Archive(CorrectionMethods):
         seconds since the epoch), ``camera``, ``lens``, ``lat``, ``lon`` (None where unknown),
         ``keywords`` (sorted) and ``corrections`` (the active ones of its content, as
         :meth:`corrections` lists them). Its tags: :meth:`explain`."""
-        row = self._indexed_row(image)
-        fixed = self.catalog.corrections(contents=[row["sha256"]]) if row["sha256"] else []
-        return self.catalog.details(row) | {"corrections": fixed}
+        return self.catalog.details(self._indexed_row(image))
 
     def _indexed_row(self, image: int | str | os.PathLike[str]) -> dict[str, Any]:
         """The catalog row of an indexed image; :class:`NotFound` naming why for one that is not."""

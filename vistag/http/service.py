@@ -121,10 +121,8 @@ class Service:
         tags = self.catalog.top_tags(self.catalog.latest_tag_run(), [row["id"]], DETAIL_TAGS).get(
             row["id"], []
         )
-        fixed = self.catalog.corrections(contents=[row["sha256"]]) if row["sha256"] else []
         return self.catalog.details(row) | {
             "tags": tags,
-            "corrections": fixed,
             "thumbnail": thumbnail_url(row["id"]),
         }
 
