@@ -30,6 +30,7 @@ import numpy as np
 
 from core import uris
 from core.errors import InputError, NotFound
+from core.photometa import keyword_key
 from indexer.catalog import Catalog
 from indexer.home import Home
 from query.learning import Corrections
@@ -89,7 +90,7 @@ def read_truth(path: str | Path, catalog: Catalog) -> Truth:
 def keyword_truth(catalog: Catalog, names: Sequence[str]) -> Truth:
     """The truth of the images' keywords: every indexed image that has one of ``names`` among its
     keywords (case-insensitive), labelled with each of them (spelt as in ``names``)."""
-    spelling = {name.lower(): name for name in names}
+    spelling = {keyword_key(name): name for name in names}  # the catalog's own matching rule
     by_image = catalog.images_with_keywords(list(spelling))
     if not by_image:
         raise InputError(f"no indexed image has one of the labels among its keywords: {', '.join(names)}")
